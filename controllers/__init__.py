@@ -1,0 +1,51 @@
+"""Controllers: objects with one step method, `WorldState -> list[Command]`.
+
+`CONTROLLERS` names every controller a scenario can select; classes load lazily so that
+importing the registry stays cheap.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from cavlab.controllers.base import Controller, ControlSetup
+from cavlab.errors import ScenarioError
+
+CONTROLLERS: dict[str, str] = {
+    "sumo": "cavlab.controllers.sumo_driver:SumoDriver",
+}
+
+
+def controller_class(name: str) -> type[Controller]:
+    """The class registered under `name`."""
+    try:
+        module, _, attr = CONTROLLERS[name].partition(":")
+    except KeyError:
+        raise ScenarioError(f"unknown controller '{name}' (available: {', '.join(sorted(CONTROLLERS))})") from None
+    return getattr(import_module(module), attr)
+
+
+def controller_params(name: str, params: dict[str, Any]) -> BaseModel:
+    """Validate a controller's parameters against its `Params` model."""
+    try:
+        return controller_class(name).Params.model_validate(params)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        field = ".".join(str(p) for p in err["loc"])
+        allowed = ", ".join(sorted(controller_class(name).Params.model_fields)) or "none"
+        if err["type"] == "extra_forbidden":
+            raise ScenarioError(
+                f"control.params.{field}: unknown parameter of controller '{name}' (allowed: {allowed})"
+            ) from None
+        raise ScenarioError(f"control.params.{field}: {err['msg']}") from None
+
+
+def make_controller(name: str, params: dict[str, Any], setup: ControlSetup) -> Controller:
+    """Build the named controller from validated parameters."""
+    return controller_class(name)(controller_params(name, params), setup)
+
+
+__all__ = ["CONTROLLERS", "ControlSetup", "Controller", "controller_class", "controller_params", "make_controller"]

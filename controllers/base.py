@@ -1,0 +1,48 @@
+"""The controller interface."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from cavlab.world import Command, ControlModes, WorldState
+
+
+class NoParams(BaseModel):
+    """A controller without parameters."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class ControlSetup:
+    """What a controller may know about the run besides the world state."""
+
+    step_length_s: float
+    lanes: int
+    speed_limit_mps: float
+    lane_change_duration_s: float
+    seed: int
+
+
+class Controller(ABC):
+    """Plans for the CAVs from a `WorldState`.
+
+    Subclasses declare their parameters as a pydantic model `Params` (validated from the
+    scenario's `control.params`) and implement `step`. A vehicle a controller commands
+    gets the controller's `modes` first; `Release` hands it back to SUMO.
+    """
+
+    Params: ClassVar[type[BaseModel]] = NoParams
+    modes: ClassVar[ControlModes] = ControlModes()
+
+    def __init__(self, params: BaseModel, setup: ControlSetup) -> None:
+        self.params = params
+        self.setup = setup
+
+    @abstractmethod
+    def step(self, world: WorldState) -> list[Command]:
+        """Commands to apply before the next simulation step."""

@@ -1,0 +1,290 @@
+"""What every SUMO backend shares: the vehicle table, the world-state assembly, commands.
+
+A backend owns one running SUMO. Each `step()` advances SUMO by one step and reads every
+vehicle's lane, position and speed once, by the fastest method of that backend; the rest
+of the `WorldState` (type, length, acceleration, controlled flag) comes from tables kept
+here, so both backends build identical states from identical SUMO runs.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from cavlab.errors import SimulationError
+from cavlab.network import Network, SumoInputs
+from cavlab.scenario import Scenario
+from cavlab.world import (
+    SUMO_DEFAULT_MODES,
+    Accelerate,
+    ChangeLane,
+    Collision,
+    Command,
+    ControlModes,
+    Release,
+    SetSpeed,
+    StepEvents,
+    WorldState,
+)
+
+_CONTROLLER_MODES = ControlModes()
+
+
+@dataclass(frozen=True)
+class Departure:
+    """A vehicle that entered the network in the last step."""
+
+    vehicle_id: str
+    slot: int
+    type_name: str
+    route: str
+    speed_factor: float
+    time_s: float
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """A vehicle that left the network (or was removed after a collision) in the last step."""
+
+    vehicle_id: str
+    slot: int
+    time_s: float
+
+
+@dataclass(frozen=True)
+class RawStep:
+    """What a backend reads from SUMO after one step."""
+
+    time_s: float
+    ids: list[str]  # grouped by lane in `Network.lane_ids` order
+    lane_counts: list[int]  # vehicles per lane, same order
+    lane_pos_m: np.ndarray
+    speed_mps: np.ndarray
+    departed: tuple[str, ...]
+    arrived: tuple[str, ...]
+    collisions: tuple[Any, ...]  # SUMO collision records
+
+
+class SumoBackend(ABC):
+    """One SUMO simulation, started from a run's .sumocfg.
+
+    Use as a context manager (or call `close()`): SUMO is closed on every exit path.
+    """
+
+    name = "abstract"
+
+    def __init__(self, scenario: Scenario, network: Network, inputs: SumoInputs) -> None:
+        self.scenario = scenario
+        self.network = network
+        self.inputs = inputs
+        self.step_length_s = scenario.simulation.step_length_s
+        types = scenario.demand.vehicle_types
+        self._type_names = tuple(types)
+        self._type_index = {name: i for i, name in enumerate(types)}
+        self._type_is_cav = np.array([t.kind == "cav" for t in types.values()])
+        self._type_length = np.array([t.length_m for t in types.values()])
+        self._lane_edge = network.lane_edge_index
+        self._lane_road = network.lane_road_index
+        self._edge_start = network.edge_start_m
+        self._edge_offset = network.edge_lane_offset
+        self._edge_lanes = np.array([e.lanes for e in network.edges])
+        self._edge_names = network.edge_names
+        self._slot_of: dict[str, int] = {}
+        self._slot_ids: list[str] = []
+        capacity = 1024
+        self._prev_speed = np.zeros(capacity)
+        self._new_accel = np.full(capacity, np.nan)
+        self._slot_type = np.zeros(capacity, dtype=np.int16)
+        self._slot_edge = np.zeros(capacity, dtype=np.int16)
+        self._controlled = np.zeros(capacity, dtype=bool)
+        self._modes = ControlModes()
+        self._open = False
+
+    # -------------------------------------------------------------- lifecycle
+
+    def start(self, modes: ControlModes = _CONTROLLER_MODES) -> None:
+        """Start SUMO; `modes` are set on a vehicle when a controller first commands it."""
+        self._modes = modes
+        cmd = ["-c", str(self.inputs.config)]
+        try:
+            self._launch(cmd)
+        except SimulationError:
+            raise
+        except Exception as exc:
+            raise SimulationError(f"SUMO did not start: {exc}{self._log_tail()}") from exc
+        self._open = True
+
+    def close(self) -> None:
+        """Stop SUMO; safe to call twice."""
+        if self._open:
+            self._open = False
+            self._shutdown()
+
+    def __enter__(self) -> SumoBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def vehicle_ids(self) -> list[str]:
+        """Every vehicle id that has entered so far, indexed by slot."""
+        return self._slot_ids
+
+    @property
+    def vehicle_types(self) -> list[str]:
+        """The type name of every vehicle that has entered so far, indexed by slot."""
+        return [self._type_names[i] for i in self._slot_type[: len(self._slot_ids)]]
+
+    # -------------------------------------------------------------- subclass hooks
+
+    @property
+    @abstractmethod
+    def api(self) -> Any:
+        """The TraCI-like API object (`libsumo` or a `traci.Connection`)."""
+
+    @abstractmethod
+    def _launch(self, args: list[str]) -> None: ...
+
+    @abstractmethod
+    def _shutdown(self) -> None: ...
+
+    @abstractmethod
+    def _advance(self) -> RawStep:
+        """Do one SUMO step and read every vehicle's lane, lane position and speed."""
+
+    # -------------------------------------------------------------- stepping
+
+    def step(self) -> tuple[WorldState, StepEvents, tuple[Departure, ...], tuple[Arrival, ...]]:
+        """Advance one step; the new world state, its events and the vehicles that came and went."""
+        try:
+            raw = self._advance()
+        except SimulationError:
+            raise
+        except Exception as exc:
+            raise SimulationError(f"SUMO failed during the step: {exc}{self._log_tail()}") from exc
+        departures = tuple(self._register(vid, raw.time_s) for vid in raw.departed)
+        arrivals = tuple(
+            Arrival(vid, self._slot_of.pop(vid), raw.time_s) for vid in raw.arrived if vid in self._slot_of
+        )
+        collisions = tuple(Collision(raw.time_s, c.collider, c.victim, c.type, c.lane, c.pos) for c in raw.collisions)
+        removed = {c.collider for c in collisions} | {c.victim for c in collisions}
+        arrivals += tuple(
+            Arrival(vid, self._slot_of.pop(vid), raw.time_s)
+            for vid in removed
+            if vid in self._slot_of and vid not in set(raw.ids)
+        )
+        world = self._assemble(raw)
+        return world, StepEvents(raw.departed, raw.arrived, collisions), departures, arrivals
+
+    def _register(self, vid: str, time_s: float) -> Departure:
+        v = self.api.vehicle
+        slot = len(self._slot_ids)
+        if slot == len(self._prev_speed):
+            self._grow()
+        self._slot_of[vid] = slot
+        self._slot_ids.append(vid)
+        type_name = v.getTypeID(vid)
+        self._slot_type[slot] = self._type_index[type_name]
+        self._new_accel[slot] = v.getAcceleration(vid)
+        return Departure(vid, slot, type_name, v.getRouteID(vid), v.getSpeedFactor(vid), time_s)
+
+    def _grow(self) -> None:
+        for name in ("_prev_speed", "_new_accel", "_slot_type", "_slot_edge", "_controlled"):
+            old = getattr(self, name)
+            new = np.full(2 * len(old), np.nan) if name == "_new_accel" else np.zeros(2 * len(old), old.dtype)
+            new[: len(old)] = old
+            setattr(self, name, new)
+
+    def _assemble(self, raw: RawStep) -> WorldState:
+        n = len(raw.ids)
+        slot = np.fromiter(map(self._slot_of.__getitem__, raw.ids), dtype=np.int64, count=n)
+        lane_row = np.repeat(np.arange(len(raw.lane_counts)), raw.lane_counts)
+        edge = self._lane_edge[lane_row]
+        accel = (raw.speed_mps - self._prev_speed[slot]) / self.step_length_s
+        fresh = self._new_accel[slot]
+        is_new = ~np.isnan(fresh)
+        if is_new.any():
+            accel[is_new] = fresh[is_new]
+            self._new_accel[slot[is_new]] = np.nan
+        self._prev_speed[slot] = raw.speed_mps
+        self._slot_edge[slot] = edge
+        type_index = self._slot_type[slot]
+        return WorldState(
+            time_s=raw.time_s,
+            ids=np.array(raw.ids, dtype=object),
+            slot=slot,
+            type_index=type_index,
+            is_cav=self._type_is_cav[type_index],
+            controlled=self._controlled[slot],
+            edge=edge,
+            lane=self._lane_road[lane_row],
+            x_m=raw.lane_pos_m + self._edge_start[edge],
+            speed_mps=raw.speed_mps,
+            accel_mps2=accel,
+            length_m=self._type_length[type_index],
+            type_names=self._type_names,
+            edge_names=self._edge_names,
+        )
+
+    # -------------------------------------------------------------- commands
+
+    def apply(self, commands: list[Command]) -> None:
+        """Send controller commands to SUMO; commands for vehicles that left are dropped."""
+        v = self.api.vehicle
+        for cmd in commands:
+            vid = cmd.vehicle_id
+            slot = self._slot_of.get(vid)
+            if slot is None:
+                continue
+            if isinstance(cmd, Release):
+                if self._controlled[slot]:
+                    v.setSpeed(vid, -1)
+                    v.setSpeedMode(vid, SUMO_DEFAULT_MODES.speed_mode)
+                    v.setLaneChangeMode(vid, SUMO_DEFAULT_MODES.lane_change_mode)
+                    self._controlled[slot] = False
+                continue
+            if not self._controlled[slot]:
+                v.setSpeedMode(vid, self._modes.speed_mode)
+                v.setLaneChangeMode(vid, self._modes.lane_change_mode)
+                self._controlled[slot] = True
+            if isinstance(cmd, Accelerate):
+                v.setAcceleration(vid, float(cmd.accel_mps2), self.step_length_s)
+            elif isinstance(cmd, SetSpeed):
+                v.setSpeed(vid, float(cmd.speed_mps))
+            elif isinstance(cmd, ChangeLane):
+                edge = int(self._slot_edge[slot])
+                index = cmd.lane - int(self._edge_offset[edge])
+                if not 0 <= index < self._edge_lanes[edge]:
+                    raise ValueError(
+                        f"ChangeLane({vid!r}, lane={cmd.lane}): edge '{self._edge_names[edge]}' has road lanes "
+                        f"{self._edge_offset[edge]}..{self._edge_offset[edge] + self._edge_lanes[edge] - 1}"
+                    )
+                v.changeLane(vid, index, float(cmd.hold_s))
+            else:
+                raise TypeError(f"not a command: {cmd!r}")
+
+    # -------------------------------------------------------------- helpers
+
+    def _log_tail(self, lines: int = 5) -> str:
+        try:
+            text = self.inputs.log.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        errors = [ln for ln in text if ln.startswith("Error")] or text[-lines:]
+        return (" — SUMO log: " + " | ".join(errors[-lines:])) if errors else ""
+
+
+def make_backend(scenario: Scenario, network: Network, inputs: SumoInputs) -> SumoBackend:
+    """The backend the scenario asks for."""
+    kind = scenario.simulation.backend
+    if kind == "libsumo":
+        from cavlab.backends.libsumo_backend import LibsumoBackend
+
+        return LibsumoBackend(scenario, network, inputs)
+    from cavlab.backends.traci_backend import TraciBackend
+
+    return TraciBackend(scenario, network, inputs, gui=kind == "gui")

@@ -1,0 +1,108 @@
+"""libsumo: SUMO inside this process.
+
+Reads with plain getters, which in process beat subscriptions (building subscription
+result dicts costs more than the calls; see docs/benchmarks.md): one vehicle list per lane
+(which also gives every vehicle's lane) and two getters per vehicle (lane position, speed).
+
+libsumo runs one simulation per process, and a second `start` silently replaces the
+first; this backend refuses to start while another libsumo simulation is open.
+
+SUMO writes its warnings both to the run's log and to the process's stderr; stderr is
+pointed at sumo/sumo.console.log while SUMO runs, so the terminal stays clean.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from cavlab.backends.base import RawStep, SumoBackend
+from cavlab.errors import SimulationError
+
+_owner: LibsumoBackend | None = None
+
+
+class LibsumoBackend(SumoBackend):
+    name = "libsumo"
+
+    @property
+    def api(self) -> Any:
+        import libsumo
+
+        return libsumo
+
+    def _launch(self, args: list[str]) -> None:
+        global _owner
+        if _owner is not None:
+            raise SimulationError(
+                f"a libsumo simulation is already running in this process (scenario "
+                f"'{_owner.scenario.name}'); libsumo allows one per process: close it first, use "
+                f"backend 'traci', or run each simulation in its own process"
+            )
+        import libsumo
+        from sumolib import checkBinary
+
+        _owner = self
+        self._console = os.open(self.inputs.folder / "sumo.console.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        self._stderr = os.dup(2)
+        try:
+            os.dup2(self._console, 2)
+            try:
+                libsumo.start([checkBinary("sumo"), *args])
+            finally:
+                os.dup2(self._stderr, 2)
+        except BaseException:
+            self._release_fds()
+            _owner = None
+            raise
+        self._lanes = self.network.lane_ids
+        self._get_lane_ids = libsumo.lane.getLastStepVehicleIDs
+        self._get_pos = libsumo.vehicle.getLanePosition
+        self._get_speed = libsumo.vehicle.getSpeed
+
+    def _shutdown(self) -> None:
+        global _owner
+        import libsumo
+
+        try:
+            os.dup2(self._console, 2)
+            try:
+                libsumo.close()
+            finally:
+                os.dup2(self._stderr, 2)
+        finally:
+            self._release_fds()
+            _owner = None
+
+    def _release_fds(self) -> None:
+        os.close(self._console)
+        os.close(self._stderr)
+
+    def _advance(self) -> RawStep:
+        import libsumo
+
+        os.dup2(self._console, 2)
+        try:
+            libsumo.simulationStep()
+        finally:
+            os.dup2(self._stderr, 2)
+        ids: list[str] = []
+        counts = []
+        for lane in self._lanes:
+            on_lane = self._get_lane_ids(lane)
+            ids.extend(on_lane)
+            counts.append(len(on_lane))
+        n = len(ids)
+        sim = libsumo.simulation
+        return RawStep(
+            time_s=sim.getTime(),
+            ids=ids,
+            lane_counts=counts,
+            lane_pos_m=np.fromiter(map(self._get_pos, ids), dtype=np.float64, count=n),
+            speed_mps=np.fromiter(map(self._get_speed, ids), dtype=np.float64, count=n),
+            departed=sim.getDepartedIDList(),
+            arrived=sim.getArrivedIDList(),
+            collisions=sim.getCollisions() if sim.getCollidingVehiclesNumber() else (),
+        )

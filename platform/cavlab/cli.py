@@ -1,0 +1,236 @@
+"""The `cavlab` command line: one command per user intent.
+
+Errors a user can fix print one line and exit with code 2; a SUMO failure exits with 1;
+Ctrl-C (or SIGTERM) stops SUMO, removes the partial run and exits with 130.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.syntax import Syntax
+from rich.table import Table
+
+from cavlab.errors import SimulationError, UserError
+
+app = typer.Typer(
+    name="cavlab",
+    help="Simulate and control connected automated vehicles on real SUMO traffic.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a scenario field: key.path=value (repeatable)."),
+]
+
+
+def _handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    @wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        try:
+            return command(*args, **kwargs)
+        except UserError as exc:
+            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except SimulationError as exc:
+            err.print(f"[bold red]SUMO error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            err.print("[yellow]interrupted[/]: SUMO stopped, partial results removed")
+            raise typer.Exit(130) from None
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    return wrapper
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+@app.command("list")
+@_handle_errors
+def list_scenarios() -> None:
+    """List the shipped scenarios."""
+    from cavlab.scenario import load_scenario, shipped_scenarios
+
+    table = Table(title="Shipped scenarios")
+    for col in ("name", "road", "lanes", "length", "demand", "controller", "description"):
+        table.add_column(col, overflow="fold")
+    for name in sorted(shipped_scenarios()):
+        s = load_scenario(name)
+        demand = sum(f.vehicles_per_hour for f in s.demand.flows) * s.demand.scale
+        table.add_row(
+            name, s.road.kind, str(s.road.lanes), f"{s.road.length_m:g} m", f"{demand:g} veh/h",
+            s.control.controller, s.description.strip().split(". ")[0].rstrip(".") + ".",
+        )  # fmt: skip
+    out.print(table)
+
+
+@app.command()
+@_handle_errors
+def show(
+    scenario: Annotated[str, typer.Argument(help="Shipped scenario name or YAML file.")],
+    resolved: Annotated[bool, typer.Option("--resolved", help="Show every field, defaults filled in.")] = False,
+    overrides: SetOption = None,
+) -> None:
+    """Print a scenario (as written, or fully resolved)."""
+    from cavlab.scenario import load_scenario, resolve_scenario_path
+
+    loaded = load_scenario(scenario, overrides or [])
+    text = loaded.to_yaml() if resolved or overrides else resolve_scenario_path(scenario).read_text()
+    out.print(Syntax(text, "yaml", theme="ansi_dark", background_color="default"))
+
+
+@app.command()
+@_handle_errors
+def validate(
+    scenario: Annotated[str, typer.Argument(help="Shipped scenario name or YAML file.")],
+    overrides: SetOption = None,
+) -> None:
+    """Check a scenario file without running it."""
+    from cavlab.scenario import load_scenario
+
+    s = load_scenario(scenario, overrides or [])
+    out.print(
+        f"[green]ok[/]: {s.name} — {s.road.kind}, {s.road.lanes} lanes, {s.road.length_m:g} m, "
+        f"{len(s.demand.flows)} flows, controller {s.control.controller}",
+        highlight=False,
+    )
+
+
+@app.command()
+@_handle_errors
+def run(
+    scenario: Annotated[str, typer.Argument(help="Shipped scenario name or YAML file.")],
+    seed: Annotated[int | None, typer.Option(help="simulation.seed")] = None,
+    duration: Annotated[float | None, typer.Option(help="simulation.duration_s [s]")] = None,
+    backend: Annotated[str | None, typer.Option(help="simulation.backend: libsumo, traci or gui")] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Run directory (default runs/<scenario>/<time>-seed<seed>)")
+    ] = None,
+    overrides: SetOption = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or table.")] = False,
+) -> None:
+    """Run a scenario in SUMO and write a run directory."""
+    from cavlab.engine import Engine
+    from cavlab.rundir import SUMO_SUBDIR, default_run_dir, staged_run_dir, write_run
+    from cavlab.scenario import load_scenario
+
+    sets = list(overrides or [])
+    for key, value in (("seed", seed), ("duration_s", duration), ("backend", backend)):
+        if value is not None:
+            sets.append(f"simulation.{key}={value}")
+    s = load_scenario(scenario, sets)
+    final = out_dir or default_run_dir(s)
+    with staged_run_dir(final) as staging:
+        engine = Engine(s, staging / SUMO_SUBDIR)
+        if quiet:
+            result = engine.run()
+        else:
+            with _progress(s.simulation.duration_s) as update:
+                result = engine.run(progress=update)
+        write_run(staging, s, result)
+    if not quiet:
+        _summary_table(s.name, result.metrics, result.wall_time_s, result.steps)
+    out.print(f"run directory: [bold]{final}[/]  (plots: cavlab plot {final})", highlight=False)
+
+
+class _progress:
+    """A rich progress bar over simulated time, with vehicles and steps/s."""
+
+    def __init__(self, duration_s: float) -> None:
+        self.duration_s = duration_s
+        self.bar = Progress(
+            TextColumn("[bold]simulating"),
+            BarColumn(),
+            TextColumn("{task.fields[sim]}"),
+            TextColumn("{task.fields[vehicles]} vehicles"),
+            TextColumn("{task.fields[rate]} steps/s"),
+            TimeElapsedColumn(),
+            console=err,
+            transient=True,
+        )
+
+    def __enter__(self) -> Callable[[Any, int], None]:
+        self.bar.__enter__()
+        task = self.bar.add_task("run", total=self.duration_s, sim="", vehicles=0, rate="-")
+        started = time.perf_counter()
+
+        def update(world: Any, step: int) -> None:
+            rate = step / max(time.perf_counter() - started, 1e-9)
+            self.bar.update(
+                task,
+                completed=world.time_s,
+                sim=f"{world.time_s:7.1f}/{self.duration_s:g} s",
+                vehicles=len(world),
+                rate=f"{rate:,.0f}",
+            )
+
+        return update
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.__exit__(*exc)
+
+
+def _summary_table(name: str, metrics: dict, wall_s: float, steps: int) -> None:
+    table = Table(title=f"{name}: metrics after warm-up")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    rows = [
+        ("throughput", f"{metrics['throughput_vph']:.0f} veh/h"),
+        *(
+            (f"  lane {lane}", f"{vph:.0f} veh/h")
+            for lane, vph in sorted(metrics["throughput_per_lane_vph"].items(), key=lambda kv: int(kv[0]))
+        ),
+        ("mean speed", f"{metrics['mean_speed_mps']:.2f} m/s"),
+        ("trips completed", str(metrics["trips_completed"])),
+        ("mean travel time", f"{metrics['mean_travel_time_s']:.1f} s"),
+        ("mean delay vs free flow", f"{metrics['mean_delay_s']:.1f} s"),
+        ("lane changes", f"{metrics['lane_changes']} ({metrics['lane_changes_cav']} by CAVs)"),
+        ("collisions", str(metrics["collisions"])),
+        ("hard-braking events", str(metrics["hard_braking_events"])),
+        ("control energy per trip ∫½u²dt", f"{metrics['control_energy_per_trip_m2ps3']:.2f} m²/s³"),
+        ("wall time", f"{wall_s:.1f} s ({steps / max(wall_s, 1e-9):,.0f} steps/s)"),
+    ]
+    for row in rows:
+        table.add_row(*row)
+    out.print(table)
+
+
+@app.command()
+@_handle_errors
+def plot(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `cavlab run`.")],
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Where to write the PNGs (default RUN_DIR)")] = None,
+) -> None:
+    """Draw a time-space diagram and a speed heatmap of a run."""
+    from cavlab.plot import plot_run
+
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: no such run directory")
+    for path in plot_run(run_dir, out_dir):
+        out.print(f"wrote {path}", highlight=False)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,185 @@
+"""Run metrics, gathered step by step from world states and events, after the warm-up.
+
+- throughput (veh/h, per lane and total) from the E1 induction loops;
+- mean speed = Σ v·Δt / Σ Δt over all vehicle-steps (space-mean speed);
+- travel time and delay against free flow, over trips that start after the warm-up and end
+  before the run does; free-flow time = Σ_edges length / min(speed factor · limit, v_max);
+- lane changes (a record each), collisions, hard-braking events (a vehicle starts to
+  decelerate harder than its type's comfortable `decel_mps2`);
+- control energy per trip, E = ∫ ½ u² dt (m²/s³).
+"""
+
+from __future__ import annotations
+
+import math
+import xml.etree.ElementTree as ET
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cavlab.backends.base import Arrival, Departure
+from cavlab.network import Network
+from cavlab.scenario import Scenario
+from cavlab.world import Collision, StepEvents, WorldState
+
+_NO_LANE = np.iinfo(np.int16).min
+
+
+@dataclass(frozen=True)
+class LaneChange:
+    """One lane change, recorded when SUMO moves the vehicle to the new lane."""
+
+    time_s: float
+    vehicle_id: str
+    vehicle_type: str
+    is_cav: bool
+    controlled: bool
+    from_lane: int
+    to_lane: int
+    x_m: float
+    speed_mps: float
+
+
+class MetricsCollector:
+    """Accumulates a run's metrics; feed it every step, then call `finish`."""
+
+    def __init__(self, scenario: Scenario, network: Network) -> None:
+        self.scenario = scenario
+        self.network = network
+        self.dt = scenario.simulation.step_length_s
+        self.warmup_s = scenario.simulation.warmup_s
+        types = scenario.demand.vehicle_types
+        self._decel = np.array([t.decel_mps2 for t in types.values()])
+        capacity = 1024
+        self._prev_lane = np.full(capacity, _NO_LANE, dtype=np.int16)
+        self._braking = np.zeros(capacity, dtype=bool)
+        self._energy = np.zeros(capacity)
+        self._departures: dict[int, Departure] = {}
+        self._arrival_s: dict[int, float] = {}
+        self.lane_changes: list[LaneChange] = []
+        self.collisions: list[Collision] = []
+        self._speed_sum = 0.0
+        self._vehicle_steps = 0
+        self._hard_braking = 0
+
+    def _ensure(self, slots: int) -> None:
+        while slots > len(self._energy):
+            grow = len(self._energy)
+            self._prev_lane = np.concatenate([self._prev_lane, np.full(grow, _NO_LANE, dtype=np.int16)])
+            self._braking = np.concatenate([self._braking, np.zeros(grow, dtype=bool)])
+            self._energy = np.concatenate([self._energy, np.zeros(grow)])
+
+    def observe(
+        self,
+        world: WorldState,
+        events: StepEvents,
+        departures: tuple[Departure, ...],
+        arrivals: tuple[Arrival, ...],
+    ) -> None:
+        """Account for one step."""
+        for d in departures:
+            self._departures[d.slot] = d
+        for a in arrivals:
+            self._arrival_s[a.slot] = a.time_s
+        if not len(world):
+            return
+        slot, lane = world.slot, world.lane
+        self._ensure(int(slot.max()) + 1)
+        after_warmup = world.time_s > self.warmup_s + 1e-9
+        prev = self._prev_lane[slot]
+        changed = np.flatnonzero((prev != lane) & (prev != _NO_LANE))
+        for row in changed:
+            self.lane_changes.append(
+                LaneChange(
+                    time_s=world.time_s,
+                    vehicle_id=str(world.ids[row]),
+                    vehicle_type=world.type_names[world.type_index[row]],
+                    is_cav=bool(world.is_cav[row]),
+                    controlled=bool(world.controlled[row]),
+                    from_lane=int(prev[row]),
+                    to_lane=int(lane[row]),
+                    x_m=float(world.x_m[row]),
+                    speed_mps=float(world.speed_mps[row]),
+                )
+            )
+        self._prev_lane[slot] = lane
+        accel = world.accel_mps2
+        self._energy[slot] += 0.5 * accel * accel * self.dt
+        braking = accel < -self._decel[world.type_index] - 1e-6
+        if after_warmup:
+            self._hard_braking += int(np.count_nonzero(braking & ~self._braking[slot]))
+            self._speed_sum += float(world.speed_mps.sum())
+            self._vehicle_steps += len(world)
+            self.collisions.extend(events.collisions)
+        self._braking[slot] = braking
+
+    def finish(self, detector_output: Path) -> dict:
+        """The metrics as a JSON-ready mapping."""
+        end_s = self.scenario.simulation.duration_s
+        window_s = end_s - self.warmup_s
+        specs = self.scenario.demand.vehicle_types
+        collided = {c.collider for c in self.collisions} | {c.victim for c in self.collisions}
+        trips = []
+        for slot, dep in self._departures.items():
+            arrived = self._arrival_s.get(slot)
+            if arrived is None or dep.time_s < self.warmup_s or dep.vehicle_id in collided:
+                continue
+            spec = specs[dep.type_name]
+            free = self.network.route_free_flow_time_s(dep.route, dep.speed_factor, spec.max_speed_mps)
+            trips.append((arrived - dep.time_s, free, float(self._energy[slot]), spec.kind == "cav"))
+        tt = np.array([t[0] for t in trips])
+        ff = np.array([t[1] for t in trips])
+        energy = np.array([t[2] for t in trips])
+        cav = np.array([t[3] for t in trips], dtype=bool)
+        after = [c for c in self.lane_changes if c.time_s > self.warmup_s + 1e-9]
+        return {
+            **throughput(detector_output, self.network, self.warmup_s, end_s),
+            "mean_speed_mps": self._speed_sum / self._vehicle_steps if self._vehicle_steps else math.nan,
+            "vehicle_hours": self._vehicle_steps * self.dt / 3600,
+            "trips_completed": len(trips),
+            "mean_travel_time_s": _mean(tt),
+            "mean_delay_s": _mean(tt - ff),
+            "lane_changes": len(after),
+            "lane_changes_per_hour": len(after) * 3600 / window_s,
+            "lane_changes_cav": sum(c.is_cav for c in after),
+            "collisions": len(self.collisions),
+            "hard_braking_events": self._hard_braking,
+            "control_energy_per_trip_m2ps3": _mean(energy),
+            "control_energy_per_trip_cav_m2ps3": _mean(energy[cav]),
+            "control_energy_per_trip_hdv_m2ps3": _mean(energy[~cav]),
+        }
+
+    def lane_change_rows(self) -> list[dict]:
+        return [asdict(c) for c in self.lane_changes]
+
+
+def _mean(values: np.ndarray) -> float:
+    return float(values.mean()) if len(values) else math.nan
+
+
+def throughput(detector_output: Path, network: Network, start_s: float, end_s: float) -> dict:
+    """Flow through each induction loop between `start_s` and `end_s`, in veh/h.
+
+    Counts vehicles whose front entered a loop (E1 `nVehEntered`), per road lane; the
+    headline figure is the most downstream measurement point.
+    """
+    counts: dict[str, int] = {}
+    for _, node in ET.iterparse(detector_output):
+        if node.tag == "interval" and float(node.get("begin")) >= start_s - 1e-6:
+            counts[node.get("id")] = counts.get(node.get("id"), 0) + int(node.get("nVehEntered"))
+        node.clear()
+    hours = (end_s - start_s) / 3600
+    points: dict[float, dict[int, float]] = {}
+    for det in network.detectors:
+        points.setdefault(det.x_m, {})[det.lane] = counts.get(det.id, 0) / hours
+    by_point = [
+        {"x_m": x, "throughput_vph": sum(lanes.values()), "per_lane_vph": {str(k): v for k, v in lanes.items()}}
+        for x, lanes in sorted(points.items())
+    ]
+    last = by_point[-1]
+    return {
+        "throughput_vph": last["throughput_vph"],
+        "throughput_per_lane_vph": last["per_lane_vph"],
+        "detectors": by_point,
+    }

@@ -1,0 +1,91 @@
+"""Plots of a run directory: a time-space diagram per lane and a speed heatmap."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pyarrow.parquet as pq
+
+from cavlab.errors import UserError
+
+
+def _load(run_dir: Path) -> tuple[dict, dict[str, np.ndarray]]:
+    traj_file = run_dir / "trajectories.parquet"
+    summary_file = run_dir / "summary.json"
+    if not summary_file.is_file():
+        raise UserError(f"{run_dir}: not a finished run directory (no summary.json)")
+    if not traj_file.is_file():
+        raise UserError(f"{run_dir}: no trajectories.parquet (the run had outputs.trajectories: false)")
+    try:
+        table = pq.read_table(traj_file, columns=["t_s", "lane", "x_m", "speed_mps"])
+        summary = json.loads(summary_file.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{run_dir}: cannot read the run ({exc})") from None
+    return summary, {name: table[name].to_numpy() for name in table.column_names}
+
+
+def plot_run(run_dir: Path, out_dir: Path | None = None, max_points: int = 400_000) -> list[Path]:
+    """Write time_space.png and speed_heatmap.png; returns their paths."""
+    run_dir = Path(run_dir)
+    out_dir = Path(out_dir) if out_dir else run_dir
+    summary, data = _load(run_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{out_dir}: cannot write plots there ({exc.strerror or exc})") from None
+    title = f"{summary['scenario']} · seed {summary['seed']} · {summary['controller']}"
+    return [_time_space(data, title, out_dir, max_points), _heatmap(data, title, out_dir)]
+
+
+def _time_space(data: dict[str, np.ndarray], title: str, out_dir: Path, max_points: int) -> Path:
+    lanes = sorted(set(data["lane"].tolist()), reverse=True)
+    fig, axes = plt.subplots(len(lanes), 1, figsize=(11, 2.6 * len(lanes)), sharex=True, squeeze=False)
+    vmax = float(np.percentile(data["speed_mps"], 99.5)) if len(data["speed_mps"]) else 1.0
+    for ax, lane in zip(axes[:, 0], lanes, strict=True):
+        rows = np.flatnonzero(data["lane"] == lane)
+        if len(rows) > max_points:  # thin evenly so the picture stays readable and quick
+            rows = rows[:: len(rows) // max_points + 1]
+        points = ax.scatter(
+            data["t_s"][rows], data["x_m"][rows], c=data["speed_mps"][rows],
+            s=0.3, cmap="RdYlGn", vmin=0, vmax=vmax, linewidths=0, rasterized=True,
+        )  # fmt: skip
+        name = "ramp / acceleration lane" if lane < 0 else f"lane {lane}"
+        ax.set_ylabel(f"{name}\nx [m]")
+    axes[-1, 0].set_xlabel("time [s]")
+    fig.colorbar(points, ax=axes[:, 0], label="speed [m/s]")
+    fig.suptitle(f"Time-space diagram — {title}")
+    path = out_dir / "time_space.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _heatmap(
+    data: dict[str, np.ndarray], title: str, out_dir: Path, cell_s: float = 10.0, cell_m: float = 50.0
+) -> Path:
+    t, x, v = data["t_s"], data["x_m"], data["speed_mps"]
+    fig, ax = plt.subplots(figsize=(11, 4.5))
+    if len(t):
+        t_edges = np.arange(0, t.max() + cell_s, cell_s)
+        x_edges = np.arange(min(0.0, x.min()), x.max() + cell_m, cell_m)
+        total, _, _ = np.histogram2d(t, x, bins=[t_edges, x_edges], weights=v)
+        count, _, _ = np.histogram2d(t, x, bins=[t_edges, x_edges])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(count > 0, total / count, np.nan)
+        vmax = float(np.percentile(v, 99.5))
+        mesh = ax.pcolormesh(t_edges, x_edges, mean.T, cmap="RdYlGn", shading="flat", vmin=0, vmax=vmax)
+        fig.colorbar(mesh, ax=ax, label="mean speed [m/s]")
+    ax.set_xlabel("time [s]")
+    ax.set_ylabel("x [m]")
+    ax.set_title(f"Speed heatmap ({cell_s:g} s × {cell_m:g} m cells, all lanes) — {title}")
+    fig.tight_layout()
+    path = out_dir / "speed_heatmap.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

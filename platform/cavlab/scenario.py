@@ -1,0 +1,465 @@
+"""Scenario files: the schema, loading, overrides and error messages.
+
+A scenario is one YAML file with the blocks `road`, `demand`, `control`, `simulation`,
+`outputs` and `context`; docs/scenarios.md describes every field. Everything is validated
+here, so the rest of cavlab can trust a `Scenario` object. Every way a file can be wrong
+ends in a `ScenarioError` whose one-line message names the file, the field and what is
+allowed.
+"""
+
+from __future__ import annotations
+
+import math
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from cavlab.errors import ScenarioError
+
+NonNegative = Annotated[float, Field(ge=0)]
+Positive = Annotated[float, Field(gt=0)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+
+
+class _Block(BaseModel):
+    """A scenario block: unknown fields are errors, values never change after validation."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ----------------------------------------------------------------------------- road
+
+
+class RampSpec(_Block):
+    """An on-ramp: a one-lane ramp that joins the mainline through an acceleration lane."""
+
+    merge_position_m: Positive = Field(description="Mainline position where the acceleration lane starts")
+    length_m: Positive = Field(300.0, description="Length of the ramp before the acceleration lane")
+    acceleration_lane_m: Positive = Field(250.0, description="Length of the acceleration lane")
+    speed_limit_mps: Annotated[float, Field(gt=0, le=70)] = Field(22.22, description="Ramp speed limit")
+
+
+class LaneDropSpec(_Block):
+    """Lanes that end at a point of the mainline; their vehicles must change lanes before it."""
+
+    position_m: Positive = Field(description="Mainline position where the lanes end")
+    lanes_dropped: Annotated[int, Field(ge=1)] = Field(1, description="How many lanes end")
+    side: Literal["right", "left"] = Field("right", description="Which side the ending lanes are on")
+
+
+class RoadSpec(_Block):
+    """A straight multi-lane road, optionally with an on-ramp or a lane drop."""
+
+    kind: Literal["highway", "on_ramp", "lane_drop"] = Field(description="Road layout")
+    length_m: Annotated[float, Field(gt=0, le=100_000)] = Field(description="Mainline length")
+    lanes: Annotated[int, Field(ge=1, le=8)] = Field(description="Mainline lanes (upstream of a drop)")
+    lane_width_m: Annotated[float, Field(ge=2.5, le=5.0)] = 3.2
+    speed_limit_mps: Annotated[float, Field(gt=0, le=70)] = Field(33.33, description="Mainline limit")
+    ramp: RampSpec | None = Field(None, description="Required when kind is on_ramp")
+    lane_drop: LaneDropSpec | None = Field(None, description="Required when kind is lane_drop")
+    detectors_m: list[Positive] | None = Field(
+        None, description="Mainline positions of the induction loops (one per lane); default length − 100 m"
+    )
+
+    @model_validator(mode="after")
+    def _check_layout(self) -> RoadSpec:
+        if self.kind == "on_ramp":
+            if self.ramp is None:
+                raise ValueError("kind 'on_ramp' needs a 'ramp' block (merge_position_m, ...)")
+            end = self.ramp.merge_position_m + self.ramp.acceleration_lane_m
+            if end >= self.length_m:
+                raise ValueError(
+                    f"ramp.merge_position_m + ramp.acceleration_lane_m = {end:g} m must be less than "
+                    f"length_m = {self.length_m:g} m"
+                )
+        elif self.ramp is not None:
+            raise ValueError(f"'ramp' is only allowed with kind 'on_ramp', not '{self.kind}'")
+        if self.kind == "lane_drop":
+            if self.lane_drop is None:
+                raise ValueError("kind 'lane_drop' needs a 'lane_drop' block (position_m, ...)")
+            if self.lane_drop.lanes_dropped >= self.lanes:
+                raise ValueError(
+                    f"lane_drop.lanes_dropped = {self.lane_drop.lanes_dropped} must be less than lanes = {self.lanes}"
+                )
+            if self.lane_drop.position_m >= self.length_m:
+                raise ValueError(
+                    f"lane_drop.position_m = {self.lane_drop.position_m:g} m must be less than "
+                    f"length_m = {self.length_m:g} m"
+                )
+        elif self.lane_drop is not None:
+            raise ValueError(f"'lane_drop' is only allowed with kind 'lane_drop', not '{self.kind}'")
+        for x in self.detectors_m or []:
+            if x >= self.length_m:
+                raise ValueError(f"detector at {x:g} m lies beyond the road end ({self.length_m:g} m)")
+        return self
+
+    @property
+    def detector_positions_m(self) -> list[float]:
+        """The induction-loop positions, with the default filled in."""
+        return sorted(self.detectors_m) if self.detectors_m else [max(self.length_m - 100.0, self.length_m / 2)]
+
+
+# ----------------------------------------------------------------------------- demand
+
+
+class LaneChangeParams(_Block):
+    """SUMO's LC2013 lane-change model parameters (`lcStrategic`, `lcCooperative`, ...)."""
+
+    strategic: Annotated[float, Field(ge=0)] = 1.0
+    cooperative: Fraction = 1.0
+    speed_gain: NonNegative = 1.0
+    keep_right: NonNegative = 1.0
+    assertive: Positive = 1.0
+    sigma: Fraction = 0.0
+
+
+class VehicleTypeSpec(_Block):
+    """A vehicle type: Krauss or IDM car following, LC2013 lane changing."""
+
+    kind: Literal["hdv", "cav"] = Field("hdv", description="Human-driven or connected automated")
+    vehicle_class: Literal["passenger", "truck", "bus"] = "passenger"
+    length_m: Positive = 5.0
+    min_gap_m: NonNegative = 2.5
+    max_speed_mps: Annotated[float, Field(gt=0, le=70)] = 55.0
+    accel_mps2: Positive = 2.6
+    decel_mps2: Positive = 4.5
+    emergency_decel_mps2: Positive = 9.0
+    tau_s: Positive = Field(1.0, description="Desired time headway (reaction time)")
+    sigma: Fraction = Field(0.5, description="Driver imperfection (Krauss)")
+    speed_factor_mean: Annotated[float, Field(gt=0, le=3)] = Field(
+        1.0, description="Desired speed as a multiple of the speed limit (mean)"
+    )
+    speed_factor_dev: Annotated[float, Field(ge=0, le=1)] = 0.1
+    car_following: Literal["Krauss", "IDM"] = "Krauss"
+    lane_change: LaneChangeParams = Field(default_factory=LaneChangeParams)
+
+    @model_validator(mode="after")
+    def _check_decel(self) -> VehicleTypeSpec:
+        if self.emergency_decel_mps2 < self.decel_mps2:
+            raise ValueError(
+                f"emergency_decel_mps2 = {self.emergency_decel_mps2:g} must be at least "
+                f"decel_mps2 = {self.decel_mps2:g}"
+            )
+        return self
+
+
+DEFAULT_VEHICLE_TYPES = {
+    "car": VehicleTypeSpec(),
+    "cav": VehicleTypeSpec(kind="cav", sigma=0.0, speed_factor_dev=0.05),
+}
+
+
+class FlowSpec(_Block):
+    """A stream of vehicles entering on one route (and optionally one lane)."""
+
+    route: Literal["mainline", "ramp"] = "mainline"
+    lane: Annotated[int, Field(ge=0)] | None = Field(None, description="Depart lane; null lets SUMO choose")
+    vehicles_per_hour: Annotated[float, Field(ge=0, le=10_000)] = Field(description="Mean arrival rate")
+    vehicle_types: dict[str, Positive] = Field(
+        default_factory=lambda: {"car": 1.0}, description="Human-driven type mix (weights, normalised)"
+    )
+    cav_share: Fraction | None = Field(None, description="Share of CAVs; null uses demand.cav_share")
+    depart_speed: Literal["max", "desired", "avg"] | NonNegative = "max"
+    arrivals: Literal["poisson", "uniform"] = "poisson"
+
+    @field_validator("vehicle_types")
+    @classmethod
+    def _non_empty(cls, mix: dict[str, float]) -> dict[str, float]:
+        if not mix:
+            raise ValueError("needs at least one vehicle type")
+        return mix
+
+
+class DemandSpec(_Block):
+    """Traffic demand: vehicle types, flows and the CAV share."""
+
+    vehicle_types: dict[str, VehicleTypeSpec] = Field(default_factory=lambda: dict(DEFAULT_VEHICLE_TYPES))
+    cav_type: str = Field("cav", description="Vehicle type used for the CAV share of every flow")
+    cav_share: Fraction = Field(0.0, description="Share of CAVs in flows that do not set their own")
+    scale: Annotated[float, Field(ge=0, le=10)] = Field(1.0, description="Multiplies every flow's rate")
+    flows: list[FlowSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check_types(self) -> DemandSpec:
+        known = ", ".join(sorted(self.vehicle_types))
+        cav = self.vehicle_types.get(self.cav_type)
+        if cav is None:
+            raise ValueError(f"cav_type '{self.cav_type}' is not a vehicle type (known: {known})")
+        if cav.kind != "cav":
+            raise ValueError(f"cav_type '{self.cav_type}' has kind '{cav.kind}', expected 'cav'")
+        for i, flow in enumerate(self.flows):
+            for name in flow.vehicle_types:
+                if name not in self.vehicle_types:
+                    raise ValueError(f"flows.{i}: vehicle type '{name}' is not defined (known: {known})")
+                if self.vehicle_types[name].kind != "hdv":
+                    raise ValueError(f"flows.{i}: vehicle type '{name}' is a CAV type; CAVs enter through cav_share")
+        return self
+
+
+# ----------------------------------------------------------------------------- control etc.
+
+
+class ControlSpec(_Block):
+    """Which controller drives the CAVs, and its parameters (checked by the controller)."""
+
+    controller: str = Field("sumo", description="Controller name; `sumo` leaves driving to SUMO")
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("controller")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        from cavlab.controllers import CONTROLLERS
+
+        if name not in CONTROLLERS:
+            raise ValueError(f"unknown controller '{name}' (available: {', '.join(sorted(CONTROLLERS))})")
+        return name
+
+    @model_validator(mode="after")
+    def _check_params(self) -> ControlSpec:
+        from cavlab.controllers import controller_params
+
+        controller_params(self.controller, self.params)
+        return self
+
+
+class SimulationSpec(_Block):
+    """Time, randomness and the SUMO options cavlab exposes."""
+
+    step_length_s: Annotated[float, Field(gt=0, le=1)] = 0.1
+    duration_s: Annotated[float, Field(gt=0, le=86_400)] = Field(600.0, description="Total simulated time")
+    warmup_s: NonNegative = Field(120.0, description="Metrics ignore the time before this")
+    seed: Annotated[int, Field(ge=0, lt=2**31)] = 42
+    backend: Literal["libsumo", "traci", "gui"] = "libsumo"
+    lane_change_duration_s: NonNegative = Field(3.0, description="Lateral maneuver time; 0 = instantaneous")
+    collision_action: Literal["remove", "warn"] = Field(
+        "remove", description="What SUMO does with colliding vehicles (collisions are counted either way)"
+    )
+
+    @model_validator(mode="after")
+    def _check_times(self) -> SimulationSpec:
+        if self.warmup_s >= self.duration_s:
+            raise ValueError(f"warmup_s = {self.warmup_s:g} must be less than duration_s = {self.duration_s:g}")
+        if 0 < self.lane_change_duration_s < self.step_length_s:
+            raise ValueError(
+                f"lane_change_duration_s = {self.lane_change_duration_s:g} must be 0 or at least "
+                f"step_length_s = {self.step_length_s:g}"
+            )
+        for name in ("duration_s", "warmup_s"):
+            if not _is_multiple(getattr(self, name), self.step_length_s):
+                raise ValueError(f"{name} = {getattr(self, name):g} must be a multiple of step_length_s")
+        return self
+
+    @property
+    def steps(self) -> int:
+        """Number of simulation steps."""
+        return round(self.duration_s / self.step_length_s)
+
+
+class OutputsSpec(_Block):
+    """What goes into the run directory besides summary.json, lane_changes.csv and the SUMO log."""
+
+    trajectories: bool = True
+    trajectory_period_s: Positive | None = Field(None, description="Sampling period; null = every step")
+
+
+class SensorFault(_Block):
+    """A sensor fault that perception applies."""
+
+    sensor: Literal["camera", "lidar", "radar"]
+    kind: Literal["dropout", "blackout", "noise"]
+    severity: Fraction = Field(1.0, description="0 = no effect, 1 = full effect")
+
+
+class ContextSpec(_Block):
+    """Operating context for perception: weather, light and sensor faults."""
+
+    weather: Literal["clear", "rain", "fog", "snow"] = "clear"
+    light: Literal["day", "dusk", "night"] = "day"
+    sensor_faults: list[SensorFault] = Field(default_factory=list)
+
+
+class Scenario(_Block):
+    """A complete, validated scenario."""
+
+    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", max_length=64)]
+    description: str = ""
+    road: RoadSpec
+    demand: DemandSpec
+    control: ControlSpec = Field(default_factory=ControlSpec)
+    simulation: SimulationSpec = Field(default_factory=SimulationSpec)
+    outputs: OutputsSpec = Field(default_factory=OutputsSpec)
+    context: ContextSpec = Field(default_factory=ContextSpec)
+
+    @model_validator(mode="after")
+    def _check_cross_references(self) -> Scenario:
+        for i, flow in enumerate(self.demand.flows):
+            if flow.route == "ramp":
+                if self.road.kind != "on_ramp":
+                    raise ValueError(f"demand.flows.{i}: route 'ramp' needs road.kind 'on_ramp'")
+                if flow.lane not in (None, 0):
+                    raise ValueError(f"demand.flows.{i}: lane {flow.lane} does not exist; the ramp has lane 0")
+            elif flow.lane is not None and flow.lane >= self.road.lanes:
+                raise ValueError(
+                    f"demand.flows.{i}: lane {flow.lane} does not exist; the mainline has lanes "
+                    f"0..{self.road.lanes - 1}"
+                )
+        period = self.outputs.trajectory_period_s
+        if period is not None and not _is_multiple(period, self.simulation.step_length_s):
+            raise ValueError(f"outputs.trajectory_period_s = {period:g} must be a multiple of step_length_s")
+        return self
+
+    def to_yaml(self) -> str:
+        """The scenario with every default filled in, as YAML that `load_scenario` reads back."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _is_multiple(value: float, step: float) -> bool:
+    ratio = value / step
+    return math.isclose(ratio, round(ratio), rel_tol=0, abs_tol=1e-6)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def shipped_scenarios() -> dict[str, Path]:
+    """Names and files of the scenarios shipped with cavlab."""
+    root = resources.files("cavlab.scenarios")
+    return {p.name.removesuffix(".yaml"): Path(str(p)) for p in root.iterdir() if p.name.endswith(".yaml")}
+
+
+def resolve_scenario_path(name_or_path: str) -> Path:
+    """A shipped scenario's file, or the given path if it is a file."""
+    shipped = shipped_scenarios()
+    if name_or_path in shipped:
+        return shipped[name_or_path]
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    if path.suffix in (".yaml", ".yml") or "/" in name_or_path:
+        raise ScenarioError(f"{name_or_path}: no such file")
+    raise ScenarioError(
+        f"unknown scenario '{name_or_path}' (shipped: {', '.join(sorted(shipped))}; or give a YAML file path)"
+    )
+
+
+def load_scenario(name_or_path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Scenario:
+    """Read, override and validate a scenario; every failure is a `ScenarioError`."""
+    path = resolve_scenario_path(str(name_or_path))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ScenarioError(f"{path}: cannot read the file ({exc.__class__.__name__}: {exc})") from None
+    return parse_scenario(text, source=str(path), overrides=overrides)
+
+
+def parse_scenario(text: str, source: str = "<scenario>", overrides: list[str] | tuple[str, ...] = ()) -> Scenario:
+    """Validate scenario YAML text; `source` names it in error messages."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        problem = exc.problem or exc.context or "invalid YAML"
+        raise ScenarioError(f"{source}{where}: YAML syntax error: {problem}") from None
+    except yaml.YAMLError as exc:
+        raise ScenarioError(f"{source}: YAML error: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ScenarioError(f"{source}: expected a mapping of blocks (road, demand, ...), got {_kind(raw)}")
+    for override in overrides:
+        apply_override(raw, override)
+    return validate_scenario(raw, source)
+
+
+def validate_scenario(raw: dict[str, Any], source: str = "<scenario>") -> Scenario:
+    """Validate an already-parsed scenario mapping."""
+    try:
+        return Scenario.model_validate(raw)
+    except ValidationError as exc:
+        raise ScenarioError(f"{source}: {_describe(exc)}") from None
+    except ScenarioError as exc:  # raised by a controller's own parameter check
+        raise ScenarioError(f"{source}: {exc}") from None
+
+
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    """Apply one `key.path=value` override in place; the value is parsed as YAML."""
+    key, sep, text = override.partition("=")
+    if not sep or not key.strip():
+        raise ScenarioError(f"override '{override}' must look like key.path=value (e.g. simulation.seed=7)")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise ScenarioError(f"override '{override}': the value is not valid YAML") from None
+    parts = key.strip().split(".")
+    node: Any = raw
+    for depth, part in enumerate(parts):
+        here = ".".join(parts[: depth + 1])
+        last = depth == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ScenarioError(f"override '{override}': '{here}' needs a list index 0..{len(node) - 1}")
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                node = node.setdefault(part, {})
+        else:
+            parent = ".".join(parts[:depth])
+            raise ScenarioError(f"override '{override}': '{parent}' is {_kind(node)}, not a block")
+
+
+def _kind(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", type(None): "empty"}.get(
+        type(value), f"a {type(value).__name__}"
+    )
+
+
+def _describe(exc: ValidationError) -> str:
+    """One line for the first validation error (and how many more there are)."""
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    loc = [str(p) for p in first["loc"]]
+    field = ".".join(loc)
+    if first["type"] == "extra_forbidden":
+        allowed = _allowed_fields(loc[:-1])
+        msg = f"unknown field '{field}'" + (f" (allowed: {', '.join(allowed)})" if allowed else "")
+    elif first["type"] == "missing":
+        msg = f"missing field '{field}'"
+    else:
+        text = first["msg"].removeprefix("Value error, ")
+        msg = f"{field}: {text}" if field else text
+        if "input" in first and first["type"] not in ("value_error",) and not isinstance(first["input"], dict):
+            msg += f" (got {first['input']!r})"
+    more = len(errors) - 1
+    return msg + (f" (and {more} more error{'s' if more > 1 else ''})" if more else "")
+
+
+def _allowed_fields(loc: list[str]) -> list[str]:
+    """Field names of the block at `loc` (a path of field names and list/dict keys)."""
+    model: Any = Scenario
+    for part in loc:
+        fields = getattr(model, "model_fields", None)
+        if fields is None or part not in fields:
+            # a list index or dict key: keep the current model's item type
+            continue
+        model = _block_type(fields[part].annotation)
+        if model is None:
+            return []
+    return sorted(getattr(model, "model_fields", {}))
+
+
+def _block_type(annotation: Any) -> Any:
+    """The `_Block` subclass inside an annotation like `X | None`, `list[X]` or `dict[str, X]`."""
+    if isinstance(annotation, type) and issubclass(annotation, _Block):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _block_type(arg)
+        if found is not None:
+            return found
+    return None

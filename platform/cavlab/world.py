@@ -1,0 +1,122 @@
+"""The shared data types of one simulation step: `WorldState` and the controller commands.
+
+Coordinates are global along the mainline: `x_m` is the front bumper's distance from the
+mainline start (ramp positions are counted so that the ramp ends where the acceleration
+lane begins), and `lane` is the road lane index — 0 is the rightmost mainline lane, −1 an
+on-ramp or acceleration lane. Controllers and perception see only these types, never SUMO.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True, eq=False)
+class WorldState:
+    """Every vehicle in the network at `time_s`, one row per vehicle.
+
+    Rows are grouped by SUMO lane and ordered by position within a lane. `slot` is a
+    per-run vehicle number (stable while the vehicle is in the network, never reused), for
+    indexing per-vehicle tables. Acceleration is the one applied during the last step,
+    u_k = (v_k − v_{k−1}) / Δt, which is exact under SUMO's ballistic update.
+    """
+
+    time_s: float
+    ids: np.ndarray  # str, (n,)
+    slot: np.ndarray  # int64, (n,)
+    type_index: np.ndarray  # int16 index into `type_names`
+    is_cav: np.ndarray  # bool
+    controlled: np.ndarray  # bool: a controller holds this vehicle
+    edge: np.ndarray  # int16 index into `edge_names`
+    lane: np.ndarray  # int16 road lane index (0 = rightmost mainline lane, −1 = ramp)
+    x_m: np.ndarray  # float64 front bumper, global
+    speed_mps: np.ndarray
+    accel_mps2: np.ndarray
+    length_m: np.ndarray
+    type_names: tuple[str, ...] = field(repr=False)
+    edge_names: tuple[str, ...] = field(repr=False)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def index_of(self, vehicle_id: str) -> int:
+        """Row of a vehicle, or −1 if it is not in the network."""
+        hits = np.flatnonzero(self.ids == vehicle_id)
+        return int(hits[0]) if len(hits) else -1
+
+
+@dataclass(frozen=True)
+class StepEvents:
+    """What happened during the last step, besides the vehicles' motion."""
+
+    departed: tuple[str, ...] = ()
+    arrived: tuple[str, ...] = ()
+    collisions: tuple[Collision, ...] = ()
+
+
+@dataclass(frozen=True)
+class Collision:
+    """A collision SUMO detected (gap below zero: `collision.mingap-factor` is 0)."""
+
+    time_s: float
+    collider: str
+    victim: str
+    kind: str
+    lane_id: str
+    position_m: float
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+@dataclass(frozen=True)
+class Accelerate:
+    """Apply `accel_mps2` during the next step (v_{k+1} = v_k + u·Δt under the ballistic update)."""
+
+    vehicle_id: str
+    accel_mps2: float
+
+
+@dataclass(frozen=True)
+class SetSpeed:
+    """Drive at `speed_mps` from the next step on, until another command or `Release`."""
+
+    vehicle_id: str
+    speed_mps: float
+
+
+@dataclass(frozen=True)
+class ChangeLane:
+    """Move to road lane `lane`; SUMO keeps this target for `hold_s` seconds."""
+
+    vehicle_id: str
+    lane: int
+    hold_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class Release:
+    """Hand the vehicle back to SUMO's driver models (default speed and lane-change modes)."""
+
+    vehicle_id: str
+
+
+Command = Accelerate | SetSpeed | ChangeLane | Release
+
+
+@dataclass(frozen=True)
+class ControlModes:
+    """SUMO modes set on a vehicle when a controller first commands it.
+
+    The defaults turn SUMO's own checks off (speed mode 32) and stop LC2013 from changing
+    lanes on its own (lane-change mode 0), so the controller's plan is executed exactly;
+    the controller is then responsible for safety. `Release` restores 31 and 1621.
+    """
+
+    speed_mode: int = 32
+    lane_change_mode: int = 0
+
+
+SUMO_DEFAULT_MODES = ControlModes(speed_mode=31, lane_change_mode=1621)

@@ -1,0 +1,1 @@
+"""The scenario library shipped with cavlab (YAML files, read with `cavlab.scenario`)."""

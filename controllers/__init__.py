@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from cavlab.controllers.base import Controller, ControlSetup
-from cavlab.errors import ScenarioError
+from cavlab.errors import ScenarioError, field_path
 
 CONTROLLERS: dict[str, str] = {
     "sumo": "cavlab.controllers.sumo_driver:SumoDriver",
@@ -34,7 +34,7 @@ def controller_params(name: str, params: dict[str, Any]) -> BaseModel:
         return controller_class(name).Params.model_validate(params)
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
-        field = ".".join(str(p) for p in err["loc"])
+        field = field_path(err["loc"])
         allowed = ", ".join(sorted(controller_class(name).Params.model_fields)) or "none"
         if err["type"] == "extra_forbidden":
             raise ScenarioError(

@@ -7,6 +7,7 @@ Ctrl-C (or SIGTERM) stops SUMO, removes the partial run and exits with 130.
 from __future__ import annotations
 
 import signal
+import sys
 import time
 from collections.abc import Callable
 from functools import wraps
@@ -15,6 +16,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.syntax import Syntax
 from rich.table import Table
@@ -44,10 +46,10 @@ def _handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return command(*args, **kwargs)
         except UserError as exc:
-            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except SimulationError as exc:
-            err.print(f"[bold red]SUMO error:[/] {exc}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]SUMO error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/]: SUMO stopped, partial results removed")
@@ -69,16 +71,22 @@ def list_scenarios() -> None:
     from cavlab.scenario import load_scenario, shipped_scenarios
 
     table = Table(title="Shipped scenarios")
-    for col in ("name", "road", "lanes", "length", "demand", "controller", "description"):
+    table.add_column("name", no_wrap=True)
+    for col in ("road", "lanes", "length", "demand", "controller", "description"):
         table.add_column(col, overflow="fold")
     for name in sorted(shipped_scenarios()):
         s = load_scenario(name)
         demand = sum(f.vehicles_per_hour for f in s.demand.flows) * s.demand.scale
         table.add_row(
             name, s.road.kind, str(s.road.lanes), f"{s.road.length_m:g} m", f"{demand:g} veh/h",
-            s.control.controller, s.description.strip().split(". ")[0].rstrip(".") + ".",
+            s.control.controller, _first_sentence(s.description),
         )  # fmt: skip
     out.print(table)
+
+
+def _first_sentence(text: str, limit: int = 80) -> str:
+    sentence = " ".join(text.split()).split(". ")[0]
+    return sentence if len(sentence) <= limit else sentence[: limit - 1] + "…"
 
 
 @app.command()
@@ -93,7 +101,10 @@ def show(
 
     loaded = load_scenario(scenario, overrides or [])
     text = loaded.to_yaml() if resolved or overrides else resolve_scenario_path(scenario).read_text()
-    out.print(Syntax(text, "yaml", theme="ansi_dark", background_color="default"))
+    if out.is_terminal:
+        out.print(Syntax(text, "yaml", theme="ansi_dark", background_color="default"))
+    else:  # piped into a file: the YAML exactly, never re-wrapped
+        sys.stdout.write(text)
 
 
 @app.command()
@@ -108,7 +119,7 @@ def validate(
     s = load_scenario(scenario, overrides or [])
     out.print(
         f"[green]ok[/]: {s.name} — {s.road.kind}, {s.road.lanes} lanes, {s.road.length_m:g} m, "
-        f"{len(s.demand.flows)} flows, controller {s.control.controller}",
+        f"{len(s.demand.flows)} flow{'s' if len(s.demand.flows) > 1 else ''}, controller {s.control.controller}",
         highlight=False,
     )
 
@@ -147,7 +158,8 @@ def run(
         write_run(staging, s, result)
     if not quiet:
         _summary_table(s.name, result.metrics, result.wall_time_s, result.steps)
-    out.print(f"run directory: [bold]{final}[/]  (plots: cavlab plot {final})", highlight=False)
+    hint = f"  (plots: cavlab plot {final})" if s.outputs.trajectories else ""
+    out.print(f"run directory: [bold]{escape(str(final))}[/]{escape(hint)}", highlight=False)
 
 
 class _progress:

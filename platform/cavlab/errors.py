@@ -20,3 +20,13 @@ class ScenarioError(UserError):
 
 class SimulationError(CavlabError):
     """SUMO failed or was used in a way it does not support."""
+
+
+def field_path(loc: tuple | list) -> str:
+    """A validation location as a dotted path; odd keys (spaces, newlines, ...) are quoted."""
+    return ".".join(
+        p
+        if isinstance(p, str) and p.replace("_", "").replace("-", "").isalnum()
+        else (str(p) if isinstance(p, int) else repr(p))
+        for p in loc
+    )

@@ -78,6 +78,7 @@ class MetricsCollector:
         arrivals: tuple[Arrival, ...],
     ) -> None:
         """Account for one step."""
+        self.collisions.extend(events.collisions)
         for d in departures:
             self._departures[d.slot] = d
         for a in arrivals:
@@ -111,7 +112,6 @@ class MetricsCollector:
             self._hard_braking += int(np.count_nonzero(braking & ~self._braking[slot]))
             self._speed_sum += float(world.speed_mps.sum())
             self._vehicle_steps += len(world)
-            self.collisions.extend(events.collisions)
         self._braking[slot] = braking
 
     def finish(self, detector_output: Path) -> dict:
@@ -143,7 +143,7 @@ class MetricsCollector:
             "lane_changes": len(after),
             "lane_changes_per_hour": len(after) * 3600 / window_s,
             "lane_changes_cav": sum(c.is_cav for c in after),
-            "collisions": len(self.collisions),
+            "collisions": sum(c.time_s > self.warmup_s + 1e-9 for c in self.collisions),
             "hard_braking_events": self._hard_braking,
             "control_energy_per_trip_m2ps3": _mean(energy),
             "control_energy_per_trip_cav_m2ps3": _mean(energy[cav]),

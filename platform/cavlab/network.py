@@ -16,6 +16,7 @@ Layouts (x along the mainline, lanes counted from the right):
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -32,7 +33,8 @@ import numpy as np
 from cavlab.errors import SimulationError
 from cavlab.scenario import FlowSpec, RoadSpec, Scenario
 
-_BUILDER_VERSION = 1  # bump when the network layout code changes
+_BUILDER_VERSION = 2  # bump when the network layout code changes
+SEGMENT_M = 1000.0  # longest edge: SUMO's per-step cost grows with vehicles per lane (7× at 400 on one 20 km edge)
 
 
 @dataclass(frozen=True)
@@ -106,8 +108,16 @@ class Network:
 # ----------------------------------------------------------------------------- layout
 
 
-def _layout(road: RoadSpec) -> tuple[list[Edge], list[tuple[str, int, str, int]], dict[str, tuple[str, ...]]]:
-    """Edges, lane connections (from edge, lane, to edge, lane) and routes of a road."""
+Connection = tuple[str, int, str, int]  # from edge, lane, to edge, lane
+
+
+def _layout(road: RoadSpec) -> tuple[list[Edge], list[Connection], dict[str, tuple[str, ...]]]:
+    """Edges, lane connections and routes of a road, long edges split into segments."""
+    return _segmented(*_sections(road))
+
+
+def _sections(road: RoadSpec) -> tuple[list[Edge], list[Connection], dict[str, tuple[str, ...]]]:
+    """The road's sections (one edge each, before splitting), their connections and routes."""
     n, v, length = road.lanes, road.speed_limit_mps, road.length_m
     if road.kind == "highway":
         return [Edge("main", n, 0.0, length, 0, v)], [], {"mainline": ("main",)}
@@ -135,14 +145,45 @@ def _layout(road: RoadSpec) -> tuple[list[Edge], list[tuple[str, int, str, int]]
     return edges, conns, {"mainline": ("up", "down")}
 
 
-def _plain_xml(road: RoadSpec, edges: list[Edge], conns: list[tuple[str, int, str, int]]) -> dict[str, str]:
+def _segmented(
+    edges: list[Edge], conns: list[Connection], routes: dict[str, tuple[str, ...]]
+) -> tuple[list[Edge], list[Connection], dict[str, tuple[str, ...]]]:
+    """Split mainline sections longer than SEGMENT_M into segments `<id>.<k>` of SEGMENT_M (the last
+    one takes the remainder, at least 100 m); the ramp stays whole."""
+    pieces: dict[str, list[Edge]] = {}
+    for e in edges:
+        cuts = [0.0]
+        while e.id != "ramp" and e.length_m - cuts[-1] > SEGMENT_M + 100.0:
+            cuts.append(cuts[-1] + SEGMENT_M)
+        bounds = [*cuts, e.length_m]
+        pieces[e.id] = [
+            Edge(e.id if len(cuts) == 1 else f"{e.id}.{k}", e.lanes, e.start_m + a, b - a, e.lane_offset,
+                 e.speed_limit_mps)
+            for k, (a, b) in enumerate(itertools.pairwise(bounds))
+        ]  # fmt: skip
+    joined = [(pieces[f][-1].id, fl, pieces[t][0].id, tl) for f, fl, t, tl in conns]
+    for segments in pieces.values():
+        for a, b in itertools.pairwise(segments):
+            joined += [(a.id, i, b.id, i) for i in range(a.lanes)]
+    return (
+        [seg for e in edges for seg in pieces[e.id]],
+        joined,
+        {name: tuple(seg.id for e in route for seg in pieces[e]) for name, route in routes.items()},
+    )
+
+
+def _plain_xml(road: RoadSpec, edges: list[Edge], conns: list[Connection]) -> dict[str, str]:
     """The .nod.xml, .edg.xml and .con.xml texts."""
     main = [e for e in edges if e.id != "ramp"]
-    xs = sorted({e.start_m for e in main} | {e.start_m + e.length_m for e in main})
-    node_of = {x: f"n{i}" for i, x in enumerate(xs)}
-    node_lines = [f'  <node id="{node_of[x]}" x="{x:.3f}" y="0" type="priority"/>' for x in xs]
+    xs = sorted({round(x, 3) for e in main for x in (e.start_m, e.start_m + e.length_m)})
+    node_id = {x: f"n{i}" for i, x in enumerate(xs)}
+    node_lines = [f'  <node id="{node_id[x]}" x="{x:.3f}" y="0" type="priority"/>' for x in xs]
+
+    def node_of(x: float) -> str:
+        return node_id[round(x, 3)]
+
     edge_lines = [
-        f'  <edge id="{e.id}" from="{node_of[e.start_m]}" to="{node_of[e.start_m + e.length_m]}" '
+        f'  <edge id="{e.id}" from="{node_of(e.start_m)}" to="{node_of(e.start_m + e.length_m)}" '
         f'numLanes="{e.lanes}" speed="{e.speed_limit_mps:g}" width="{road.lane_width_m:g}" spreadType="right"/>'
         for e in main
     ]
@@ -151,7 +192,7 @@ def _plain_xml(road: RoadSpec, edges: list[Edge], conns: list[tuple[str, int, st
             # The ramp runs in parallel to the mainline for its last 100 m, its lane exactly where
             # the acceleration lane starts (lanes spread to the right of the edge line), so the
             # junction has no width; its length is set exactly.
-            end_x = next(m.start_m for m in main if m.id == "merge")
+            end_x = e.start_m + e.length_m
             side_y = -road.lanes * road.lane_width_m
             straight = min(100.0, e.length_m / 2)
             drop_y = min((e.length_m - straight) / 4, 40.0)
@@ -159,7 +200,7 @@ def _plain_xml(road: RoadSpec, edges: list[Edge], conns: list[tuple[str, int, st
             node_lines.append(f'  <node id="ramp_start" x="{start[0]:.3f}" y="{start[1]:.3f}" type="priority"/>')
             shape = f"{start[0]:.3f},{start[1]:.3f} {end_x - straight:.3f},{side_y:.3f} {end_x:.3f},{side_y:.3f}"
             edge_lines.append(
-                f'  <edge id="ramp" from="ramp_start" to="{node_of[end_x]}" numLanes="1" shape="{shape}" '
+                f'  <edge id="ramp" from="ramp_start" to="{node_of(end_x)}" numLanes="1" shape="{shape}" '
                 f'speed="{e.speed_limit_mps:g}" width="{road.lane_width_m:g}" length="{e.length_m:.3f}" '
                 f'spreadType="right"/>'
             )

@@ -27,6 +27,8 @@ def _load(run_dir: Path) -> tuple[dict, dict[str, np.ndarray]]:
         summary = json.loads(summary_file.read_text())
     except (OSError, ValueError) as exc:
         raise UserError(f"{run_dir}: cannot read the run ({exc})") from None
+    if table.num_rows == 0:
+        raise UserError(f"{run_dir}: the run has no vehicle data to plot (no vehicle entered the network)")
     return summary, {name: table[name].to_numpy() for name in table.column_names}
 
 

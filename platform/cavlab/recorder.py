@@ -22,7 +22,7 @@ class TrajectoryRecorder:
             self._chunks.append((world.time_s, world.slot, world.lane, world.x_m, world.speed_mps, world.accel_mps2))
 
     def table(self, vehicle_ids: list[str], vehicle_types: list[str]) -> pa.Table:
-        """Columns t_s, vehicle_id, vehicle_type, lane, x_m, speed_mps, accel_mps2 (ids dictionary-encoded)."""
+        """Columns t_s, vehicle_id, vehicle_type, lane, x_m, speed_mps, accel_mps2."""
         sizes = [len(c[1]) for c in self._chunks]
         t = np.repeat([c[0] for c in self._chunks], sizes) if sizes else np.zeros(0)
         slot = np.concatenate([c[1] for c in self._chunks]) if sizes else np.zeros(0, dtype=np.int64)
@@ -37,11 +37,11 @@ class TrajectoryRecorder:
                 "t_s": pa.array(t, pa.float64()),
                 "vehicle_id": pa.DictionaryArray.from_arrays(
                     pa.array(slot.astype(np.int32)), pa.array(vehicle_ids, pa.string())
-                ),
+                ).dictionary_decode(),
                 "vehicle_type": pa.DictionaryArray.from_arrays(
                     pa.array(type_of_slot[slot] if len(slot) else np.zeros(0, np.int32)),
                     pa.array(type_names, pa.string()),
-                ),
+                ).dictionary_decode(),
                 "lane": pa.array(col(2, np.int16)),
                 "x_m": pa.array(col(3, np.float64)),
                 "speed_mps": pa.array(col(4, np.float64)),

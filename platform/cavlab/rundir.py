@@ -8,7 +8,7 @@ written, summary.json last: a failed or interrupted run leaves nothing that look
       summary.json           metrics, seed, versions, wall time
       trajectories.parquet   t_s, vehicle_id, vehicle_type, lane, x_m, speed_mps, accel_mps2
       lane_changes.csv       one row per lane change
-      collisions.csv         one row per collision
+      collisions.csv         one row per collision (warm-up included; summary counts those after it)
       sumo.log               SUMO's messages
       sumo/                  the SUMO inputs (network, routes, detectors, run.sumocfg) and detector output
 """
@@ -43,14 +43,21 @@ SUMO_SUBDIR = "sumo"
 def default_run_dir(scenario: Scenario) -> Path:
     """runs/<scenario>/<UTC time>-seed<seed> under the working directory."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / scenario.name / f"{stamp}-seed{scenario.simulation.seed}"
+    base = Path("runs") / scenario.name / f"{stamp}-seed{scenario.simulation.seed}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
 
 
 @contextmanager
 def staged_run_dir(final: Path) -> Iterator[Path]:
     """Yield a scratch folder that becomes `final` only if the block finishes."""
     final = Path(final)
-    if final.exists() and (not final.is_dir() or any(final.iterdir())):
+    if final.exists() and not final.is_dir():
+        raise UserError(f"{final}: is a file, not a directory; choose another --out")
+    if final.exists() and any(final.iterdir()):
         raise UserError(f"{final}: output directory already exists and is not empty; choose another --out")
     try:
         final.parent.mkdir(parents=True, exist_ok=True)

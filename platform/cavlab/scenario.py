@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from cavlab.errors import ScenarioError
+from cavlab.errors import ScenarioError, field_path
 
 NonNegative = Annotated[float, Field(ge=0)]
 Positive = Annotated[float, Field(gt=0)]
@@ -61,7 +61,8 @@ class RoadSpec(_Block):
     ramp: RampSpec | None = Field(None, description="Required when kind is on_ramp")
     lane_drop: LaneDropSpec | None = Field(None, description="Required when kind is lane_drop")
     detectors_m: list[Positive] | None = Field(
-        None, description="Mainline positions of the induction loops (one per lane); default length − 100 m"
+        None,
+        description="Mainline positions of the induction loops (one per lane); default max(length − 100 m, length / 2)",
     )
 
     @model_validator(mode="after")
@@ -129,7 +130,7 @@ class VehicleTypeSpec(_Block):
     emergency_decel_mps2: Positive = 9.0
     tau_s: Positive = Field(1.0, description="Desired time headway (reaction time)")
     sigma: Fraction = Field(0.5, description="Driver imperfection (Krauss)")
-    speed_factor_mean: Annotated[float, Field(gt=0, le=3)] = Field(
+    speed_factor_mean: Annotated[float, Field(gt=0, le=2)] = Field(
         1.0, description="Desired speed as a multiple of the speed limit (mean)"
     )
     speed_factor_dev: Annotated[float, Field(ge=0, le=1)] = 0.1
@@ -162,8 +163,17 @@ class FlowSpec(_Block):
         default_factory=lambda: {"car": 1.0}, description="Human-driven type mix (weights, normalised)"
     )
     cav_share: Fraction | None = Field(None, description="Share of CAVs; null uses demand.cav_share")
-    depart_speed: Literal["max", "desired", "avg"] | NonNegative = "max"
+    depart_speed: str | float = Field("max", description="'max', 'desired', 'avg' or a speed in m/s")
     arrivals: Literal["poisson", "uniform"] = "poisson"
+
+    @field_validator("depart_speed", mode="before")
+    @classmethod
+    def _depart_speed(cls, value: Any) -> str | float:
+        if value in ("max", "desired", "avg"):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 70:
+            return float(value)
+        raise ValueError(f"must be 'max', 'desired', 'avg' or a speed in [0, 70] m/s (got {value!r})")
 
     @field_validator("vehicle_types")
     @classmethod
@@ -174,13 +184,36 @@ class FlowSpec(_Block):
 
 
 class DemandSpec(_Block):
-    """Traffic demand: vehicle types, flows and the CAV share."""
+    """Traffic demand: vehicle types, flows and the CAV share.
 
-    vehicle_types: dict[str, VehicleTypeSpec] = Field(default_factory=lambda: dict(DEFAULT_VEHICLE_TYPES))
+    The built-in types `car` (human-driven) and `cav` always exist; a scenario's
+    `vehicle_types` adds types and changes fields of the built-in ones.
+    """
+
+    vehicle_types: dict[str, VehicleTypeSpec] = Field(
+        default_factory=lambda: dict(DEFAULT_VEHICLE_TYPES), description="Built-in car and cav, plus these"
+    )
     cav_type: str = Field("cav", description="Vehicle type used for the CAV share of every flow")
     cav_share: Fraction = Field(0.0, description="Share of CAVs in flows that do not set their own")
     scale: Annotated[float, Field(ge=0, le=10)] = Field(1.0, description="Multiplies every flow's rate")
     flows: list[FlowSpec] = Field(min_length=1)
+
+    @field_validator("vehicle_types", mode="before")
+    @classmethod
+    def _merge_builtin_types(cls, given: Any) -> Any:
+        if not isinstance(given, dict):
+            return given
+        merged: dict[str, Any] = {name: spec.model_dump() for name, spec in DEFAULT_VEHICLE_TYPES.items()}
+        for name, spec in given.items():
+            builtin = merged.get(name)
+            if isinstance(builtin, dict) and isinstance(spec, dict):
+                lane_change = spec.get("lane_change")
+                if isinstance(lane_change, dict):
+                    spec = {**spec, "lane_change": {**builtin["lane_change"], **lane_change}}
+                merged[name] = {**builtin, **spec}
+            else:
+                merged[name] = spec
+        return merged
 
     @model_validator(mode="after")
     def _check_types(self) -> DemandSpec:
@@ -365,7 +398,7 @@ def parse_scenario(text: str, source: str = "<scenario>", overrides: list[str] |
         problem = exc.problem or exc.context or "invalid YAML"
         raise ScenarioError(f"{source}{where}: YAML syntax error: {problem}") from None
     except yaml.YAMLError as exc:
-        raise ScenarioError(f"{source}: YAML error: {exc}") from None
+        raise ScenarioError(f"{source}: YAML error: {' '.join(str(exc).split())}") from None
     if not isinstance(raw, dict):
         raise ScenarioError(f"{source}: expected a mapping of blocks (road, demand, ...), got {_kind(raw)}")
     for override in overrides:
@@ -408,7 +441,9 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
             if last:
                 node[part] = value
             else:
-                node = node.setdefault(part, {})
+                if node.get(part) is None:
+                    node[part] = {}
+                node = node[part]
         else:
             parent = ".".join(parts[:depth])
             raise ScenarioError(f"override '{override}': '{parent}' is {_kind(node)}, not a block")
@@ -425,7 +460,7 @@ def _describe(exc: ValidationError) -> str:
     errors = exc.errors(include_url=False)
     first = errors[0]
     loc = [str(p) for p in first["loc"]]
-    field = ".".join(loc)
+    field = field_path(first["loc"])
     if first["type"] == "extra_forbidden":
         allowed = _allowed_fields(loc[:-1])
         msg = f"unknown field '{field}'" + (f" (allowed: {', '.join(allowed)})" if allowed else "")

@@ -45,7 +45,8 @@ class LibsumoBackend(SumoBackend):
         from sumolib import checkBinary
 
         _owner = self
-        self._console = os.open(self.inputs.folder / "sumo.console.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        log = self.inputs.folder / "sumo.console.log"
+        self._console = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         self._stderr = os.dup(2)
         try:
             os.dup2(self._console, 2)

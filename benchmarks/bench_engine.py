@@ -1,0 +1,232 @@
+"""Engine speed: vehicle-steps/s of a full `cavlab run` against bare libsumo stepping.
+
+    python benchmarks/bench_engine.py [--runs 5] [--sizes 100 500 2000] [--reads]
+
+For each size, `highway-lane-change` is stretched (road.length_m) so that about that many
+vehicles are in the network once it has filled. Both modes run the same .sumocfg with the
+same seed, each in a fresh process (libsumo allows one simulation per process), alternating
+bare / engine. Only the last `--window-s` seconds of simulated time are timed, after the
+road has filled:
+
+- bare:   libsumo.simulationStep() only, no reads;
+- engine: the whole engine loop (every vehicle's lane, position, speed and acceleration into
+          a WorldState, metrics, trajectory recording, the controller, command application).
+
+`--reads` adds a micro-benchmark of ways to read the world state at the 500-vehicle size:
+libsumo lane lists + 2 getters (what the libsumo backend does), libsumo getIDList + 4
+getters, libsumo subscriptions; TraCI subscriptions (what the TraCI backend does) and TraCI
+getters. It prints Markdown tables to paste into docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SPEED_MPS = 26.0  # rough mean speed on highway-lane-change, used to size the fill time
+DENSITY_PER_KM = 25.0  # vehicles per km of highway-lane-change once filled (measured: ~75 on 3 km)
+
+
+def scenario_for(vehicles: int, window_s: float, backend: str = "libsumo"):
+    from cavlab.scenario import load_scenario
+
+    length_m = round(1000 * vehicles / DENSITY_PER_KM / 100) * 100
+    fill_s = round(length_m / SPEED_MPS * 1.1 / 10) * 10
+    return load_scenario(
+        "highway-lane-change",
+        [
+            f"road.length_m={length_m}",
+            f"road.detectors_m=[{length_m - 100}]",
+            f"simulation.duration_s={fill_s + window_s}",
+            f"simulation.warmup_s={fill_s}",
+            f"simulation.backend={backend}",
+        ],
+    )
+
+
+def one_run(mode: str, vehicles: int, window_s: float) -> dict:
+    """Time the last `window_s` of one run; executed in a child process."""
+    from cavlab.engine import Engine
+
+    scenario = scenario_for(vehicles, window_s)
+    sim = scenario.simulation
+    first_timed = round(sim.warmup_s / sim.step_length_s) + 1
+    with tempfile.TemporaryDirectory() as tmp:
+        engine = Engine(scenario, Path(tmp) / "sumo")
+        if mode == "bare":
+            import libsumo
+
+            libsumo.start(["sumo", "-c", str(engine.inputs.config)])
+            libsumo.simulationStep(sim.warmup_s)
+            counts = []
+            started = time.perf_counter()
+            for _ in range(sim.steps - first_timed + 1):
+                libsumo.simulationStep()
+                counts.append(libsumo.vehicle.getIDCount())
+            wall = time.perf_counter() - started
+            libsumo.close()
+            steps, vehicle_steps = len(counts), sum(counts)
+        else:
+            marks: dict[str, float] = {}
+            counts = []
+
+            def progress(world, k: int) -> None:
+                if k == first_timed - 1:
+                    marks["start"] = time.perf_counter()
+                elif k >= first_timed:
+                    counts.append(len(world))
+                    if k == sim.steps:
+                        marks["end"] = time.perf_counter()
+
+            engine.run(progress=progress, progress_every=1)
+            wall = marks["end"] - marks["start"]
+            steps, vehicle_steps = len(counts), sum(counts)
+    return {"mode": mode, "size": vehicles, "steps": steps, "vehicle_steps": vehicle_steps, "wall_s": wall}
+
+
+def read_strategies(window_steps: int = 1000) -> dict[str, float]:
+    """Median microseconds per step of each way to read (lane, position, speed, acceleration)."""
+    import libsumo
+    import traci
+    import traci.constants as tc
+    from sumolib import checkBinary
+
+    from cavlab.engine import Engine
+
+    scenario = scenario_for(500, 60)
+    warm = scenario.simulation.warmup_s
+    results: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        engine = Engine(scenario, Path(tmp) / "sumo")
+        cfg = str(engine.inputs.config)
+        lanes = engine.network.lane_ids
+
+        def lane_lists(api):
+            ids = []
+            for lane in lanes:
+                ids.extend(api.lane.getLastStepVehicleIDs(lane))
+            v = api.vehicle
+            return [v.getLanePosition(i) for i in ids], [v.getSpeed(i) for i in ids]
+
+        def id_list_getters(api):
+            v = api.vehicle
+            ids = v.getIDList()
+            return (
+                [v.getLaneID(i) for i in ids],
+                [v.getLanePosition(i) for i in ids],
+                [v.getSpeed(i) for i in ids],
+                [v.getAcceleration(i) for i in ids],
+            )
+
+        sub_vars = [tc.VAR_LANE_ID, tc.VAR_LANEPOSITION, tc.VAR_SPEED, tc.VAR_ACCELERATION]
+
+        def subscriptions(api):
+            for vid in api.simulation.getDepartedIDList():
+                api.vehicle.subscribe(vid, sub_vars)
+            return api.vehicle.getAllSubscriptionResults()
+
+        def measure(api, step, reader, label: str, steps: int) -> None:
+            if reader is subscriptions:
+                for vid in api.vehicle.getIDList():
+                    api.vehicle.subscribe(vid, sub_vars)
+            times, n = [], []
+            for _ in range(steps):
+                step()
+                t0 = time.perf_counter()
+                reader(api)
+                times.append(time.perf_counter() - t0)
+                n.append(api.vehicle.getIDCount())
+            results[label] = statistics.median(times) * 1e6
+            results[label + " vehicles"] = statistics.mean(n)
+
+        for label, reader in (
+            ("libsumo lane lists + 2 getters", lane_lists),
+            ("libsumo getIDList + 4 getters", id_list_getters),
+            ("libsumo subscriptions", subscriptions),
+        ):
+            libsumo.start(["sumo", "-c", cfg])
+            libsumo.simulationStep(warm)
+            t0 = time.perf_counter()
+            for _ in range(window_steps):
+                libsumo.simulationStep()
+            results["libsumo step only"] = min(
+                results.get("libsumo step only", 1e9), (time.perf_counter() - t0) / window_steps * 1e6
+            )
+            measure(libsumo, libsumo.simulationStep, reader, label, window_steps)
+            libsumo.close()
+        for label, reader, steps in (
+            ("TraCI subscriptions", subscriptions, window_steps),
+            ("TraCI getIDList + 4 getters", id_list_getters, 30),
+        ):
+            conn = traci.start([checkBinary("sumo"), "-c", cfg], label=f"bench-{label}")
+            conn = traci.getConnection(f"bench-{label}")
+            conn.simulationStep(warm)
+            measure(conn, conn.simulationStep, reader, label, steps)
+            conn.close()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100, 500, 2000])
+    parser.add_argument("--window-s", type=float, default=120.0)
+    parser.add_argument("--reads", action="store_true")
+    parser.add_argument("--one", nargs=2, metavar=("MODE", "SIZE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(one_run(args.one[0], int(args.one[1]), args.window_s)))
+        return
+    print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
+    print(f"command: python benchmarks/bench_engine.py --runs {args.runs} --sizes {' '.join(map(str, args.sizes))}")
+    rows = []
+    for size in args.sizes:
+        samples: dict[str, list[dict]] = {"bare": [], "engine": []}
+        for run in range(args.runs):
+            for mode in ("bare", "engine"):
+                out = subprocess.run(
+                    [sys.executable, __file__, "--one", mode, str(size), "--window-s", str(args.window_s)],
+                    capture_output=True, text=True, check=True,
+                )  # fmt: skip
+                samples[mode].append(json.loads(out.stdout.strip().splitlines()[-1]))
+                print(f"  size {size} run {run + 1}/{args.runs} {mode}: {samples[mode][-1]}", file=sys.stderr)
+        bare = statistics.median(s["vehicle_steps"] / s["wall_s"] for s in samples["bare"])
+        eng = statistics.median(s["vehicle_steps"] / s["wall_s"] for s in samples["engine"])
+        ratios = [b["wall_s"] / b["steps"] for b in samples["bare"]]
+        ratio = statistics.median(
+            (e["wall_s"] / e["steps"]) / (b["wall_s"] / b["steps"])
+            for e, b in zip(samples["engine"], samples["bare"], strict=True)
+        )
+        vehicles = statistics.mean(s["vehicle_steps"] / s["steps"] for s in samples["engine"])
+        rows.append(
+            f"| {size} | {vehicles:.0f} | {args.runs} | {1 / statistics.median(ratios):.0f} | {bare:,.0f} | "
+            f"{statistics.median(s['steps'] / s['wall_s'] for s in samples['engine']):.0f} | {eng:,.0f} | "
+            f"{ratio:.2f}× |"
+        )
+    print()
+    print("| target size | mean vehicles | runs | bare steps/s | bare veh-steps/s | cavlab steps/s "
+          "| cavlab veh-steps/s | cavlab time / bare time (median of paired runs) |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
+    print("\n".join(rows))
+    if args.reads:
+        res = read_strategies()
+        print()
+        print(
+            f"| read strategy (≈{res['libsumo lane lists + 2 getters vehicles']:.0f} vehicles) | µs per step (median) |"
+        )
+        print("|---|---|")
+        for key, value in res.items():
+            if not key.endswith("vehicles"):
+                print(f"| {key} | {value:,.0f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -32,14 +32,14 @@ import time
 from pathlib import Path
 
 SPEED_MPS = 26.0  # rough mean speed on highway-lane-change, used to size the fill time
-DENSITY_PER_KM = 25.0  # vehicles per km of highway-lane-change once filled (measured: ~75 on 3 km)
+DENSITY_PER_KM = 26.0  # vehicles per km of highway-lane-change once filled (measured: 655 on 25 km)
 
 
 def scenario_for(vehicles: int, window_s: float, backend: str = "libsumo"):
     from cavlab.scenario import load_scenario
 
     length_m = round(1000 * vehicles / DENSITY_PER_KM / 100) * 100
-    fill_s = round(length_m / SPEED_MPS * 1.1 / 10) * 10
+    fill_s = round(length_m / SPEED_MPS * 1.25 / 10) * 10
     return load_scenario(
         "highway-lane-change",
         [

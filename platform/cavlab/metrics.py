@@ -50,7 +50,8 @@ class MetricsCollector:
         self.dt = scenario.simulation.step_length_s
         self.warmup_s = scenario.simulation.warmup_s
         types = scenario.demand.vehicle_types
-        self._decel = np.array([t.decel_mps2 for t in types.values()])
+        self._hard_braking_mps2 = np.array([-t.decel_mps2 - 1e-6 for t in types.values()])
+        self._half_dt = 0.5 * self.dt
         capacity = 1024
         self._prev_lane = np.full(capacity, _NO_LANE, dtype=np.int16)
         self._braking = np.zeros(capacity, dtype=bool)
@@ -81,35 +82,36 @@ class MetricsCollector:
         self.collisions.extend(events.collisions)
         for d in departures:
             self._departures[d.slot] = d
+            self._ensure(d.slot + 1)
         for a in arrivals:
             self._arrival_s[a.slot] = a.time_s
         if not len(world):
             return
         slot, lane = world.slot, world.lane
-        self._ensure(int(slot.max()) + 1)
-        after_warmup = world.time_s > self.warmup_s + 1e-9
         prev = self._prev_lane[slot]
-        changed = np.flatnonzero((prev != lane) & (prev != _NO_LANE))
-        for row in changed:
-            self.lane_changes.append(
-                LaneChange(
-                    time_s=world.time_s,
-                    vehicle_id=str(world.ids[row]),
-                    vehicle_type=world.type_names[world.type_index[row]],
-                    is_cav=bool(world.is_cav[row]),
-                    controlled=bool(world.controlled[row]),
-                    from_lane=int(prev[row]),
-                    to_lane=int(lane[row]),
-                    x_m=float(world.x_m[row]),
-                    speed_mps=float(world.speed_mps[row]),
+        changed = prev != lane
+        if changed.any():
+            for row in np.flatnonzero(changed & (prev != _NO_LANE)).tolist():
+                self.lane_changes.append(
+                    LaneChange(
+                        time_s=world.time_s,
+                        vehicle_id=str(world.ids[row]),
+                        vehicle_type=world.type_names[world.type_index[row]],
+                        is_cav=bool(world.is_cav[row]),
+                        controlled=bool(world.controlled[row]),
+                        from_lane=int(prev[row]),
+                        to_lane=int(lane[row]),
+                        x_m=float(world.x_m[row]),
+                        speed_mps=float(world.speed_mps[row]),
+                    )
                 )
-            )
-        self._prev_lane[slot] = lane
+            self._prev_lane[slot] = lane
         accel = world.accel_mps2
-        self._energy[slot] += 0.5 * accel * accel * self.dt
-        braking = accel < -self._decel[world.type_index] - 1e-6
-        if after_warmup:
-            self._hard_braking += int(np.count_nonzero(braking & ~self._braking[slot]))
+        self._energy[slot] += accel * accel * self._half_dt
+        braking = accel < self._hard_braking_mps2[world.type_index]
+        if world.time_s > self.warmup_s + 1e-9:
+            if braking.any():
+                self._hard_braking += int(np.count_nonzero(braking & ~self._braking[slot]))
             self._speed_sum += float(world.speed_mps.sum())
             self._vehicle_steps += len(world)
         self._braking[slot] = braking

@@ -96,7 +96,9 @@ class SumoBackend(ABC):
         self._slot_ids: list[str] = []
         capacity = 1024
         self._prev_speed = np.zeros(capacity)
-        self._new_accel = np.full(capacity, np.nan)
+        self._fresh_accel: dict[int, float] = {}  # vehicles that entered in the last step
+        self._lane_rows = np.arange(len(network.lane_ids))
+        self._inv_dt = 1.0 / self.step_length_s
         self._slot_type = np.zeros(capacity, dtype=np.int16)
         self._slot_edge = np.zeros(capacity, dtype=np.int16)
         self._controlled = np.zeros(capacity, dtype=bool)
@@ -167,16 +169,18 @@ class SumoBackend(ABC):
         except Exception as exc:
             raise SimulationError(f"SUMO failed during the step: {exc}{self._log_tail()}") from exc
         departures = tuple(self._register(vid, raw.time_s) for vid in raw.departed)
-        arrivals = tuple(
-            Arrival(vid, self._slot_of.pop(vid), raw.time_s) for vid in raw.arrived if vid in self._slot_of
-        )
-        collisions = tuple(Collision(raw.time_s, c.collider, c.victim, c.type, c.lane, c.pos) for c in raw.collisions)
-        removed = {c.collider for c in collisions} | {c.victim for c in collisions}
-        arrivals += tuple(
-            Arrival(vid, self._slot_of.pop(vid), raw.time_s)
-            for vid in removed
-            if vid in self._slot_of and vid not in set(raw.ids)
-        )
+        pop = self._slot_of.pop
+        arrivals = tuple(Arrival(vid, pop(vid), raw.time_s) for vid in raw.arrived if vid in self._slot_of)
+        collisions: tuple[Collision, ...] = ()
+        if raw.collisions:
+            collisions = tuple(
+                Collision(raw.time_s, c.collider, c.victim, c.type, c.lane, c.pos) for c in raw.collisions
+            )
+            present = set(raw.ids)
+            removed = {c.collider for c in collisions} | {c.victim for c in collisions}
+            arrivals += tuple(
+                Arrival(vid, pop(vid), raw.time_s) for vid in removed if vid in self._slot_of and vid not in present
+            )
         world = self._assemble(raw)
         return world, StepEvents(raw.departed, raw.arrived, collisions), departures, arrivals
 
@@ -189,27 +193,26 @@ class SumoBackend(ABC):
         self._slot_ids.append(vid)
         type_name = v.getTypeID(vid)
         self._slot_type[slot] = self._type_index[type_name]
-        self._new_accel[slot] = v.getAcceleration(vid)
+        self._fresh_accel[slot] = v.getAcceleration(vid)
         return Departure(vid, slot, type_name, v.getRouteID(vid), v.getSpeedFactor(vid), time_s)
 
     def _grow(self) -> None:
-        for name in ("_prev_speed", "_new_accel", "_slot_type", "_slot_edge", "_controlled"):
+        for name in ("_prev_speed", "_slot_type", "_slot_edge", "_controlled"):
             old = getattr(self, name)
-            new = np.full(2 * len(old), np.nan) if name == "_new_accel" else np.zeros(2 * len(old), old.dtype)
+            new = np.zeros(2 * len(old), old.dtype)
             new[: len(old)] = old
             setattr(self, name, new)
 
     def _assemble(self, raw: RawStep) -> WorldState:
         n = len(raw.ids)
         slot = np.fromiter(map(self._slot_of.__getitem__, raw.ids), dtype=np.int64, count=n)
-        lane_row = np.repeat(np.arange(len(raw.lane_counts)), raw.lane_counts)
+        lane_row = np.repeat(self._lane_rows, raw.lane_counts)
         edge = self._lane_edge[lane_row]
-        accel = (raw.speed_mps - self._prev_speed[slot]) / self.step_length_s
-        fresh = self._new_accel[slot]
-        is_new = ~np.isnan(fresh)
-        if is_new.any():
-            accel[is_new] = fresh[is_new]
-            self._new_accel[slot[is_new]] = np.nan
+        accel = (raw.speed_mps - self._prev_speed[slot]) * self._inv_dt
+        if self._fresh_accel:  # no previous speed: take SUMO's value
+            rows = np.flatnonzero(np.isin(slot, list(self._fresh_accel)))
+            accel[rows] = [self._fresh_accel[s] for s in slot[rows].tolist()]
+            self._fresh_accel.clear()
         self._prev_speed[slot] = raw.speed_mps
         self._slot_edge[slot] = edge
         type_index = self._slot_type[slot]

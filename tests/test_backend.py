@@ -153,12 +153,12 @@ def test_collisions_are_detected_and_counted(tmp_path: Path) -> None:
         collisions = []
         for _ in range(300):
             b.apply([Accelerate(follower, 3.0)])  # speed mode 32: nothing stops it
-            world, events, _, arrivals = b.step()
+            world, events = b.step()
             collisions += events.collisions
             if collisions:
                 break
         assert collisions and collisions[0].collider == follower
-        assert follower in {a.vehicle_id for a in arrivals}  # collision.action remove
+        assert follower in {a.vehicle_id for a in events.arrivals}  # collision.action remove
         assert follower not in set(world.ids)
 
 

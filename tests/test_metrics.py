@@ -7,11 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cavlab.backends.base import Arrival, Departure
 from cavlab.metrics import MetricsCollector, throughput
 from cavlab.network import build_network
 from cavlab.scenario import load_scenario
-from cavlab.world import Collision, StepEvents, WorldState
+from cavlab.world import Arrival, Collision, Departure, StepEvents, WorldState
 
 SCENARIO = load_scenario("highway-lane-change", ["simulation.warmup_s=1", "simulation.duration_s=10"])
 TYPES = tuple(SCENARIO.demand.vehicle_types)
@@ -37,15 +36,12 @@ def collector() -> MetricsCollector:
 
 def test_lane_changes_hard_braking_energy_and_speed(collector: MetricsCollector) -> None:
     d = (Departure("a", 0, "car", "mainline", 1.0, 0.5), Departure("b", 1, "cav", "mainline", 1.0, 1.5))
-    collector.observe(world(0.5, [("a", 0, "car", 0, 10, 20, 0)]), StepEvents(), d[:1], ())
-    collector.observe(
-        world(1.5, [("a", 0, "car", 0, 12, 20, -5.0), ("b", 1, "cav", 1, 0, 10, 2)]), StepEvents(), d[1:], ()
-    )
-    collector.observe(
-        world(1.6, [("a", 0, "car", 1, 14, 19.5, -5.0), ("b", 1, "cav", 1, 1, 10, 0)]), StepEvents(), (), ()
-    )
-    collector.observe(world(1.7, [("b", 1, "cav", 0, 2, 10, 0), ("a", 0, "car", 1, 16, 19, -1)]), StepEvents(), (), ())
-    collector.observe(world(1.8, [("a", 0, "car", 1, 18, 19, -6)]), StepEvents(), (), (Arrival("b", 1, 1.8),))
+    observe = collector.observe
+    observe(world(0.5, [("a", 0, "car", 0, 10, 20, 0)]), StepEvents(departures=d[:1]))
+    observe(world(1.5, [("a", 0, "car", 0, 12, 20, -5.0), ("b", 1, "cav", 1, 0, 10, 2)]), StepEvents(departures=d[1:]))
+    observe(world(1.6, [("a", 0, "car", 1, 14, 19.5, -5.0), ("b", 1, "cav", 1, 1, 10, 0)]), StepEvents())
+    observe(world(1.7, [("b", 1, "cav", 0, 2, 10, 0), ("a", 0, "car", 1, 16, 19, -1)]), StepEvents())
+    observe(world(1.8, [("a", 0, "car", 1, 18, 19, -6)]), StepEvents(arrivals=(Arrival("b", 1, 1.8),)))
     changes = [(c.vehicle_id, c.from_lane, c.to_lane, c.time_s, c.is_cav) for c in collector.lane_changes]
     assert changes == [("a", 0, 1, 1.6, False), ("b", 1, 0, 1.7, True)]
     # car decel 4.5 m/s²: -5, -5 is one event, -1 ends it, -6 starts a second
@@ -58,7 +54,7 @@ def test_lane_changes_hard_braking_energy_and_speed(collector: MetricsCollector)
 
 def test_collisions_after_warmup_are_counted_and_trips_excluded(collector: MetricsCollector) -> None:
     crash = Collision(2.0, "a", "b", "collision", "main_0", 10.0)
-    collector.observe(world(2.0, [("c", 2, "car", 0, 1, 1, 0)]), StepEvents(collisions=(crash,)), (), ())
+    collector.observe(world(2.0, [("c", 2, "car", 0, 1, 1, 0)]), StepEvents(collisions=(crash,)))
     assert collector.collisions == [crash]
 
 

@@ -91,9 +91,9 @@ class Engine:
         started = time.perf_counter()
         with self.open_backend() as backend:
             for k in range(1, steps + 1):
-                world, events, departures, arrivals = backend.step()
+                world, events = backend.step()
                 vehicle_steps += len(world)
-                metrics.observe(world, events, departures, arrivals)
+                metrics.observe(world, events)
                 if recorder is not None:
                     recorder.observe(world)
                 backend.apply(self.controller.step(self.perception.observe(world)))

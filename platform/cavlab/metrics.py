@@ -18,10 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cavlab.backends.base import Arrival, Departure
 from cavlab.network import Network
 from cavlab.scenario import Scenario
-from cavlab.world import Collision, StepEvents, WorldState
+from cavlab.world import Collision, Departure, StepEvents, WorldState
 
 _NO_LANE = np.iinfo(np.int16).min
 
@@ -71,19 +70,13 @@ class MetricsCollector:
             self._braking = np.concatenate([self._braking, np.zeros(grow, dtype=bool)])
             self._energy = np.concatenate([self._energy, np.zeros(grow)])
 
-    def observe(
-        self,
-        world: WorldState,
-        events: StepEvents,
-        departures: tuple[Departure, ...],
-        arrivals: tuple[Arrival, ...],
-    ) -> None:
+    def observe(self, world: WorldState, events: StepEvents) -> None:
         """Account for one step."""
         self.collisions.extend(events.collisions)
-        for d in departures:
+        for d in events.departures:
             self._departures[d.slot] = d
             self._ensure(d.slot + 1)
-        for a in arrivals:
+        for a in events.arrivals:
             self._arrival_s[a.slot] = a.time_s
         if not len(world):
             return

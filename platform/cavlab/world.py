@@ -48,11 +48,32 @@ class WorldState:
 
 
 @dataclass(frozen=True)
+class Departure:
+    """A vehicle that entered the network in the last step."""
+
+    vehicle_id: str
+    slot: int
+    type_name: str
+    route: str
+    speed_factor: float
+    time_s: float
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """A vehicle that left the network (or was removed after a collision) in the last step."""
+
+    vehicle_id: str
+    slot: int
+    time_s: float
+
+
+@dataclass(frozen=True)
 class StepEvents:
     """What happened during the last step, besides the vehicles' motion."""
 
-    departed: tuple[str, ...] = ()
-    arrived: tuple[str, ...] = ()
+    departures: tuple[Departure, ...] = ()
+    arrivals: tuple[Arrival, ...] = ()
     collisions: tuple[Collision, ...] = ()
 
 

@@ -20,10 +20,12 @@ from cavlab.scenario import Scenario
 from cavlab.world import (
     SUMO_DEFAULT_MODES,
     Accelerate,
+    Arrival,
     ChangeLane,
     Collision,
     Command,
     ControlModes,
+    Departure,
     Release,
     SetSpeed,
     StepEvents,
@@ -31,27 +33,6 @@ from cavlab.world import (
 )
 
 _CONTROLLER_MODES = ControlModes()
-
-
-@dataclass(frozen=True)
-class Departure:
-    """A vehicle that entered the network in the last step."""
-
-    vehicle_id: str
-    slot: int
-    type_name: str
-    route: str
-    speed_factor: float
-    time_s: float
-
-
-@dataclass(frozen=True)
-class Arrival:
-    """A vehicle that left the network (or was removed after a collision) in the last step."""
-
-    vehicle_id: str
-    slot: int
-    time_s: float
 
 
 @dataclass(frozen=True)
@@ -160,8 +141,8 @@ class SumoBackend(ABC):
 
     # -------------------------------------------------------------- stepping
 
-    def step(self) -> tuple[WorldState, StepEvents, tuple[Departure, ...], tuple[Arrival, ...]]:
-        """Advance one step; the new world state, its events and the vehicles that came and went."""
+    def step(self) -> tuple[WorldState, StepEvents]:
+        """Advance one step; the new world state and what happened during the step."""
         try:
             raw = self._advance()
         except SimulationError:
@@ -182,7 +163,7 @@ class SumoBackend(ABC):
                 Arrival(vid, pop(vid), raw.time_s) for vid in removed if vid in self._slot_of and vid not in present
             )
         world = self._assemble(raw)
-        return world, StepEvents(raw.departed, raw.arrived, collisions), departures, arrivals
+        return world, StepEvents(departures, arrivals, collisions)
 
     def _register(self, vid: str, time_s: float) -> Departure:
         v = self.api.vehicle

@@ -11,11 +11,13 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from cavlab.controllers.base import Controller, ControlSetup
+from cavlab.controllers.base import Controller, ControllerReport, ControlSetup
 from cavlab.errors import ScenarioError, field_path
 
 CONTROLLERS: dict[str, str] = {
     "sumo": "cavlab.controllers.sumo_driver:SumoDriver",
+    "cooperative": "cavlab.controllers.cooperative:CooperativeLaneChange",
+    "selfish": "cavlab.controllers.cooperative:SelfishLaneChange",
 }
 
 
@@ -48,4 +50,12 @@ def make_controller(name: str, params: dict[str, Any], setup: ControlSetup) -> C
     return controller_class(name)(controller_params(name, params), setup)
 
 
-__all__ = ["CONTROLLERS", "ControlSetup", "Controller", "controller_class", "controller_params", "make_controller"]
+__all__ = [
+    "CONTROLLERS",
+    "ControlSetup",
+    "Controller",
+    "ControllerReport",
+    "controller_class",
+    "controller_params",
+    "make_controller",
+]

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -28,6 +28,22 @@ class ControlSetup:
     seed: int
 
 
+@dataclass(frozen=True)
+class Table:
+    """Rows with named columns (written as CSV)."""
+
+    columns: list[str]
+    rows: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class ControllerReport:
+    """What a controller reports at the end of a run: tables (written as <name>.csv) and metrics."""
+
+    tables: dict[str, Table] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
 class Controller(ABC):
     """Plans for the CAVs from a `WorldState`.
 
@@ -46,3 +62,7 @@ class Controller(ABC):
     @abstractmethod
     def step(self, world: WorldState) -> list[Command]:
         """Commands to apply before the next simulation step."""
+
+    def report(self) -> ControllerReport:
+        """Tables and metrics of the run (none by default)."""
+        return ControllerReport()

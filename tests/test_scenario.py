@@ -103,7 +103,7 @@ def _error(text: str, *overrides: str) -> str:
         ("demand.cav_type=car", "cav_type 'car' has kind 'hdv', expected 'cav'"),
         ("demand.flows.0.vehicle_types={bus: 1}", "flows.0: vehicle type 'bus' is not defined (known: car, cav)"),
         ("road.detectors_m=[1500]", "detector at 1500 m lies beyond the road end (1000 m)"),
-        ("control.controller=magic", "unknown controller 'magic' (available: sumo)"),
+        ("control.controller=magic", "unknown controller 'magic' (available: cooperative, selfish, sumo)"),
         ("control.params={gain: 1}", "control.params.gain: unknown parameter of controller 'sumo' (allowed: none)"),
         ("context.light=twilight", "context.light: Input should be 'day', 'dusk' or 'night'"),
         ("road.ramp={merge_position_m: 100}", "'ramp' is only allowed with kind 'on_ramp', not 'highway'"),

@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from cavlab.backends.base import SumoBackend, make_backend
-from cavlab.controllers import Controller, ControlSetup, make_controller
+from cavlab.controllers import Controller, ControllerReport, ControlSetup, make_controller
 from cavlab.metrics import LaneChange, MetricsCollector
 from cavlab.network import Network, SumoInputs, build_network, write_sumo_inputs
 from cavlab.perception import GroundTruth, Perception
@@ -33,6 +33,7 @@ class RunResult:
     lane_changes: list[LaneChange]
     collisions: list[Collision]
     trajectories: pa.Table | None
+    controller_report: ControllerReport
     steps: int
     vehicle_steps: int
     wall_time_s: float
@@ -106,6 +107,7 @@ class Engine:
             lane_changes=metrics.lane_changes,
             collisions=metrics.collisions,
             trajectories=recorder.table(vehicle_ids, vehicle_types) if recorder else None,
+            controller_report=self.controller.report(),
             steps=steps,
             vehicle_steps=vehicle_steps,
             wall_time_s=wall,

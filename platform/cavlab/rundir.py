@@ -9,6 +9,7 @@ written, summary.json last: a failed or interrupted run leaves nothing that look
       trajectories.parquet   t_s, vehicle_id, vehicle_type, lane, x_m, speed_mps, accel_mps2
       lane_changes.csv       one row per lane change
       collisions.csv         one row per collision (warm-up included; summary counts those after it)
+      <table>.csv            tables the controller reports (e.g. maneuvers.csv)
       sumo.log               SUMO's messages
       sumo/                  the SUMO inputs (network, routes, detectors, run.sumocfg) and detector output
 """
@@ -99,6 +100,8 @@ def write_run(folder: Path, scenario: Scenario, result: RunResult) -> None:
         pq.write_table(result.trajectories, folder / "trajectories.parquet")
     _write_csv(folder / "lane_changes.csv", LaneChange, [asdict(c) for c in result.lane_changes])
     _write_csv(folder / "collisions.csv", Collision, [asdict(c) for c in result.collisions])
+    for name, table in result.controller_report.tables.items():
+        _write_rows(folder / f"{name}.csv", table.columns, table.rows)
     log = result.inputs.log
     if log.exists():
         shutil.move(log, folder / "sumo.log")
@@ -115,6 +118,7 @@ def write_run(folder: Path, scenario: Scenario, result: RunResult) -> None:
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": package_versions(),
         "metrics": result.metrics,
+        "controller_metrics": result.controller_report.metrics,
     }
     tmp = folder / "summary.json.tmp"
     tmp.write_text(json.dumps(_finite(summary), indent=2, allow_nan=False) + "\n")
@@ -133,7 +137,10 @@ def _finite(value):
 
 
 def _write_csv(path: Path, record: type, rows: list[dict]) -> None:
-    fields = list(record.__dataclass_fields__)
+    _write_rows(path, list(record.__dataclass_fields__), rows)
+
+
+def _write_rows(path: Path, fields: list[str], rows: list[dict]) -> None:
     with path.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()

@@ -129,15 +129,19 @@ Command = Accelerate | SetSpeed | ChangeLane | Release
 
 @dataclass(frozen=True)
 class ControlModes:
-    """SUMO modes set on a vehicle when a controller first commands it.
+    """SUMO speed and lane-change modes a controller wants on the CAVs.
 
-    The defaults turn SUMO's own checks off (speed mode 32) and stop LC2013 from changing
-    lanes on its own (lane-change mode 0), so the controller's plan is executed exactly;
-    the controller is then responsible for safety. `Release` restores 31 and 1621.
+    `speed_mode`/`lane_change_mode` are set when a controller first commands a vehicle: by
+    default SUMO's own checks are off (32) and LC2013 makes no lane change on its own (0), so
+    the controller's plan is executed exactly and the controller is responsible for safety.
+    `idle_*` are set on every CAV when it enters and restored by `Release`: SUMO's defaults
+    (31, 1621) unless the controller wants, say, CAVs that change lanes only when told to.
     """
 
     speed_mode: int = 32
     lane_change_mode: int = 0
+    idle_speed_mode: int = 31
+    idle_lane_change_mode: int = 1621
 
 
 SUMO_DEFAULT_MODES = ControlModes(speed_mode=31, lane_change_mode=1621)

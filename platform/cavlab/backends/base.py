@@ -84,6 +84,7 @@ class SumoBackend(ABC):
         self._slot_edge = np.zeros(capacity, dtype=np.int16)
         self._controlled = np.zeros(capacity, dtype=bool)
         self._modes = ControlModes()
+        self._modes_idle_differ = False
         self._open = False
 
     # -------------------------------------------------------------- lifecycle
@@ -91,6 +92,10 @@ class SumoBackend(ABC):
     def start(self, modes: ControlModes = _CONTROLLER_MODES) -> None:
         """Start SUMO; `modes` are set on a vehicle when a controller first commands it."""
         self._modes = modes
+        self._modes_idle_differ = (modes.idle_speed_mode, modes.idle_lane_change_mode) != (
+            SUMO_DEFAULT_MODES.speed_mode,
+            SUMO_DEFAULT_MODES.lane_change_mode,
+        )
         cmd = ["-c", str(self.inputs.config)]
         try:
             self._launch(cmd)
@@ -174,6 +179,9 @@ class SumoBackend(ABC):
         self._slot_ids.append(vid)
         type_name = v.getTypeID(vid)
         self._slot_type[slot] = self._type_index[type_name]
+        if self._type_is_cav[self._slot_type[slot]] and self._modes_idle_differ:
+            v.setSpeedMode(vid, self._modes.idle_speed_mode)
+            v.setLaneChangeMode(vid, self._modes.idle_lane_change_mode)
         self._fresh_accel[slot] = v.getAcceleration(vid)
         return Departure(vid, slot, type_name, v.getRouteID(vid), v.getSpeedFactor(vid), time_s)
 
@@ -226,9 +234,10 @@ class SumoBackend(ABC):
                 continue
             if isinstance(cmd, Release):
                 if self._controlled[slot]:
+                    idle = self._modes if self._type_is_cav[self._slot_type[slot]] else SUMO_DEFAULT_MODES
                     v.setSpeed(vid, -1)
-                    v.setSpeedMode(vid, SUMO_DEFAULT_MODES.speed_mode)
-                    v.setLaneChangeMode(vid, SUMO_DEFAULT_MODES.lane_change_mode)
+                    v.setSpeedMode(vid, idle.idle_speed_mode)
+                    v.setLaneChangeMode(vid, idle.idle_lane_change_mode)
                     self._controlled[slot] = False
                 continue
             if not self._controlled[slot]:

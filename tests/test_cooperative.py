@@ -1,0 +1,121 @@
+"""The cooperative lane-change planner on hand-made traffic (no simulator)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from cavlab.controllers.base import ControlSetup
+from cavlab.controllers.cooperative import CooperativeParams, Lanes, Planner
+from cavlab.world import WorldState
+
+SETUP = ControlSetup(step_length_s=0.1, lanes=2, speed_limit_mps=33.33, lane_change_duration_s=3.0, seed=1)
+
+
+def world(rows: list[tuple[str, int, float, float, bool]], t: float = 100.0) -> WorldState:
+    """rows: (id, lane, x, v, is_cav); every vehicle 5 m long."""
+    ids, lane, x, v, cav = zip(*rows, strict=True)
+    n = len(rows)
+    return WorldState(
+        time_s=t, ids=np.array(ids, dtype=object), slot=np.arange(n), type_index=np.zeros(n, np.int16),
+        is_cav=np.array(cav), controlled=np.zeros(n, bool), edge=np.zeros(n, np.int16),
+        lane=np.array(lane, np.int16), x_m=np.array(x, float), speed_mps=np.array(v, float),
+        accel_mps2=np.zeros(n), length_m=np.full(n, 5.0), type_names=("car",), edge_names=("main",),
+    )  # fmt: skip
+
+
+def plan(rows, params: CooperativeParams | None = None, cooperation: bool = True, busy: frozenset = frozenset()):
+    w = world(rows)
+    lanes = Lanes(w)
+    planner = Planner(params or CooperativeParams(), SETUP, cooperation=cooperation)
+    c, u = lanes.row_of["C"], lanes.row_of["U"]
+    return planner.plan(lanes, c, u, 1, set(busy)), lanes
+
+
+# C at 25 m/s behind a slow truck U; a tight platoon of CAVs on the fast lane at 28 m/s.
+BASIC = [
+    ("U", 0, 160.0, 22.0, False),
+    ("C", 0, 100.0, 25.0, True),
+    *[(f"F{i}", 1, 300.0 - 40.0 * i, 28.0, True) for i in range(8)],
+]
+
+
+def test_lanes_give_leaders_in_each_lane() -> None:
+    lanes = Lanes(world(BASIC))
+    assert lanes.world.ids[lanes.leader(lanes.row_of["C"])] == "U"
+    assert lanes.leader(lanes.row_of["U"]) is None
+    assert lanes.world.ids[lanes.leader(lanes.row_of["F3"])] == "F2"
+    assert [lanes.world.ids[r] for r in lanes.in_lane(1)][:2] == ["F7", "F6"]
+
+
+@pytest.mark.parametrize("beta", [0.0, 1.0])
+def test_basic_case_front_never_brakes_rear_never_accelerates(beta: float) -> None:
+    """Theorem 1 (energy only, β = 0): u_front ≥ 0, u_rear ≤ 0. With a terminal-speed term (β > 0)
+    the optimum ends with u(T) = −2β(v(T) − v0), so the speed form holds: v_front ≥ v0 ≥ v_rear."""
+    outcome, _ = plan(BASIC, CooperativeParams(terminal_speed_weight=beta, max_disruption=1.0))
+    assert outcome.status == "planned", outcome.reason
+    p = outcome.plan
+    assert {c.role for c in p.cooperators} == {"front", "rear"}
+    t = np.linspace(p.t0_s, p.t0_s + p.duration_s, 400)
+    for coop in p.cooperators:
+        _, v, u = coop.plan.state(t)
+        sign = 1 if coop.role == "front" else -1
+        if beta == 0:
+            assert np.all(sign * u >= -1e-9)
+        assert np.all(sign * (v - coop.vehicle.v_mps) >= -1e-9)
+    assert p.min_slack_m >= 0
+
+
+def test_planned_margins_hold_through_the_lateral_phase() -> None:
+    outcome, _ = plan(BASIC)
+    p = outcome.plan
+    assert sum(p.disruption) <= CooperativeParams().max_disruption
+    t = np.linspace(p.t0_s + p.duration_s, p.t0_s + p.duration_s + SETUP.lane_change_duration_s, 300)
+    xc, vc, _ = p.changer_plan.state(t)
+    hw = CooperativeParams().headway
+    if p.front:
+        xf = p.front.plan.state(t)[0]
+        assert np.all(xf - 5.0 - xc - hw.gap_m(vc) >= -1e-9)
+    if p.rear:
+        xr, vr, _ = p.rear.plan.state(t)
+        assert np.all(xc - 5.0 - xr - hw.gap_m(vr) >= -1e-9)
+    tt = np.linspace(p.t0_s, p.t0_s + p.duration_s + SETUP.lane_change_duration_s, 300)
+    xc, vc, _ = p.changer_plan.state(tt)
+    xu = 160.0 + 22.0 * (tt - p.t0_s)
+    assert np.all(xu - 5.0 - xc - hw.gap_m(vc) >= -1e-9)
+
+
+def test_relaxation_never_makes_the_best_disruption_worse() -> None:
+    best = math.inf
+    for k_max in range(8):
+        params = CooperativeParams(max_relaxations=k_max, max_disruption=0.02)
+        outcome, _ = plan(BASIC, params)
+        d = sum(outcome.plan.disruption) if outcome.plan else math.inf
+        assert d <= best + 1e-12
+        best = d
+
+
+def test_infeasible_request_gives_a_reason() -> None:
+    # a fast lane packed bumper to bumper by HDVs: no slot, nobody cooperates
+    packed = [("U", 0, 160.0, 22.0, False), ("C", 0, 100.0, 25.0, False)]
+    packed += [(f"H{i}", 1, 400.0 - 12.0 * i, 28.0, False) for i in range(40)]
+    outcome, _ = plan(packed)
+    assert outcome.status == "infeasible" and outcome.plan is None
+    assert "do not cooperate" in outcome.reason
+
+
+def test_busy_cavs_do_not_cooperate() -> None:
+    free, _ = plan(BASIC)
+    busy = frozenset({free.plan.front.vehicle.id, free.plan.rear.vehicle.id})
+    other, _ = plan(BASIC, busy=busy)
+    if other.plan is not None:
+        assert not {c.vehicle.id for c in other.plan.cooperators} & busy
+
+
+def test_selfish_commands_nobody_else() -> None:
+    outcome, _ = plan(BASIC, cooperation=False)
+    if outcome.plan is not None:
+        assert outcome.plan.cooperators == []
+        assert sum(outcome.plan.disruption) == 0.0

@@ -1,0 +1,223 @@
+"""Numeric OCPs against the closed forms, the constraints they promise, and exact replay."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from cavlab.controllers.longitudinal import (
+    Arc,
+    Headway,
+    Limits,
+    min_slack,
+    position_range,
+    terminal_speed_arc,
+    time_energy_duration,
+)
+from cavlab.controllers.ocp import FixedTimeQP, FreeTimeNLP, Profile
+
+LIMITS = Limits(u_min_mps2=-4.0, u_max_mps2=3.0, v_min_mps=10.0, v_max_mps=35.0)
+HEADWAY = Headway(reaction_time_s=0.9, standstill_m=3.0)
+N = 50
+
+
+@pytest.fixture(scope="module")
+def qp() -> FixedTimeQP:
+    return FixedTimeQP(N)
+
+
+@pytest.fixture(scope="module")
+def nlp() -> FreeTimeNLP:
+    return FreeTimeNLP(N)
+
+
+def simulate(u: np.ndarray, x0: float, v0: float, dt: float) -> tuple[np.ndarray, np.ndarray]:
+    """Step-by-step zero-order hold."""
+    x, v = [x0], [v0]
+    for uk in u:
+        x.append(x[-1] + v[-1] * dt + uk * dt * dt / 2)
+        v.append(v[-1] + uk * dt)
+    return np.array(x), np.array(v)
+
+
+def node_slack(profile: Profile, leader: tuple[float, float, float]) -> np.ndarray:
+    """x_L(t_k) − L_L − x_k − (φ·v_k + δ) at every node."""
+    t = profile.step_s * np.arange(profile.accel_mps2.size + 1)
+    gap = leader[0] + leader[1] * t - leader[2] - profile.x_nodes_m
+    return gap - HEADWAY.gap_m(profile.v_nodes_mps)
+
+
+def solve_qp(qp: FixedTimeQP, **kw):
+    args = dict(t0_s=0.0, x0_m=0.0, limits=LIMITS, headway=HEADWAY) | kw
+    return qp.solve(**args)
+
+
+def solve_nlp(nlp: FreeTimeNLP, **kw):
+    args = dict(t0_s=0.0, x0_m=0.0, limits=LIMITS, headway=HEADWAY, leader=None, t_min_s=0.5, t_max_s=15.0)
+    return nlp.solve(**(args | kw))
+
+
+# ----------------------------------------------------------------------------- Profile
+
+
+def test_profile_state_is_exact_zero_order_hold_and_cruises_after_its_end() -> None:
+    u = np.random.default_rng(0).uniform(-3, 3, 20)
+    profile = Profile(t0_s=2.0, step_s=0.25, x0_m=10.0, v0_mps=20.0, accel_mps2=u)
+    x, v = simulate(u, 10.0, 20.0, 0.25)
+    assert np.allclose(profile.x_nodes_m, x, atol=1e-12) and np.allclose(profile.v_nodes_mps, v, atol=1e-12)
+    fine_x, fine_v = simulate(np.repeat(u, 8), 10.0, 20.0, 0.25 / 8)  # ZOH is exact on any sub-grid
+    t = 2.0 + 0.25 / 8 * np.arange(fine_x.size)
+    px, pv, pu = profile.state(t)
+    assert np.allclose(px, fine_x, atol=1e-9) and np.allclose(pv, fine_v, atol=1e-12)
+    assert np.array_equal(pu[:-1], np.repeat(u, 8))
+    assert profile.t_end_s == pytest.approx(7.0)
+    x9, v9, u9 = profile.state(9.0)
+    assert (x9, v9, u9) == (pytest.approx(x[-1] + 2.0 * v[-1]), pytest.approx(v[-1]), 0.0)
+    assert (profile.x_end_m, profile.v_end_mps) == (pytest.approx(x[-1]), pytest.approx(v[-1]))
+    assert profile.energy_m2ps3 == pytest.approx(0.5 * np.sum(u * u) * 0.25)
+    assert profile.mean_accel(2.25, 0.5) == pytest.approx((u[1] + u[2]) / 2)
+    assert profile.within(Limits(-3.0, 3.0, 0.0, 100.0))
+    assert not profile.within(Limits(-3.0, 3.0, v.max() - 0.1, 100.0))
+    assert profile.breakpoints(2.3, 3.0) == pytest.approx([2.5, 2.75])
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    lead_u=st.lists(st.floats(-3, 3), min_size=1, max_size=12), lead_h=st.floats(0.2, 1.0),
+    fol_u=st.lists(st.floats(-3, 3), min_size=1, max_size=12), fol_h=st.floats(0.2, 1.0),
+    gap=st.floats(5, 60), arc_leader=st.booleans(),
+)  # fmt: skip
+def test_min_slack_on_profiles_equals_dense_sampling(lead_u, lead_h, fol_u, fol_h, gap, arc_leader) -> None:
+    leader = Arc(0.0, 4.0, gap, 25.0, 1.0, -0.4) if arc_leader else Profile(0.0, lead_h, gap, 25.0, np.array(lead_u))
+    follower = Profile(1.0, fol_h, 0.0, 27.0, np.array(fol_u))
+    slack, when = min_slack(leader, follower, 4.5, HEADWAY, 1.0, 13.0)
+    # the slack has kinks where u jumps: sample those times too
+    t = np.union1d(np.linspace(1.0, 13.0, 24001), [*leader.breakpoints(1, 13), *follower.breakpoints(1, 13)])
+    dense = leader.state(t)[0] - 4.5 - follower.state(t)[0] - HEADWAY.gap_m(follower.state(t)[1])
+    assert slack == pytest.approx(dense.min(), abs=1e-6)
+    assert slack <= dense.min() + 1e-9
+    assert 1.0 <= when <= 13.0
+
+
+# ----------------------------------------------------------------------------- FixedTimeQP
+
+
+@settings(max_examples=40, deadline=None)
+@given(v0=st.floats(20, 33), vref=st.floats(20, 33), beta=st.floats(0.01, 10), T=st.floats(3, 10))
+def test_unconstrained_qp_is_the_constant_control_of_terminal_speed_arc(qp, v0, vref, beta, T) -> None:
+    arc = terminal_speed_arc(0.0, 0.0, v0, vref, beta, T)
+    assume(arc.within(LIMITS))
+    profile, status = solve_qp(qp, v0_mps=v0, duration_s=T, v_ref_mps=vref, beta=beta)
+    assert status.ok and status.code == "optimal" and status.solver == "daqp"
+    assert np.abs(profile.accel_mps2 - arc.u0_mps2).max() < 1e-6
+    assert profile.duration_s == pytest.approx(T)
+
+
+def test_qp_with_active_slot_converges_to_the_closed_form_as_one_over_n_squared() -> None:
+    v0, vref, beta, T = 25.0, 27.0, 0.5, 6.0
+    x_slot = terminal_speed_arc(0.0, 0.0, v0, vref, beta, T).x_end_m + 12.0
+    arc = terminal_speed_arc(0.0, 0.0, v0, vref, beta, T, x_end_m=x_slot)
+    assert arc.within(LIMITS)
+    errors = []
+    for n in (25, 50, 100):
+        profile, status = solve_qp(
+            FixedTimeQP(n), v0_mps=v0, duration_s=T, v_ref_mps=vref, beta=beta, slot=("front", x_slot)
+        )
+        assert status.ok and profile.x_end_m == pytest.approx(x_slot, abs=1e-6)
+        midpoints = (np.arange(n) + 0.5) * T / n
+        errors.append(np.abs(profile.accel_mps2 - arc.state(midpoints)[2]).max())
+    assert errors[0] / errors[1] > 3 and errors[1] / errors[2] > 3
+    assert errors[2] < 2e-4
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    v0=st.floats(20, 33), T=st.floats(3, 10), reach=st.floats(0.05, 0.9), front=st.booleans(), beta=st.floats(0.1, 10)
+)
+def test_theorem_1_front_cooperator_never_brakes_and_rear_never_accelerates(qp, v0, T, reach, front, beta) -> None:
+    """Theorem 1 (P0: energy only, terminal speed free, β = 0) holds control-wise. With a
+    terminal-speed penalty (β > 0, v_ref = v0) it holds for the speed, v_k ≥ v0 (front) or
+    v_k ≤ v0 (rear), but not for the control: u(T) = −2β(v(T) − v0) has the opposite sign."""
+    lo, hi = position_range(0.0, v0, T, LIMITS)
+    x_slot = v0 * T + reach * ((hi if front else lo) - v0 * T)
+    side, sign = ("front", 1.0) if front else ("rear", -1.0)
+    energy_only, status = solve_qp(qp, v0_mps=v0, duration_s=T, v_ref_mps=v0, beta=0.0, slot=(side, x_slot))
+    assert status.ok
+    assert (sign * energy_only.accel_mps2).min() >= -1e-6
+    penalised, status = solve_qp(qp, v0_mps=v0, duration_s=T, v_ref_mps=v0, beta=beta, slot=(side, x_slot))
+    assert status.ok
+    assert (sign * (penalised.v_nodes_mps - v0)).min() >= -1e-6
+    assert sign * penalised.accel_mps2[0] > 0
+    if sign * (penalised.v_end_mps - v0) > 1e-3:
+        assert sign * penalised.accel_mps2[-1] < 0
+
+
+def test_leader_constraint_is_active_and_respected_at_every_node(qp) -> None:
+    leader = (40.0, 22.0, 5.0)  # 35 m bumper gap, leader 6 m/s slower
+    free, _ = solve_qp(qp, v0_mps=28.0, duration_s=8.0, v_ref_mps=30.0, beta=1.0)
+    assert node_slack(free, leader).min() < -1.0  # the unconstrained plan would collide
+    profile, status = solve_qp(qp, v0_mps=28.0, duration_s=8.0, v_ref_mps=30.0, beta=1.0, leader=leader)
+    assert status.ok and profile.within(LIMITS, tol=1e-6)
+    slack = node_slack(profile, leader)
+    assert slack.min() >= -1e-6
+    assert slack[1:].min() < 1e-6  # active
+
+
+def test_slot_is_met_on_both_sides(qp) -> None:
+    for side, x_slot in (("front", 230.0), ("rear", 180.0)):
+        profile, status = solve_qp(qp, v0_mps=25.0, duration_s=8.0, v_ref_mps=25.0, beta=1.0, slot=(side, x_slot))
+        assert status.ok and profile.x_end_m == pytest.approx(x_slot, abs=1e-6)
+        assert profile.within(LIMITS, tol=1e-9)
+
+
+def test_infeasible_slot_and_unsafe_start_return_a_status(qp) -> None:
+    lo, hi = position_range(0.0, 25.0, 5.0, LIMITS)
+    for slot in (("front", hi + 1.0), ("rear", lo - 1.0)):
+        profile, status = solve_qp(qp, v0_mps=25.0, duration_s=5.0, v_ref_mps=25.0, beta=1.0, slot=slot)
+        assert profile is None and not status.ok and status.code == "infeasible"
+    profile, status = solve_qp(qp, v0_mps=25.0, duration_s=5.0, v_ref_mps=25.0, beta=1.0, leader=(30.0, 25.0, 5.0))
+    assert profile is None and status.code == "unsafe_start"
+
+
+def test_invalid_arguments_raise() -> None:
+    with pytest.raises(ValueError):
+        FixedTimeQP(0)
+    with pytest.raises(ValueError):
+        FreeTimeNLP(0)
+    with pytest.raises(ValueError):
+        solve_qp(FixedTimeQP(4), v0_mps=25.0, duration_s=0.0, v_ref_mps=25.0, beta=1.0)
+
+
+# ----------------------------------------------------------------------------- FreeTimeNLP
+
+
+@pytest.mark.parametrize(("v0", "vf", "rho"), [(22.0, 30.0, 0.5), (31.0, 24.0, 1.0), (20.0, 33.0, 2.0), (27, 25, 0.1)])
+def test_free_time_matches_time_energy_duration(nlp, v0, vf, rho) -> None:
+    beta = 1000.0
+    profile, status = solve_nlp(nlp, v0_mps=v0, v_f_mps=vf, rho=rho, beta=beta, t_guess_s=5.0)
+    assert status.ok and status.solver == "fatrop"
+    t_star = time_energy_duration(v0, vf, rho, LIMITS)
+    assert profile.duration_s == pytest.approx(t_star, abs=1e-3)
+    assert profile.duration_s == pytest.approx(t_star - 1 / (2 * beta), abs=1e-6)  # the exact penalised optimum
+    assert np.ptp(profile.accel_mps2) < 1e-6  # constant control
+
+
+def test_free_time_with_close_slow_leader_keeps_the_gap_at_every_node(nlp) -> None:
+    kw = dict(v0_mps=25.0, v_f_mps=32.0, rho=0.5, beta=10.0, t_guess_s=5.0)
+    free, _ = solve_nlp(nlp, **kw)
+    leader = (45.0, 24.0, 5.0)  # 40 m bumper gap, leader 1 m/s slower
+    profile, status = solve_nlp(nlp, leader=leader, **kw)
+    assert status.ok and profile.within(LIMITS, tol=1e-6)
+    assert node_slack(profile, leader).min() >= -1e-6
+    assert abs(profile.duration_s - free.duration_s) > 0.1 or abs(profile.v_end_mps - free.v_end_mps) > 0.1
+
+
+def test_free_time_infeasible_and_unsafe_start_return_a_status(nlp) -> None:
+    kw = dict(v0_mps=25.0, v_f_mps=30.0, rho=1.0, beta=10.0, t_guess_s=5.0)
+    # the leader is too slow (5 m/s < v_min) to stay behind for T_min = 8 s
+    profile, status = solve_nlp(nlp, leader=(60.0, 5.0, 5.0), t_min_s=8.0, **kw)
+    assert profile is None and status.code == "infeasible"
+    profile, status = solve_nlp(nlp, leader=(30.0, 25.0, 5.0), **kw)
+    assert profile is None and status.code == "unsafe_start"

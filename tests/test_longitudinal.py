@@ -22,23 +22,16 @@ from cavlab.controllers.longitudinal import (
     time_energy_duration,
 )
 
+from .conftest import zoh_simulate
+
 LIMITS = Limits(u_min_mps2=-4.0, u_max_mps2=3.0, v_min_mps=5.0, v_max_mps=40.0)
-
-
-def simulate(u: np.ndarray, x0: float, v0: float, dt: float) -> tuple[np.ndarray, np.ndarray]:
-    """Exact zero-order-hold double integrator."""
-    x, v = [x0], [v0]
-    for uk in u:
-        x.append(x[-1] + v[-1] * dt + uk * dt * dt / 2)
-        v.append(v[-1] + uk * dt)
-    return np.array(x), np.array(v)
 
 
 def test_arc_state_matches_integration_and_cruises_after_its_end() -> None:
     arc = Arc(t0_s=2.0, duration_s=4.0, x0_m=10.0, v0_mps=20.0, u0_mps2=1.0, jerk_mps3=-0.3)
     dt = 1e-4
     t = 2.0 + np.arange(0, 4.0, dt)
-    x, v = simulate(arc.state(t + dt / 2)[2], 10.0, 20.0, dt)  # midpoint rule is exact for linear u
+    x, v = zoh_simulate(arc.state(t + dt / 2)[2], 10.0, 20.0, dt)  # midpoint rule is exact for linear u
     assert x[-1] == pytest.approx(arc.x_end_m, abs=1e-6)
     assert v[-1] == pytest.approx(arc.v_end_mps, abs=1e-9)
     x9, v9, u9 = arc.state(9.0)
@@ -155,7 +148,7 @@ def test_reachable_set_agrees_with_bang_bang_simulation() -> None:
         for _ in range(20):
             u1, u2 = rng.uniform(LIMITS.u_min_mps2, LIMITS.u_max_mps2, 2)
             switch = int(rng.integers(0, 101))
-            x, v = simulate(np.r_[np.full(switch, u1), np.full(100 - switch, u2)], x0, v0, t / 100)
+            x, v = zoh_simulate(np.r_[np.full(switch, u1), np.full(100 - switch, u2)], x0, v0, t / 100)
             assert reachable(x0, v0, t, x[-1], v[-1], LIMITS)
         assert not reachable(x0, v0, t, x0 + v0 * t, v0 + LIMITS.u_max_mps2 * t + 0.1, LIMITS)
 

@@ -18,6 +18,8 @@ from cavlab.controllers.longitudinal import (
 )
 from cavlab.controllers.ocp import FixedTimeQP, FreeTimeNLP, Profile
 
+from .conftest import zoh_simulate
+
 LIMITS = Limits(u_min_mps2=-4.0, u_max_mps2=3.0, v_min_mps=10.0, v_max_mps=35.0)
 HEADWAY = Headway(reaction_time_s=0.9, standstill_m=3.0)
 N = 50
@@ -31,15 +33,6 @@ def qp() -> FixedTimeQP:
 @pytest.fixture(scope="module")
 def nlp() -> FreeTimeNLP:
     return FreeTimeNLP(N)
-
-
-def simulate(u: np.ndarray, x0: float, v0: float, dt: float) -> tuple[np.ndarray, np.ndarray]:
-    """Step-by-step zero-order hold."""
-    x, v = [x0], [v0]
-    for uk in u:
-        x.append(x[-1] + v[-1] * dt + uk * dt * dt / 2)
-        v.append(v[-1] + uk * dt)
-    return np.array(x), np.array(v)
 
 
 def node_slack(profile: Profile, leader: tuple[float, float, float]) -> np.ndarray:
@@ -65,9 +58,9 @@ def solve_nlp(nlp: FreeTimeNLP, **kw):
 def test_profile_state_is_exact_zero_order_hold_and_cruises_after_its_end() -> None:
     u = np.random.default_rng(0).uniform(-3, 3, 20)
     profile = Profile(t0_s=2.0, step_s=0.25, x0_m=10.0, v0_mps=20.0, accel_mps2=u)
-    x, v = simulate(u, 10.0, 20.0, 0.25)
+    x, v = zoh_simulate(u, 10.0, 20.0, 0.25)
     assert np.allclose(profile.x_nodes_m, x, atol=1e-12) and np.allclose(profile.v_nodes_mps, v, atol=1e-12)
-    fine_x, fine_v = simulate(np.repeat(u, 8), 10.0, 20.0, 0.25 / 8)  # ZOH is exact on any sub-grid
+    fine_x, fine_v = zoh_simulate(np.repeat(u, 8), 10.0, 20.0, 0.25 / 8)  # ZOH is exact on any sub-grid
     t = 2.0 + 0.25 / 8 * np.arange(fine_x.size)
     px, pv, pu = profile.state(t)
     assert np.allclose(px, fine_x, atol=1e-9) and np.allclose(pv, fine_v, atol=1e-12)

@@ -76,6 +76,9 @@ class CooperativeParams(BaseModel):
     search_ahead_m: Positive = Field(150.0, description="L_f: slots up to this far ahead of C at T")
     search_behind_m: Positive = Field(150.0, description="L_r: slots up to this far behind C at T")
     request_gap_m: Positive = Field(60.0, description="C asks when its gap to U is below this")
+    request_after_m: Annotated[float, Field(ge=0)] = Field(
+        200.0, description="No requests nearer the road start: vehicles appear there unannounced"
+    )
     request_speed_gain_mps: Annotated[float, Field(ge=0)] = Field(
         2.0, description="... and the target lane flows at least this much faster than U"
     )
@@ -331,20 +334,27 @@ class Planner:
 
     def _fitted_plan(
         self, c: Vehicle, u: Vehicle, front: Vehicle | None, rear: Vehicle | None, v_flow: float, t0: float, T: float
-    ) -> Arc | None:
-        """Selfish C: reach v_flow at T at the point of the (cruising) gap nearest to where constant
-        acceleration would take it (energy-optimal arc with both end states fixed)."""
-        hw, m, t_f = self.p.headway, self.p.planning_margin_m, t0 + T
-        x_free = c.x_m + (c.v_mps + v_flow) / 2 * T
-        hi = front.cruise(t0).state(t_f)[0] - front.length_m - hw.gap_m(v_flow) - m if front else math.inf
-        lo = rear.cruise(t0).state(t_f)[0] + c.length_m + hw.gap_m(rear.v_mps) + m if rear else -math.inf
+    ) -> Plan | None:
+        """Selfish C: at T, match the speed of the gap (its rear vehicle's, else v_flow) at the point of
+        the cruising gap nearest to where a constant acceleration would take it, still behind U through
+        the lateral phase (energy-optimal arc with both end states fixed)."""
+        hw, m, t_f, t_lat = self.p.headway, self.p.planning_margin_m, t0 + T, self.t_lat
+        v_end = min(rear.v_mps if rear else v_flow, self.p.v_max_mps)
+        x_free = c.x_m + (c.v_mps + v_end) / 2 * T
+        closing_u = max(0.0, v_end - u.v_mps) * t_lat
+        hi = u.x_m + u.v_mps * T - u.length_m - hw.gap_m(v_end) - m - closing_u
+        if front:
+            closing_f = max(0.0, v_end - front.v_mps) * t_lat
+            hi = min(hi, front.x_m + front.v_mps * T - front.length_m - hw.gap_m(v_end) - m - closing_f)
+        lo = -math.inf
+        if rear:
+            lo = rear.x_m + rear.v_mps * T + c.length_m + hw.gap_m(rear.v_mps) + m
         if lo > hi:
             return None
-        arc = fixed_state_arc(t0, c.x_m, c.v_mps, min(max(x_free, lo), hi), v_flow, T)
-        if not arc.within(self.p.limits):
+        arc = fixed_state_arc(t0, c.x_m, c.v_mps, min(max(x_free, lo), hi), v_end, T)
+        if not arc.within(self.p.limits) or self._slack(u.cruise(t0), arc, u.length_m, t0, t_f + t_lat) < 0:
             return None
-        slack, _ = min_slack(u.cruise(t0), arc, u.length_m, hw, t0, t_f + self.t_lat)
-        return arc if slack >= 0 else None
+        return arc
 
     def _slot_bounds(
         self, role: str, veh: Vehicle, c: Vehicle, x_c: float, v_c: float
@@ -389,14 +399,15 @@ class Planner:
         pairs: list[tuple[Vehicle | None, Vehicle | None]] = [(None, None)]
         if target:
             pairs = [*zip([*target[1:], None], target, strict=True), (target[0], None)]
+        dt = t_f - c_plan.t0_s
         keep = []
         for front, rear in pairs:
-            hi = front.cruise(c_plan.t0_s).state(t_f)[0] if front else math.inf
-            lo = rear.cruise(c_plan.t0_s).state(t_f)[0] if rear else -math.inf
+            hi = front.x_m + front.v_mps * dt if front else math.inf  # cruising predictions
+            lo = rear.x_m + rear.v_mps * dt if rear else -math.inf
             if hi >= x_c - self.p.search_behind_m and lo <= x_c + self.p.search_ahead_m:
-                keep.append((front, rear))
-        # nearest slots first (ties are resolved by disruption anyway)
-        return sorted(keep, key=lambda fr: _slot_distance(fr, c_plan, t_f))
+                keep.append((0.0 if lo <= x_c <= hi else min(abs(x_c - lo), abs(hi - x_c)), front, rear))
+        # nearest slots first (for the selfish baseline; cooperative ties are resolved by disruption)
+        return [(front, rear) for _, front, rear in sorted(keep, key=lambda item: item[0])]
 
     def _slot_plan(
         self,
@@ -459,14 +470,6 @@ class Planner:
         return plan, ""
 
 
-def _slot_distance(pair: tuple[Vehicle | None, Vehicle | None], c_plan: Arc, t_f: float) -> float:
-    x_c = c_plan.state(t_f)[0]
-    front, rear = pair
-    hi = front.cruise(c_plan.t0_s).state(t_f)[0] if front else math.inf
-    lo = rear.cruise(c_plan.t0_s).state(t_f)[0] if rear else -math.inf
-    return 0.0 if lo <= x_c <= hi else min(abs(x_c - lo), abs(hi - x_c))
-
-
 # ----------------------------------------------------------------------------- execution
 
 
@@ -510,7 +513,8 @@ class Maneuver:
         self.p = params
         self.dt = setup.step_length_s
         self.t_lat = setup.lane_change_duration_s
-        self.phase: Literal["longitudinal", "certify", "lateral", "done"] = "longitudinal"
+        self.phase: Literal["longitudinal", "certify", "lateral", "fallback", "done"] = "longitudinal"
+        self.t_abort: float | None = None
         self.t_lane_change: float | None = None
         self.energy = 0.0
         self.min_slack = math.inf
@@ -526,8 +530,13 @@ class Maneuver:
         """Commands for this step; sets `phase` to "done" and fills the record when finished."""
         t, p, c_id = world.time_s, self.plan, self.plan.changer.id
         if any(vid not in lanes.row_of for vid in self.tracked):
+            if self.phase == "fallback":
+                self.phase = "done"
+                return []
             return self._finish("aborted", "a vehicle of the maneuver left the network")
         c_row = lanes.row_of[c_id]
+        if self.phase == "fallback":
+            return self._fall_back(world, lanes, c_row)
         self._account(world, lanes)
         t_f = p.t0_s + p.duration_s
         if self.phase == "longitudinal" and t >= t_f - 1e-9:
@@ -610,11 +619,39 @@ class Maneuver:
         self.record.disruption_executed = dx + dv
 
     def _finish(self, status: str, reason: str) -> list[Command]:
-        self.phase = "done"
         self.record.status, self.record.reason = status, reason
         self.record.energy_executed_m2ps3 = self.energy
         self.record.min_slack_executed_m = self.min_slack
+        c_id = self.plan.changer.id
+        if status == "aborted" and self.phase in ("longitudinal", "certify"):
+            # C may be closing in on U for the lane change that will not happen: it falls back
+            # behind U under control and is handed back to SUMO only once that is done
+            self.phase = "fallback"
+            released = [vid for vid in self.tracked if vid != c_id]
+            self.tracked = {c_id: self.tracked[c_id]}
+            return [Release(vid) for vid in released]
+        self.phase = "done"
         return [Release(vid) for vid in self.tracked]
+
+    def _fall_back(self, world: WorldState, lanes: Lanes, c_row: int) -> list[Command]:
+        """Follow the actual leader, u = k_g·(gap − φv − δ) + k_v·(v_lead − v), until C is no faster
+        than it and at a safe distance (or for 10 s at most), then release C."""
+        c_id = self.plan.changer.id
+        if self.t_abort is None:
+            self.t_abort = world.time_s
+        lead = lanes.leader(c_row)
+        v = float(world.speed_mps[c_row])
+        if lead is None:
+            self.phase = "done"
+            return [Release(c_id)]
+        gap = float(world.x_m[lead] - world.length_m[lead] - world.x_m[c_row])
+        slack = gap - self.p.headway.gap_m(v)
+        v_lead = float(world.speed_mps[lead])
+        if (slack >= 0 and v <= v_lead + 0.3) or world.time_s > self.t_abort + 10.0:
+            self.phase = "done"
+            return [Release(c_id)]
+        u = min(self.p.u_max_mps2, max(self.p.u_min_mps2, 0.25 * slack + 0.8 * (v_lead - v)))
+        return [Accelerate(c_id, u)]
 
 
 class CooperativeLaneChange(Controller):
@@ -663,7 +700,8 @@ class CooperativeLaneChange(Controller):
         p, t = self.params, world.time_s
         commands: list[Command] = []
         top_lane = self.setup.lanes - 1
-        for row in np.flatnonzero(world.is_cav & (world.lane >= 0) & (world.lane < top_lane)).tolist():
+        eligible = world.is_cav & (world.lane >= 0) & (world.lane < top_lane) & (world.x_m >= p.request_after_m)
+        for row in np.flatnonzero(eligible).tolist():
             vid = str(world.ids[row])
             if vid in self._busy() or self._retry_at.get(vid, -math.inf) > t:
                 continue

@@ -67,6 +67,13 @@ class Arc:
 
     def state(self, t_s: float | np.ndarray) -> tuple:
         """(x, v, u) at absolute time(s) t ≥ t0."""
+        if isinstance(t_s, (float, int)):  # the planner's hot path: plain floats
+            tau = min(t_s - self.t0_s, self.duration_s)
+            after = t_s - self.t0_s - tau
+            u0, j = self.u0_mps2, self.jerk_mps3
+            v = self.v0_mps + u0 * tau + j * tau * tau / 2
+            x = self.x0_m + self.v0_mps * tau + u0 * tau * tau / 2 + j * tau**3 / 6 + v * after
+            return x, v, (0.0 if after > 0 else u0 + j * tau)
         tau = np.minimum(np.asarray(t_s, dtype=float) - self.t0_s, self.duration_s)
         after = np.asarray(t_s, dtype=float) - self.t0_s - tau
         u0, j = self.u0_mps2, self.jerk_mps3
@@ -107,13 +114,13 @@ class Arc:
         speeds = [self.state(self.t0_s + t)[1] for t in times]
         return limits.v_min_mps - tol <= min(speeds) and max(speeds) <= limits.v_max_mps + tol
 
-    def local_poly(self, t_start_s: float, t_stop_s: float) -> np.ndarray:
-        """Position as cubic coefficients [c0, c1, c2, c3] in s = t − t_start on [t_start, t_stop],
+    def local_poly(self, t_start_s: float, t_stop_s: float) -> tuple[float, float, float, float]:
+        """Position as cubic coefficients (c0, c1, c2, c3) in s = t − t_start on [t_start, t_stop],
         a piece on which the arc does not switch from accelerating to cruising."""
         x, v, u = self.state(t_start_s)
-        moving = t_start_s < self.t_end_s - 1e-12 and t_stop_s <= self.t_end_s + 1e-9
-        j = self.jerk_mps3 if moving else 0.0
-        return np.array([x, v, (u if moving else 0.0) / 2, j / 6])
+        if t_start_s < self.t_end_s - 1e-12 and t_stop_s <= self.t_end_s + 1e-9:
+            return x, v, u / 2, self.jerk_mps3 / 6
+        return x, v, 0.0, 0.0
 
     def breakpoints(self, t_from_s: float, t_to_s: float) -> list[float]:
         """Times in (t_from, t_to) where the control switches: the end of the arc."""
@@ -123,7 +130,7 @@ class Arc:
 class Plan(Protocol):
     """What `min_slack` needs of a plan (an `Arc` or an `ocp.Profile`)."""
 
-    def local_poly(self, t_start_s: float, t_stop_s: float) -> np.ndarray: ...
+    def local_poly(self, t_start_s: float, t_stop_s: float) -> tuple[float, float, float, float]: ...
 
     def breakpoints(self, t_from_s: float, t_to_s: float) -> list[float]: ...
 
@@ -209,25 +216,26 @@ def min_slack(
     piece or at a root of its derivative."""
     switches = (*leader.breakpoints(t_from_s, t_to_s), *follower.breakpoints(t_from_s, t_to_s))
     cuts = sorted({t_from_s, t_to_s, *switches})
+    phi, offset = headway.reaction_time_s, leader_length_m + headway.standstill_m
     best = (math.inf, t_from_s)
-    phi = headway.reaction_time_s
-    for a, b in itertools.pairwise(cuts):
-        c = leader.local_poly(a, b) - follower.local_poly(a, b)
-        c[0] -= leader_length_m + headway.standstill_m
-        f = follower.local_poly(a, b)
-        # subtract φ·v_f(s) = φ(f1 + 2 f2 s + 3 f3 s²)
-        c[:3] -= phi * np.array([f[1], 2 * f[2], 3 * f[3]])
-        candidates = [0.0, b - a]
-        d = np.array([c[1], 2 * c[2], 3 * c[3]])  # derivative coefficients
-        if abs(d[2]) > 1e-15:
-            disc = d[1] ** 2 - 4 * d[2] * d[0]
+    for a, b in itertools.pairwise(cuts):  # plain floats: a few pieces, called very often
+        l0, l1, l2, l3 = leader.local_poly(a, b)
+        f0, f1, f2, f3 = follower.local_poly(a, b)
+        # slack(s) = c0 + c1·s + c2·s² + c3·s³, with φ·v_f(s) = φ(f1 + 2f2·s + 3f3·s²) taken off
+        c0, c1, c2, c3 = l0 - f0 - offset - phi * f1, l1 - f1 - 2 * phi * f2, l2 - f2 - 3 * phi * f3, l3 - f3
+        length = b - a
+        candidates = [0.0, length]
+        d0, d1, d2 = c1, 2 * c2, 3 * c3  # derivative
+        if abs(d2) > 1e-12:
+            disc = d1 * d1 - 4 * d2 * d0
             if disc >= 0:
-                candidates += [(-d[1] + sgn * math.sqrt(disc)) / (2 * d[2]) for sgn in (-1, 1)]
-        elif abs(d[1]) > 1e-15:
-            candidates.append(-d[0] / d[1])
+                root = math.sqrt(disc)
+                candidates += [(-d1 - root) / (2 * d2), (-d1 + root) / (2 * d2)]
+        elif abs(d1) > 1e-12:
+            candidates.append(-d0 / d1)
         for s in candidates:
-            if 0 <= s <= b - a:
-                value = c[0] + c[1] * s + c[2] * s * s + c[3] * s**3
+            if 0 <= s <= length:
+                value = c0 + s * (c1 + s * (c2 + s * c3))
                 if value < best[0]:
-                    best = (float(value), a + s)
+                    best = (value, a + s)
     return best

@@ -21,7 +21,6 @@ data; a solve never raises on an infeasible or failed problem, it returns a `Sol
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -63,6 +62,7 @@ class Profile:
     accel_mps2: np.ndarray
     x_nodes_m: np.ndarray = field(init=False, repr=False)
     v_nodes_mps: np.ndarray = field(init=False, repr=False)
+    _nodes: tuple[list[float], list[float], list[float]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         u = np.array(self.accel_mps2, dtype=float)
@@ -74,6 +74,7 @@ class Profile:
         for name, array in (("accel_mps2", u), ("x_nodes_m", x), ("v_nodes_mps", v)):
             array.setflags(write=False)
             object.__setattr__(self, name, array)
+        object.__setattr__(self, "_nodes", (u.tolist(), x.tolist(), v.tolist()))  # for scalar access
 
     @property
     def duration_s(self) -> float:
@@ -85,6 +86,15 @@ class Profile:
 
     def state(self, t_s: float | np.ndarray) -> tuple:
         """(x, v, u) at absolute time(s) t ≥ t0."""
+        if isinstance(t_s, (float, int)):  # the planner's hot path: plain floats
+            tau = min(t_s - self.t0_s, self.duration_s)
+            us, xs, vs = self._nodes
+            k = min(max(int(tau // self.step_s), 0), len(us) - 1)
+            s = tau - k * self.step_s
+            u, vk = us[k], vs[k]
+            v = vk + u * s
+            x = xs[k] + vk * s + u * s * s / 2 + v * (t_s - self.t0_s - tau)
+            return x, v, (0.0 if t_s > self.t_end_s else u)
         t = np.asarray(t_s, dtype=float)
         tau = np.minimum(t - self.t0_s, self.duration_s)
         k = np.clip(np.floor(tau / self.step_s).astype(int), 0, self.accel_mps2.size - 1)
@@ -124,21 +134,23 @@ class Profile:
             and v.max() <= limits.v_max_mps + tol
         )
 
-    def local_poly(self, t_start_s: float, t_stop_s: float) -> np.ndarray:
-        """Position as cubic coefficients [c0, c1, c2, c3] in s = t − t_start on [t_start, t_stop],
+    def local_poly(self, t_start_s: float, t_stop_s: float) -> tuple[float, float, float, float]:
+        """Position as cubic coefficients (c0, c1, c2, c3) in s = t − t_start on [t_start, t_stop],
         a piece that crosses no grid point nor the end (c3 = 0)."""
-        if (t_start_s + t_stop_s) / 2 >= self.t_end_s:
+        mid = (t_start_s + t_stop_s) / 2
+        if mid >= self.t_end_s:
             x, v, _ = self.state(t_start_s)
-            return np.array([x, v, 0.0, 0.0])
-        k = min(max(math.floor(((t_start_s + t_stop_s) / 2 - self.t0_s) / self.step_s), 0), self.accel_mps2.size - 1)
+            return x, v, 0.0, 0.0
+        us, xs, vs = self._nodes
+        k = min(max(int((mid - self.t0_s) // self.step_s), 0), len(us) - 1)
         s = t_start_s - self.t0_s - k * self.step_s
-        u, v = float(self.accel_mps2[k]), float(self.v_nodes_mps[k])
-        return np.array([self.x_nodes_m[k] + v * s + u * s * s / 2, v + u * s, u / 2, 0.0])
+        u, v = us[k], vs[k]
+        return xs[k] + v * s + u * s * s / 2, v + u * s, u / 2, 0.0
 
     def breakpoints(self, t_from_s: float, t_to_s: float) -> list[float]:
         """Grid times t0 + k·h, k = 1..N, inside (t_from, t_to)."""
-        times = self.t0_s + self.step_s * np.arange(1, self.accel_mps2.size + 1)
-        return [float(t) for t in times if t_from_s < t < t_to_s]
+        t0, h = self.t0_s, self.step_s
+        return [t for t in (t0 + h * k for k in range(1, self.accel_mps2.size + 1)) if t_from_s < t < t_to_s]
 
 
 def _leader_slack_m(gap_m: float, v_mps: float, headway: Headway) -> float:

@@ -214,3 +214,18 @@ def test_free_time_infeasible_and_unsafe_start_return_a_status(nlp) -> None:
     assert profile is None and status.code == "infeasible"
     profile, status = solve_nlp(nlp, leader=(30.0, 25.0, 5.0), **kw)
     assert profile is None and status.code == "unsafe_start"
+
+
+def test_slot_with_a_speed_term_bounds_the_end_state(qp: FixedTimeQP) -> None:
+    """("rear", b, c): x_N + c·v_N ≤ b — a gap that must also last through a constant-speed phase."""
+    free, status = qp.solve(
+        t0_s=0.0, x0_m=0.0, v0_mps=25.0, duration_s=5.0, v_ref_mps=30.0, beta=10.0, limits=LIMITS, headway=HEADWAY
+    )
+    assert status.ok
+    b = free.x_end_m + 3.9 * free.v_end_mps - 10.0
+    bound, status = qp.solve(
+        t0_s=0.0, x0_m=0.0, v0_mps=25.0, duration_s=5.0, v_ref_mps=30.0, beta=10.0, limits=LIMITS,
+        headway=HEADWAY, slot=("rear", b, 3.9),
+    )  # fmt: skip
+    assert status.ok
+    assert bound.x_end_m + 3.9 * bound.v_end_mps == pytest.approx(b, abs=1e-6)  # active

@@ -5,7 +5,7 @@
 - travel time and delay against free flow, over trips that start after the warm-up and end
   before the run does; free-flow time = Σ_edges length / min(speed factor · limit, v_max);
 - lane changes (a record each), collisions, hard-braking events (a vehicle starts to
-  decelerate harder than its type's comfortable `decel_mps2`);
+  decelerate harder than its type's comfortable `decel_mps2`, by more than 0.01 m/s²);
 - control energy per trip, E = ∫ ½ u² dt (m²/s³).
 """
 
@@ -49,7 +49,7 @@ class MetricsCollector:
         self.dt = scenario.simulation.step_length_s
         self.warmup_s = scenario.simulation.warmup_s
         types = scenario.demand.vehicle_types
-        self._hard_braking_mps2 = np.array([-t.decel_mps2 - 1e-6 for t in types.values()])
+        self._hard_braking_mps2 = np.array([-t.decel_mps2 - 0.01 for t in types.values()])
         self._half_dt = 0.5 * self.dt
         capacity = 1024
         self._prev_lane = np.full(capacity, _NO_LANE, dtype=np.int16)

@@ -94,9 +94,10 @@ def test_flows_mix_hdv_types_with_the_cav_share() -> None:
     scenario = load_scenario("highway-lane-change", ["demand.cav_share=0.2", "demand.scale=2"])
     root = ET.fromstring(routes_xml(scenario, build_network(scenario.road)))
     mixes = {d.get("id"): d for d in root.iter("vTypeDistribution")}
-    assert mixes["mix0"].get("vTypes") == "truck slow_car cav"
-    assert [float(p) for p in mixes["mix0"].get("probabilities").split()] == pytest.approx([0.4, 0.4, 0.2])
-    assert mixes["mix1"].get("vTypes") == "cav"  # this flow sets cav_share 1.0 itself
+    assert mixes["mix0"].get("vTypes") == "truck slow_car"  # this flow sets cav_share 0 itself
+    assert [float(p) for p in mixes["mix0"].get("probabilities").split()] == pytest.approx([0.5, 0.5])
+    assert mixes["mix2"].get("vTypes") == "car cav"
+    assert [float(p) for p in mixes["mix2"].get("probabilities").split()] == pytest.approx([0.8, 0.2])
     flows = {f.get("id"): f for f in root.iter("flow")}
     assert flows["f2"].get("period") == f"exp({2 * 1500 / 3600:.9g})"
     assert flows["f2"].get("departLane") == "1"

@@ -239,6 +239,60 @@ def plot(
         out.print(f"wrote {path}", highlight=False)
 
 
+@app.command()
+@_handle_errors
+def study(
+    demands: Annotated[list[float] | None, typer.Option("--demand", help="Fast-lane demand [veh/h] (repeat)")] = None,
+    shares: Annotated[list[float] | None, typer.Option("--cav-share", help="CAV share (repeat)")] = None,
+    variants: Annotated[list[str] | None, typer.Option("--variant", help="Controller variant (repeat)")] = None,
+    seeds: Annotated[int, typer.Option(help="Seeds per point")] = 10,
+    duration: Annotated[float, typer.Option(help="Simulated time per run [s]")] = 600.0,
+    warmup: Annotated[float, typer.Option(help="Warm-up per run [s]")] = 120.0,
+    workers: Annotated[int | None, typer.Option(help="Parallel processes (default: CPU count)")] = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Study directory")] = Path("runs/lane-change-study"),
+) -> None:
+    """Cooperative vs selfish vs SUMO lane changing on highway-lane-change, over demand × CAV share × seeds."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from cavlab.rundir import staged_run_dir
+    from cavlab.study import VARIANTS, Point, aggregate, default_workers, markdown_table, plot_study, run_study
+
+    variants = variants or list(VARIANTS)
+    for v in variants:
+        if v not in VARIANTS:
+            raise UserError(f"unknown variant '{v}' (allowed: {', '.join(VARIANTS)})")
+    demands, shares = demands or [800.0, 1200.0, 1600.0, 2000.0], shares or [0.3, 1.0]
+    if any(q <= 0 or q > 4000 for q in demands):
+        raise UserError("--demand must be in (0, 4000] veh/h")
+    if any(not 0 <= s <= 1 for s in shares):
+        raise UserError("--cav-share must be in [0, 1]")
+    if seeds < 1 or not 0 <= warmup < duration:
+        raise UserError("need --seeds ≥ 1 and 0 ≤ --warmup < --duration")
+    points = [
+        Point(v, q, s, seed, duration, warmup)
+        for v in variants
+        for q in demands
+        for s in shares
+        for seed in range(seeds)
+    ]
+    with staged_run_dir(out_dir) as staging:
+        bar = Progress(TextColumn("[bold]study"), BarColumn(), TextColumn("{task.completed}/{task.total} runs"),
+                       TimeElapsedColumn(), console=err, transient=True)  # fmt: skip
+        with bar:
+            task = bar.add_task("runs", total=len(points))
+            rows = run_study(points, workers or default_workers(), progress=lambda row: bar.advance(task))
+        pq.write_table(pa.Table.from_pylist(rows), staging / "runs.parquet")
+        summary = aggregate(rows)
+        (staging / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=True) + "\n")
+        (staging / "summary.md").write_text(markdown_table(summary))
+        plot_study(summary, staging)
+    out.print(markdown_table(summary), highlight=False)
+    out.print(f"study directory: [bold]{escape(str(out_dir))}[/]", highlight=False)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

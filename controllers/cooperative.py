@@ -3,13 +3,15 @@
 After Armijos, Li, Cassandras et al. (Automatica 2024); docs/theory.md gives the equations
 as implemented. A CAV C stuck behind a slower leader U asks to move into the faster lane:
 
-1. C's plan: the time-and-energy-optimal profile to the target lane's flow speed,
-   min ρT + ∫½u², v(T) = v_flow, with the safe gap to U (cruising) kept until the lateral
-   phase ends (closed form, or the free-time NLP when the gap to U binds).
+1. C's plan: the time-and-energy optimum T* of min ρT + ∫½u² + β_C(v(T) − v_flow)² sets the
+   starting duration (closed form |Δv|/√(2ρ), or the free-time NLP when the safe gap to U
+   binds); for a duration T, C's plan is the fixed-time optimum of ∫½u² + β_C(v(T) − v_flow)²
+   keeping the safe gap to U (cruising) until the lateral phase ends (closed form, or the QP).
 2. Candidate slots: consecutive pairs (front i, rear i+1) of the target lane around C's
    position at T. Cooperating CAVs get fixed-time plans min ∫½u² + β(v(T) − v0)² that open
    the slot (front ahead of x_C(T) by L_i + φv_C + δ, rear behind by L_C + φv_rear + δ);
-   vehicles that do not cooperate (HDVs, CAVs busy elsewhere) are predicted to cruise.
+   vehicles that do not cooperate (HDVs) are predicted to cruise; slots next to the
+   vehicles of another maneuver are skipped.
 3. Disruption of the cooperators, D = Σ γ_x(x(T) − x0 − v0T)² + γ_v(v(T) − v0)²; a slot is
    valid when D ≤ D_th; otherwise T ← λT, up to k_max times. The valid slot with the least
    disruption wins.
@@ -36,10 +38,11 @@ from cavlab.controllers.longitudinal import (
     fixed_state_arc,
     min_slack,
     position_range,
+    reachable,
     terminal_speed_arc,
     time_energy_duration,
 )
-from cavlab.controllers.ocp import FixedTimeQP, Profile
+from cavlab.controllers.ocp import FixedTimeQP, FreeTimeNLP, Profile
 from cavlab.world import Accelerate, ChangeLane, Command, ControlModes, Release, WorldState
 
 Positive = Annotated[float, Field(gt=0)]
@@ -53,7 +56,7 @@ class CooperativeParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     u_min_mps2: Annotated[float, Field(lt=0)] = -4.0
-    u_max_mps2: Positive = 3.0
+    u_max_mps2: Positive = 2.5
     v_min_mps: Annotated[float, Field(ge=0)] = 10.0
     v_max_mps: Positive = 35.0
     reaction_time_s: Annotated[float, Field(ge=0)] = 0.9
@@ -236,6 +239,7 @@ class Planner:
         self.dt = setup.step_length_s
         self.t_lat = setup.lane_change_duration_s
         self._qps: dict[int, FixedTimeQP] = {}
+        self._nlp = FreeTimeNLP(MAX_INTERVALS)
         self.numeric_solves = 0
 
     def _round_up(self, t: float) -> float:
@@ -259,16 +263,20 @@ class Planner:
         started = time.perf_counter()
         v_flow = lanes.mean_speed(target_lane, c.x_m - p.search_behind_m, c.x_m + p.search_ahead_m)
         v_flow = min(v_flow if v_flow is not None else self.setup.speed_limit_mps, p.v_max_mps)
-        # selfish C starts from the shortest maneuver; cooperative C from its time-energy optimum
-        T_star = time_energy_duration(c.v_mps, v_flow, p.rho, p.limits) if self.cooperation else 0.0
-        T0 = self._round_up(min(max(T_star, p.min_maneuver_s), p.max_maneuver_s))
+        T0 = self._start_duration(c, u, v_flow, t0) if self.cooperation else p.min_maneuver_s
         changer_time = time.perf_counter() - started
         target = [lanes.vehicle(int(r)) for r in lanes.in_lane(target_lane)]
         valid: dict[tuple[str | None, str | None], LaneChangePlan] = {}
         reasons: set[str] = set()
         candidates = 0
-        for k in range(p.max_relaxations + 1):
-            T = self._round_up(T0 * p.relaxation_factor**k)
+        # cooperative: T0·λ^k; selfish: every half second from min_maneuver_s, the least time that fits wins
+        times = (
+            [T0 * p.relaxation_factor**k for k in range(p.max_relaxations + 1)]
+            if self.cooperation
+            else list(np.arange(p.min_maneuver_s, p.max_maneuver_s + 1e-9, 0.5))
+        )
+        for k, T_raw in enumerate(times):
+            T = self._round_up(T_raw)
             if p.max_maneuver_s + 1e-9 < T:
                 reasons.add("T_max reached")
                 break
@@ -299,6 +307,26 @@ class Planner:
             return PlanOutcome(None, "infeasible", reason, candidates, changer_time, slots_time)
         best = min(valid.values(), key=lambda m: (sum(m.disruption), m.duration_s))
         return PlanOutcome(best, "planned", "", candidates, changer_time, slots_time)
+
+    def _start_duration(self, c: Vehicle, u: Vehicle, v_flow: float, t0: float) -> float:
+        """C's time-energy-optimal T* (min ρT + ∫½u² + β_C(v(T) − v_flow)²): the closed form
+        |Δv|/√(2ρ) when U is far enough, else the free-time NLP with the safe gap to U; then
+        clamped to [min_maneuver_s, max_maneuver_s] and put on the step grid."""
+        p = self.p
+        T_star = time_energy_duration(c.v_mps, v_flow, p.rho, p.limits)
+        arc = terminal_speed_arc(t0, c.x_m, c.v_mps, v_flow, p.changer_speed_weight, max(T_star, self.dt))
+        if not (arc.within(p.limits) and self._slack(u.cruise(t0), arc, u.length_m, t0, arc.t_end_s) >= 0):
+            self.numeric_solves += 1
+            profile, status = self._nlp.solve(
+                t0_s=t0, x0_m=c.x_m, v0_mps=c.v_mps, v_f_mps=v_flow, rho=p.rho, beta=p.changer_speed_weight,
+                limits=p.limits, headway=p.headway, leader=(u.x_m - p.planning_margin_m, u.v_mps, u.length_m),
+                t_min_s=p.min_maneuver_s, t_max_s=p.max_maneuver_s,
+                t_guess_s=min(max(T_star, p.min_maneuver_s), p.max_maneuver_s),
+            )  # fmt: skip
+            if status.ok:
+                T_star = profile.duration_s
+        T0 = self._round_up(min(max(T_star, p.min_maneuver_s), p.max_maneuver_s))
+        return T0 if p.max_maneuver_s + 1e-9 >= T0 else p.max_maneuver_s * (1 - 1e-9)
 
     def _changer_plan(self, c: Vehicle, u: Vehicle, v_flow: float, t0: float, T: float) -> Plan | None:
         """C's fixed-time plan, min ∫½u² + β_C(v(T) − v_flow)², keeping the safe gap to U (cruising)
@@ -349,9 +377,10 @@ class Planner:
         lo = -math.inf
         if rear:
             lo = rear.x_m + rear.v_mps * T + c.length_m + hw.gap_m(rear.v_mps) + m
-        if lo > hi:
+        x_end = min(max(x_free, lo), hi)
+        if lo > hi or not reachable(c.x_m, c.v_mps, T, x_end, v_end, self.p.limits):
             return None
-        arc = fixed_state_arc(t0, c.x_m, c.v_mps, min(max(x_free, lo), hi), v_end, T)
+        arc = fixed_state_arc(t0, c.x_m, c.v_mps, x_end, v_end, T)
         if not arc.within(self.p.limits) or self._slack(u.cruise(t0), arc, u.length_m, t0, t_f + t_lat) < 0:
             return None
         return arc
@@ -432,10 +461,12 @@ class Planner:
                 return None, "C cannot fit into the gap in time"
         x_c, v_c, _ = c_plan.state(t_f)
         plans: dict[str, CooperatorPlan | None] = {"front": None, "rear": None}
+        if (front is not None and front.id in busy) or (rear is not None and rear.id in busy):
+            return None, "slot next to another maneuver"
         for role, veh in (("front", front), ("rear", rear)):
             if veh is None:
                 continue
-            cooperates = self.cooperation and veh.is_cav and veh.id not in busy
+            cooperates = self.cooperation and veh.is_cav
             bound, slot = self._slot_bounds(role, veh, c, x_c, v_c)
             plan: Plan = veh.cruise(t0)
             x_cruise = plan.state(t_f)[0]
@@ -488,7 +519,9 @@ class ManeuverRecord:
     cooperators: int = 0
     candidates: int = 0
     relaxations: int = 0
-    longitudinal_time_s: float = math.nan  # T: request to lane-change command
+    longitudinal_time_s: float = (
+        math.nan
+    )  # planned T; the lane change is commanded at T (or up to certify_timeout_s later)
     maneuver_time_s: float = math.nan  # request to the end of the lateral phase
     disruption_planned: float = math.nan
     disruption_position_planned: float = math.nan
@@ -711,7 +744,7 @@ class CooperativeLaneChange(Controller):
             gap = world.x_m[lead] - world.length_m[lead] - world.x_m[row]
             target = int(world.lane[row]) + 1
             flow = lanes.mean_speed(target, world.x_m[row] - p.search_behind_m, world.x_m[row] + p.search_ahead_m)
-            flow = self.setup.speed_limit_mps if flow is None else flow
+            flow = min(self.setup.speed_limit_mps if flow is None else flow, p.v_max_mps)
             if gap > p.request_gap_m or flow - world.speed_mps[lead] < p.request_speed_gain_mps:
                 continue
             if gap < p.headway.gap_m(world.speed_mps[row]):
@@ -746,8 +779,9 @@ class CooperativeLaneChange(Controller):
 
     def report(self) -> ControllerReport:
         records = [*self.records, *(m.record for m in self.active)]
-        for m in self.active:  # still running when the simulation ended
-            m.record.status, m.record.reason = "unfinished", "the simulation ended first"
+        for m in self.active:  # still running when the simulation ended (not those falling back after an abort)
+            if m.record.status == "planned":
+                m.record.status, m.record.reason = "unfinished", "the simulation ended first"
         rows = [asdict(r) for r in records]
         done = [r for r in records if r.status == "completed"]
         metrics = {

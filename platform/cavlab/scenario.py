@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from cavlab.errors import ScenarioError, field_path
 
@@ -250,12 +250,16 @@ class ControlSpec(_Block):
             raise ValueError(f"unknown controller '{name}' (available: {', '.join(sorted(CONTROLLERS))})")
         return name
 
-    @model_validator(mode="after")
-    def _check_params(self) -> ControlSpec:
+    @field_validator("params")
+    @classmethod
+    def _resolve_params(cls, params: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        """The controller's parameters, checked and with its defaults filled in (so a run's
+        scenario.yaml records every value used)."""
         from cavlab.controllers import controller_params
 
-        controller_params(self.controller, self.params)
-        return self
+        if "controller" not in info.data:  # the controller name itself was wrong
+            return params
+        return controller_params(info.data["controller"], params).model_dump(mode="json")
 
 
 class SimulationSpec(_Block):

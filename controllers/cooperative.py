@@ -242,12 +242,18 @@ class Planner:
         self._nlp = FreeTimeNLP(MAX_INTERVALS)
         self.numeric_solves = 0
 
-    def _round_up(self, t: float) -> float:
+    def _on_grid(self, t: float) -> float:
         """t rounded up to a whole number of numeric-grid intervals, each a whole number of steps,
-        so that a numeric plan is executed exactly by SUMO's ballistic update."""
-        steps = math.ceil(t / self.dt - 1e-9)
-        per_interval = math.ceil(steps / MAX_INTERVALS)
-        return math.ceil(steps / per_interval) * per_interval * self.dt
+        so that a numeric plan is executed exactly by SUMO's ballistic update; rounded down
+        instead where rounding up would pass max_maneuver_s."""
+
+        def snap(steps_exact: float, rounding) -> float:
+            steps = max(1, rounding(steps_exact))
+            per_interval = math.ceil(steps / MAX_INTERVALS)
+            return max(1, rounding(steps / per_interval)) * per_interval * self.dt
+
+        up = snap(t / self.dt - 1e-9, math.ceil)
+        return up if up <= self.p.max_maneuver_s + 1e-9 else snap(self.p.max_maneuver_s / self.dt + 1e-9, math.floor)
 
     def _qp(self, T: float) -> FixedTimeQP:
         steps = round(T / self.dt)
@@ -275,11 +281,13 @@ class Planner:
             if self.cooperation
             else list(np.arange(p.min_maneuver_s, p.max_maneuver_s + 1e-9, 0.5))
         )
+        previous = 0.0
         for k, T_raw in enumerate(times):
-            T = self._round_up(T_raw)
-            if p.max_maneuver_s + 1e-9 < T:
+            T = self._on_grid(T_raw)
+            if previous + 1e-9 >= T:  # clamped at T_max: nothing longer to try
                 reasons.add("T_max reached")
                 break
+            previous = T
             tick = time.perf_counter()
             c_plan = self._changer_plan(c, u, v_flow, t0, T) if self.cooperation else None
             changer_time += time.perf_counter() - tick
@@ -311,7 +319,7 @@ class Planner:
     def _start_duration(self, c: Vehicle, u: Vehicle, v_flow: float, t0: float) -> float:
         """C's time-energy-optimal T* (min ρT + ∫½u² + β_C(v(T) − v_flow)²): the closed form
         |Δv|/√(2ρ) when U is far enough, else the free-time NLP with the safe gap to U; then
-        clamped to [min_maneuver_s, max_maneuver_s] and put on the step grid."""
+        clamped to [min_maneuver_s, max_maneuver_s]."""
         p = self.p
         T_star = time_energy_duration(c.v_mps, v_flow, p.rho, p.limits)
         arc = terminal_speed_arc(t0, c.x_m, c.v_mps, v_flow, p.changer_speed_weight, max(T_star, self.dt))
@@ -325,8 +333,7 @@ class Planner:
             )  # fmt: skip
             if status.ok:
                 T_star = profile.duration_s
-        T0 = self._round_up(min(max(T_star, p.min_maneuver_s), p.max_maneuver_s))
-        return T0 if p.max_maneuver_s + 1e-9 >= T0 else p.max_maneuver_s * (1 - 1e-9)
+        return min(max(T_star, p.min_maneuver_s), p.max_maneuver_s)
 
     def _changer_plan(self, c: Vehicle, u: Vehicle, v_flow: float, t0: float, T: float) -> Plan | None:
         """C's fixed-time plan, min ∫½u² + β_C(v(T) − v_flow)², keeping the safe gap to U (cruising)
@@ -594,18 +601,9 @@ class Maneuver:
         return commands
 
     def _safe(self, u: float, row: int, world: WorldState, lanes: Lanes) -> float:
-        """Never close in on the actual leader once the safe gap is gone (a measured, not planned,
-        leader may brake): then u ≤ k_g·slack + k_v·(v_lead − v)."""
-        lead = lanes.leader(row)
-        if lead is None:
-            return u
-        v = float(world.speed_mps[row])
-        gap = float(world.x_m[lead] - world.length_m[lead] - world.x_m[row])
-        slack = gap - self.p.headway.gap_m(v)
-        if slack >= 0:
-            return u
-        u_follow = 0.5 * slack + 1.0 * (float(world.speed_mps[lead]) - v)
-        return max(self.p.u_min_mps2, min(u, u_follow))
+        """The plan's u, unless the measured leader (which need not behave as predicted) is too
+        close: see `safe_accel`."""
+        return min(u, safe_accel(row, world, lanes, self.p))
 
     def _certified(self, world: WorldState, lanes: Lanes) -> bool:
         """Safe gaps to the target lane's actual neighbours now and, at constant speeds, through the
@@ -684,7 +682,32 @@ class Maneuver:
             self.phase = "done"
             return [Release(c_id)]
         u = min(self.p.u_max_mps2, max(self.p.u_min_mps2, 0.25 * slack + 0.8 * (v_lead - v)))
-        return [Accelerate(c_id, u)]
+        return [Accelerate(c_id, min(u, safe_accel(c_row, world, lanes, self.p)))]
+
+
+def safe_accel(row: int, world: WorldState, lanes: Lanes, params: CooperativeParams) -> float:
+    """An upper bound on a controlled vehicle's acceleration from its measured leader.
+
+    Inactive (+∞) while gap − (φv + δ) covers the distance needed to shed the closing speed at
+    the comfortable rate, (v − v_lead)²/(2|u_min|). Otherwise the follow law
+    k_g·(gap − φv − δ) + k_v·(v_lead − v) (k_g = 0.5 s⁻², k_v = 1 s⁻¹), no harder than u_min
+    unless stopping the closing before the standstill gap needs more,
+    a_stop = (v − v_lead)²/(2·(gap − δ)), which is then applied (down to 2·u_min).
+    """
+    lead = lanes.leader(row)
+    if lead is None:
+        return math.inf
+    v, v_lead = float(world.speed_mps[row]), float(world.speed_mps[lead])
+    gap = float(world.x_m[lead] - world.length_m[lead] - world.x_m[row])
+    slack = gap - params.headway.gap_m(v)
+    closing = max(0.0, v - v_lead)
+    if slack - closing**2 / (2 * -params.u_min_mps2) >= 0:
+        return math.inf
+    a_stop = closing**2 / (2 * max(gap - params.standstill_gap_m, 0.5))
+    follow = 0.5 * slack + 1.0 * (v_lead - v)
+    if a_stop <= -params.u_min_mps2:
+        return max(params.u_min_mps2, min(follow, -a_stop))
+    return max(2 * params.u_min_mps2, -a_stop)
 
 
 class CooperativeLaneChange(Controller):
@@ -749,6 +772,8 @@ class CooperativeLaneChange(Controller):
                 continue
             if gap < p.headway.gap_m(world.speed_mps[row]):
                 continue  # not yet at a safe distance behind U (a cut-in): wait until it is
+            if str(world.ids[lead]) in self._busy():
+                continue  # U is in a maneuver of its own: it will not cruise as predicted
             outcome = self.planner.plan(lanes, row, lead, target, self._busy())
             record = ManeuverRecord(
                 request_time_s=t, vehicle_id=vid, leader_id=str(world.ids[lead]), target_lane=target,

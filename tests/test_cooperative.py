@@ -119,3 +119,18 @@ def test_selfish_commands_nobody_else() -> None:
     if outcome.plan is not None:
         assert outcome.plan.cooperators == []
         assert sum(outcome.plan.disruption) == 0.0
+
+
+@pytest.mark.parametrize("max_s", [6.95, 7.0, 20.0, 13.37])
+def test_durations_lie_on_the_step_grid_and_never_pass_t_max(max_s: float) -> None:
+    planner = Planner(CooperativeParams(max_maneuver_s=max_s), SETUP)
+    for t in np.linspace(0.05, 30.0, 300):
+        T = planner._on_grid(float(t))
+        steps = round(T / SETUP.step_length_s)
+        assert abs(T - steps * SETUP.step_length_s) < 1e-9
+        assert steps % math.ceil(steps / 50) == 0  # whole numeric intervals of whole steps
+        assert max_s + 1e-9 >= T
+        if max_s - 5.0 > T:
+            assert t - 1e-9 <= T
+    outcome, _ = plan(BASIC, CooperativeParams(max_maneuver_s=max_s))
+    assert outcome.candidates > 0, "slots were tried up to T_max, not refused at once"

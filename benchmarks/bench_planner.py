@@ -5,8 +5,10 @@
 Runs `highway-lane-change` with the cooperative controller for each seed and times every
 call of the planner (all candidate slots, all relaxations, C's plan and the cooperators'
 plans). Requests are split by path: "analytic" (closed forms only) and "constrained" (at
-least one QP solve). Then the slowdown of the controlled run against the same run with
-SUMO-only driving (the `sumo` controller), same seed, each in a fresh process.
+least one QP solve). Each request is also timed again with the solvers switched off (the
+analytic path: the cases needing a solver are rejected); that replay is left out of the run's
+wall time. Then the slowdown of the controlled run against the same run with SUMO-only
+driving (the `sumo` controller), same seed, each in a fresh process.
 Prints Markdown tables for docs/benchmarks.md.
 """
 
@@ -33,22 +35,39 @@ def one_run(controller: str, seed: int, cav_share: float) -> dict:
     )
     ctrl = make_controller(controller, scenario.control.params, control_setup(scenario))
     samples: list[tuple[float, int, int]] = []
+    analytic: list[float] = []
     if controller == "cooperative":
         planner, plan = ctrl.planner, ctrl.planner.plan
+        numeric, nlp = planner._numeric, planner._nlp
 
         def timed(*args, **kwargs):
             before = planner.numeric_solves
             started = time.perf_counter()
             outcome = plan(*args, **kwargs)
             samples.append((time.perf_counter() - started, planner.numeric_solves - before, outcome.candidates))
+            # the same request again with closed forms only (every case needing a solver rejected)
+            planner._numeric, planner._nlp = (lambda *a, **k: None), _NoSolver()
+            try:
+                started = time.perf_counter()
+                plan(*args, **kwargs)
+                analytic.append(time.perf_counter() - started)
+            finally:
+                planner._numeric, planner._nlp = numeric, nlp
             return outcome
 
         planner.plan = timed
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
         Engine(scenario, Path(tmp) / "sumo", controller=ctrl).run()
-        wall = time.perf_counter() - started
-    return {"controller": controller, "seed": seed, "wall_s": wall, "plans": samples}
+        wall = time.perf_counter() - started - sum(analytic)
+    return {"controller": controller, "seed": seed, "wall_s": wall, "plans": samples, "analytic": analytic}
+
+
+class _NoSolver:
+    """Stands in for the free-time NLP: every solve fails, so the planner keeps its closed forms."""
+
+    def solve(self, **kwargs):
+        return None, type("Failed", (), {"ok": False})()
 
 
 def _quantiles(values: list[float]) -> tuple[float, float]:
@@ -88,6 +107,11 @@ def main() -> None:
             print(
                 f"| {label} | {len(group)} | {cands:g} | {med:.2f} | {p95:.2f} | {max(p[0] for p in group) * 1e3:.2f} |"
             )
+    analytic = [t * 1e3 for r in runs["cooperative"] for t in r["analytic"]]
+    if analytic:
+        med, p95 = _quantiles(analytic)
+        label = "the same requests, closed forms only"
+        print(f"| {label} | {len(analytic)} | | {med:.2f} | {p95:.2f} | {max(analytic):.2f} |")
     ratio = statistics.median(c["wall_s"] / s["wall_s"] for c, s in zip(runs["cooperative"], runs["sumo"], strict=True))
     walls = {k: statistics.median(r["wall_s"] for r in v) for k, v in runs.items()}
     print(f"\n| run (600 s simulated, {args.seeds} seeds) | wall s (median) |")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import casadi as ca
 import numpy as np
@@ -193,6 +194,7 @@ class FixedTimeQP:
     """
 
     solver = "daqp"
+    solver_options: ClassVar[dict] = {}
 
     def __init__(self, n_intervals: int) -> None:
         if n_intervals < 1:
@@ -221,7 +223,7 @@ class FixedTimeQP:
             "fixed_time_qp",
             self.solver,
             {"h": hess.sparsity(), "a": rows.sparsity()},
-            {"error_on_fail": False, "print_time": False},
+            {"error_on_fail": False, "print_time": False, **self.solver_options},
         )
 
     def solve(
@@ -260,12 +262,17 @@ class FixedTimeQP:
         ]  # fmt: skip
         hess, grad, rows, lba, uba, lbx, ubx = self._data(p)
         sol = self._qp(h=hess, g=grad, a=rows, lba=lba, uba=uba, lbx=lbx, ubx=ubx)
-        flag = int(self._qp.stats()["return_status"])
-        code, message = _DAQP_EXIT.get(flag, ("solver_error", f"exit flag {flag}"))
+        code, message = self._outcome(self._qp.stats())
         status = _status(code == "optimal", code, message, started, self.solver)
         if not status.ok:
             return None, status
         return Profile(t0_s, duration_s / n, x0_m, v0_mps, sol["x"].full().ravel()), status
+
+    @staticmethod
+    def _outcome(stats: dict) -> tuple[str, str]:
+        """(code, message) from the solver's statistics (DAQP's exit flag)."""
+        flag = int(stats["return_status"])
+        return _DAQP_EXIT.get(flag, ("solver_error", f"exit flag {flag}"))
 
 
 # ----------------------------------------------------------------------------- free final time

@@ -65,7 +65,10 @@ def test_run_options_override_the_scenario(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["run", "nope"], "error: unknown scenario 'nope' (shipped: highway-lane-change, lane-drop, on-ramp-merge"),
+        (
+            ["run", "nope"],
+            "error: unknown scenario 'nope' (shipped: highway, highway-lane-change, lane-drop, on-ramp-merge",
+        ),
         (["run", "missing.yaml"], "error: missing.yaml: no such file"),
         (["validate", "lane-drop", "--set", "road.lanes=0"], "road.lanes: Input should be greater than or equal to 1"),
         (["run", "lane-drop", "--backend", "carla"], "simulation.backend: Input should be 'libsumo', 'traci' or 'gui'"),

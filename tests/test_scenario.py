@@ -213,3 +213,12 @@ def test_depart_speed_names_its_allowed_values(value: str, ok: bool) -> None:
     else:
         message = _error(MINIMAL, override)
         assert "demand.flows.0.depart_speed: must be 'max', 'desired', 'avg' or a speed in [0, 70] m/s" in message
+
+
+def test_override_messages_stay_on_one_line_and_name_empty_lists() -> None:
+    raw = {"road": {"kind": "highway"}, "demand": {"flows": []}}
+    with pytest.raises(ScenarioError, match=r"'demand.flows.0' indexes an empty list$"):
+        apply_override(raw, "demand.flows.0.lane=1")
+    with pytest.raises(ScenarioError) as info:
+        apply_override(raw, "road.kind.lanes=null\n...")
+    assert str(info.value) == "override 'road.kind.lanes=null\\n...': 'road.kind' is a string, not a block"

@@ -423,20 +423,23 @@ def validate_scenario(raw: dict[str, Any], source: str = "<scenario>") -> Scenar
 def apply_override(raw: dict[str, Any], override: str) -> None:
     """Apply one `key.path=value` override in place; the value is parsed as YAML."""
     key, sep, text = override.partition("=")
+    shown = override.replace("\r", "\\r").replace("\n", "\\n")  # messages stay on one line
     if not sep or not key.strip():
-        raise ScenarioError(f"override '{override}' must look like key.path=value (e.g. simulation.seed=7)")
+        raise ScenarioError(f"override '{shown}' must look like key.path=value (e.g. simulation.seed=7)")
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
-        raise ScenarioError(f"override '{override}': the value is not valid YAML") from None
+        raise ScenarioError(f"override '{shown}': the value is not valid YAML") from None
     parts = key.strip().split(".")
     node: Any = raw
     for depth, part in enumerate(parts):
         here = ".".join(parts[: depth + 1])
         last = depth == len(parts) - 1
         if isinstance(node, list):
+            if not node:
+                raise ScenarioError(f"override '{shown}': '{here}' indexes an empty list")
             if not part.isdigit() or int(part) >= len(node):
-                raise ScenarioError(f"override '{override}': '{here}' needs a list index 0..{len(node) - 1}")
+                raise ScenarioError(f"override '{shown}': '{here}' needs a list index 0..{len(node) - 1}")
             if last:
                 node[int(part)] = value
             else:
@@ -450,7 +453,7 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
                 node = node[part]
         else:
             parent = ".".join(parts[:depth])
-            raise ScenarioError(f"override '{override}': '{parent}' is {_kind(node)}, not a block")
+            raise ScenarioError(f"override '{shown}': '{parent}' is {_kind(node)}, not a block")
 
 
 def _kind(value: Any) -> str:

@@ -85,18 +85,20 @@ class SumoBackend(ABC):
         self._controlled = np.zeros(capacity, dtype=bool)
         self._modes = ControlModes()
         self._modes_idle_differ = False
+        self._routes_added: set[str] = set()
         self._open = False
 
     # -------------------------------------------------------------- lifecycle
 
-    def start(self, modes: ControlModes = _CONTROLLER_MODES) -> None:
-        """Start SUMO; `modes` are set on a vehicle when a controller first commands it."""
+    def start(self, modes: ControlModes = _CONTROLLER_MODES, extra_args: tuple[str, ...] = ()) -> None:
+        """Start SUMO; `modes` are set on a vehicle when a controller first commands it;
+        `extra_args` are SUMO options that override the .sumocfg (e.g. `("--seed", "7")`)."""
         self._modes = modes
         self._modes_idle_differ = (modes.idle_speed_mode, modes.idle_lane_change_mode) != (
             SUMO_DEFAULT_MODES.speed_mode,
             SUMO_DEFAULT_MODES.lane_change_mode,
         )
-        cmd = ["-c", str(self.inputs.config)]
+        cmd = ["-c", str(self.inputs.config), *extra_args]
         try:
             self._launch(cmd)
         except SimulationError:
@@ -259,6 +261,43 @@ class SumoBackend(ABC):
                 v.changeLane(vid, index, float(cmd.hold_s))
             else:
                 raise TypeError(f"not a command: {cmd!r}")
+
+    def take_control(self, vehicle_id: str, modes: ControlModes) -> None:
+        """Set `modes` on a vehicle now and count it as controlled (later commands keep these modes)."""
+        v = self.api.vehicle
+        v.setSpeedMode(vehicle_id, modes.speed_mode)
+        v.setLaneChangeMode(vehicle_id, modes.lane_change_mode)
+        self._controlled[self._slot_of[vehicle_id]] = True
+
+    def set_vehicle_type(self, vehicle_id: str, type_name: str) -> None:
+        """Give a vehicle in the network another of the scenario's vehicle types."""
+        self.api.vehicle.setType(vehicle_id, type_name)
+        self._slot_type[self._slot_of[vehicle_id]] = self._type_index[type_name]
+
+    # -------------------------------------------------------------- inserting vehicles
+
+    def add_vehicle(self, vehicle_id: str, route: str, type_name: str, lane: int, x_m: float, speed_mps: float) -> None:
+        """Ask SUMO to insert a vehicle with its front bumper at global `x_m` on road lane `lane` of
+        `route`; it enters at the next step if SUMO finds the spot safe, and waits otherwise."""
+        edges = [self.network.edge(e) for e in self.network.routes[route]]
+        k = next((i for i, e in enumerate(edges) if e.start_m <= x_m < e.start_m + e.length_m), None)
+        if k is None:
+            raise ValueError(f"x = {x_m:g} m is not on route '{route}'")
+        edge = edges[k]
+        if not edge.lane_offset <= lane < edge.lane_offset + edge.lanes:
+            raise ValueError(f"edge '{edge.id}' at x = {x_m:g} m has no road lane {lane}")
+        route_id = f"{route}@{edge.id}"
+        if route_id not in self._routes_added:
+            self.api.route.add(route_id, [e.id for e in edges[k:]])
+            self._routes_added.add(route_id)
+        self.api.vehicle.add(
+            vehicle_id, route_id, type_name, depart="now", departLane=str(lane - edge.lane_offset),
+            departPos=f"{x_m - edge.start_m:.3f}", departSpeed=f"{speed_mps:.3f}",
+        )  # fmt: skip
+
+    def remove_vehicle(self, vehicle_id: str) -> None:
+        """Remove a vehicle, in the network or still waiting to be inserted."""
+        self.api.vehicle.remove(vehicle_id)
 
     # -------------------------------------------------------------- helpers
 

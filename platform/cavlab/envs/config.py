@@ -1,0 +1,175 @@
+"""Environment configuration: keyword arguments validated like scenario files.
+
+Every environment class carries defaults (`TrafficEnv.defaults`); keyword arguments given to
+the class or to `gymnasium.make` are merged into them block by block, so
+`gymnasium.make("cavlab/LaneChange-v0", reward={"collision": 20})` changes one weight and
+keeps the others.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from cavlab.errors import UserError, field_path
+
+Positive = Annotated[float, Field(gt=0)]
+NonNegative = Annotated[float, Field(ge=0)]
+
+
+class EnvConfigError(UserError):
+    """Environment keyword arguments that do not validate."""
+
+
+class _Block(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EgoSpec(_Block):
+    """Which vehicle the agent drives, chosen after the warm-up.
+
+    `takeover`: the vehicle of `lane` nearest to `x_m` (with a leader at most `leader_within_m`
+    ahead, if set) becomes the ego: it keeps its place and speed, and takes the ego's vehicle
+    type; the traffic around it stays as it was. `insert`: a new vehicle enters at `x_m` at
+    `speed_mps` (null: 80 % of the speed limit there), or 40 m or 80 m farther on if SUMO finds
+    no room — for empty lanes such as an on-ramp.
+    """
+
+    route: Literal["mainline", "ramp"] = "mainline"
+    lane: int = Field(0, description="Road lane (0 = rightmost mainline lane, −1 = ramp)")
+    x_m: NonNegative = 300.0
+    placement: Literal["takeover", "insert"] = "takeover"
+    leader_within_m: Positive | None = None
+    speed_mps: NonNegative | None = None
+    vehicle_type: str | None = Field(None, description="Vehicle type; null uses the scenario's CAV type")
+
+
+KINEMATIC_FEATURES = ("presence", "x", "y", "vx", "ax", "lane", "cav")
+GRID_FEATURES = ("presence", "vx", "cav")
+
+
+class ObservationSpec(_Block):
+    """What the agent sees: the nearest vehicles' kinematics or an occupancy grid around it."""
+
+    type: Literal["kinematics", "occupancy_grid"] = "kinematics"
+    vehicles_count: Annotated[int, Field(ge=1, le=64)] = Field(7, description="Rows, the ego's included")
+    features: tuple[str, ...] | None = Field(
+        None, description=f"kinematics: any of {', '.join(KINEMATIC_FEATURES)}; grid: any of {', '.join(GRID_FEATURES)}"
+    )
+    range_m: Positive = Field(150.0, description="Longitudinal half-window around the ego")
+    grid_step_m: Positive = 5.0
+    normalize: bool = True
+
+    @model_validator(mode="after")
+    def _check_features(self) -> ObservationSpec:
+        allowed = KINEMATIC_FEATURES if self.type == "kinematics" else GRID_FEATURES
+        for name in self.features or ():
+            if name not in allowed:
+                raise ValueError(f"feature '{name}' is not a {self.type} feature (allowed: {', '.join(allowed)})")
+        if self.features is not None and not self.features:
+            raise ValueError("needs at least one feature")
+        if self.type == "occupancy_grid" and (2 * self.range_m / self.grid_step_m) > 400:
+            raise ValueError("the grid would have more than 400 cells per lane: raise grid_step_m or lower range_m")
+        return self
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        if self.features:
+            return self.features
+        return ("presence", "x", "y", "vx") if self.type == "kinematics" else ("presence", "vx")
+
+
+class ActionSpec(_Block):
+    """How actions drive the ego.
+
+    `discrete_meta`: 0 LANE_LEFT, 1 IDLE, 2 LANE_RIGHT, 3 FASTER, 4 SLOWER (highway-env's
+    indices); FASTER/SLOWER step through `target_speeds_mps`, which the ego tracks with
+    u = clip(k·(v* − v), −b, a). `continuous`: a ∈ [−1, 1]², a₀ scales the acceleration
+    (a₀·a if a₀ ≥ 0, else a₀·b) and a₁ > 1/3 asks for the left lane, a₁ < −1/3 for the right.
+    """
+
+    type: Literal["discrete_meta", "continuous"] = "discrete_meta"
+    target_speeds_mps: tuple[Annotated[float, Field(ge=0)], ...] = (15.0, 20.0, 25.0, 30.0)
+    speed_gain_per_s: Positive = Field(1 / 0.6, description="k in u = k·(v* − v)")
+
+    @model_validator(mode="after")
+    def _check_speeds(self) -> ActionSpec:
+        speeds = self.target_speeds_mps
+        if not speeds or list(speeds) != sorted(set(speeds)):
+            raise ValueError("target_speeds_mps must be a non-empty increasing list")
+        return self
+
+
+class RewardSpec(_Block):
+    """Weights of the reward terms (each term is documented in `TrafficEnv`)."""
+
+    speed: float = 1.0
+    speed_range_mps: tuple[float, float] = (20.0, 30.0)
+    target_lane: float = 0.5
+    comfort: float = 0.05
+    disruption: float = 0.01
+    disruption_range_m: Positive = 100.0
+    collision: float = 10.0
+
+    @model_validator(mode="after")
+    def _check_range(self) -> RewardSpec:
+        lo, hi = self.speed_range_mps
+        if not hi > lo:
+            raise ValueError(f"speed_range_mps must be increasing (got {lo:g}, {hi:g})")
+        return self
+
+
+class EnvConfig(_Block):
+    """Everything an environment is built from."""
+
+    scenario: str = Field("highway-lane-change", description="A shipped scenario name or a YAML path")
+    set: tuple[str, ...] = Field((), description="Scenario overrides, key.path=value")
+    backend: Literal["libsumo", "traci"] = "libsumo"
+    decision_period_s: Positive = 1.0
+    episode_s: Positive = 40.0
+    warmup_s: NonNegative = Field(20.0, description="Traffic simulated before the ego enters")
+    target_lane: int | None = Field(None, description="The lane the ego should reach (rewarded)")
+    goal_x_m: NonNegative | None = Field(
+        None, description="Reaching it ends the episode; null: 50 m before the road end"
+    )
+    ego: EgoSpec = Field(default_factory=EgoSpec)
+    observation: ObservationSpec = Field(default_factory=ObservationSpec)
+    action: ActionSpec = Field(default_factory=ActionSpec)
+    reward: RewardSpec = Field(default_factory=RewardSpec)
+
+
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """`base` updated by `update`, nested mappings merged key by key."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def env_config(defaults: dict[str, Any], kwargs: dict[str, Any]) -> EnvConfig:
+    """Validate `kwargs` merged into `defaults`; a bad value raises `EnvConfigError` naming it."""
+    try:
+        return EnvConfig.model_validate(merge(defaults, kwargs))
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        where = field_path(err["loc"])
+        if err["type"] == "extra_forbidden":
+            block = _block_of(err["loc"][:-1])
+            allowed = ", ".join(sorted(block.model_fields)) if block else ""
+            raise EnvConfigError(f"unknown environment option '{where}' (allowed: {allowed})") from None
+        msg = err["msg"].removeprefix("Value error, ")
+        raise EnvConfigError(f"environment option '{where}': {msg}") from None
+
+
+def _block_of(loc: tuple) -> type[BaseModel] | None:
+    model: type[BaseModel] = EnvConfig
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return None
+        model = field.annotation
+    return model

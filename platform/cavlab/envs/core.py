@@ -1,0 +1,357 @@
+"""`AgentTraffic`: the SUMO side shared by the single- and the multi-agent environments.
+
+It runs a scenario's traffic on the engine's backend and lets agents drive some of its
+vehicles: every decision period each agent's action becomes a lane request and an
+acceleration law, applied at every SUMO step of the period while the scenario's controller
+drives the rest (it sees the agents as human-driven vehicles and never commands them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import tempfile
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cavlab.backends.base import SumoBackend, make_backend
+from cavlab.controllers import Controller, make_controller
+from cavlab.engine import control_setup
+from cavlab.envs.actions import ActionType, make_action
+from cavlab.envs.config import EgoSpec, EnvConfig, EnvConfigError
+from cavlab.envs.observations import RoadFrame, make_observation
+from cavlab.errors import SimulationError
+from cavlab.network import Network, SumoInputs, build_network, write_sumo_inputs
+from cavlab.scenario import Scenario, load_scenario
+from cavlab.world import Accelerate, ChangeLane, Command, ControlModes, Release, WorldState
+
+AGENT_MODES = ControlModes(speed_mode=32, lane_change_mode=0)
+"""Agents drive without SUMO's safety checks: they can collide, and pay for it."""
+
+INSERT_WAIT_S = 1.0  # how long SUMO may take to accept a spot for an inserted vehicle
+TAKEOVER_WAIT_S = 10.0  # how long the traffic may take to offer a vehicle to take over
+FAILURES = ("collision", "lane_end")
+
+
+@dataclass
+class Agent:
+    """An agent's vehicle and what the current decision period has accumulated."""
+
+    vehicle_id: str
+    action: ActionType
+    row: int
+    x_m: float
+    lane_change_until_s: float = -np.inf
+    followers: dict[int, tuple[float, float]] = field(default_factory=dict)
+    u2_sum: float = 0.0
+    steps: int = 0
+    outcome: str | None = None  # collision, lane_end, goal, left_network
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One agent's result of a decision period."""
+
+    observation: np.ndarray
+    reward: float
+    terminated: bool
+    info: dict[str, Any]
+
+
+class AgentTraffic:
+    """A scenario's traffic in SUMO with agent-driven vehicles (see the module docstring)."""
+
+    def __init__(self, config: EnvConfig) -> None:
+        self.config = config
+        self.scenario = self._scenario(config)
+        road = self.scenario.road
+        self.step_length_s = self.scenario.simulation.step_length_s
+        self.substeps = round(config.decision_period_s / self.step_length_s)
+        if self.substeps < 1 or abs(self.substeps * self.step_length_s - config.decision_period_s) > 1e-9:
+            raise EnvConfigError(
+                f"environment option 'decision_period_s' = {config.decision_period_s:g} must be a multiple of the "
+                f"scenario's step length ({self.step_length_s:g} s)"
+            )
+        lane_min = -1 if road.kind == "on_ramp" else 0
+        ego = config.ego
+        if not lane_min <= ego.lane < road.lanes:
+            raise EnvConfigError(
+                f"environment option 'ego.lane' = {ego.lane}: the road has lanes {lane_min}..{road.lanes - 1}"
+            )
+        if ego.route == "ramp" and road.kind != "on_ramp":
+            raise EnvConfigError("environment option 'ego.route' = 'ramp': the scenario's road has no on-ramp")
+        types = self.scenario.demand.vehicle_types
+        self.agent_type = ego.vehicle_type or self.scenario.demand.cav_type
+        if self.agent_type not in types:
+            raise EnvConfigError(
+                f"environment option 'ego.vehicle_type' = '{self.agent_type}' is not a vehicle type of the scenario "
+                f"(known: {', '.join(types)})"
+            )
+        spec = types[self.agent_type]
+        self.accel_mps2, self.decel_mps2, self.length_m = spec.accel_mps2, spec.decel_mps2, spec.length_m
+        self.frame = RoadFrame(lane_min, road.lanes - 1, road.speed_limit_mps)
+        self.observation_type = make_observation(config.observation, self.frame)
+        self.goal_x_m = config.goal_x_m if config.goal_x_m is not None else road.length_m - 50.0
+        self.agents: dict[str, Agent] = {}
+        self.backend: SumoBackend | None = None
+        self.network: Network | None = None
+        self._inputs: SumoInputs | None = None
+        self._cleanup: weakref.finalize | None = None
+
+    # ------------------------------------------------------------------ setup
+
+    @staticmethod
+    def _scenario(cfg: EnvConfig) -> Scenario:
+        """The scenario, run long enough for one episode, on the chosen backend."""
+        scenario = load_scenario(cfg.scenario, cfg.set)
+        step = scenario.simulation.step_length_s
+        waits = max(3 * INSERT_WAIT_S, TAKEOVER_WAIT_S)
+        duration = np.ceil((cfg.warmup_s + waits + cfg.episode_s + cfg.decision_period_s) / step) * step
+        sim = scenario.simulation.model_copy(update={"duration_s": float(duration), "warmup_s": 0.0,
+                                                     "backend": cfg.backend})  # fmt: skip
+        return scenario.model_copy(update={"simulation": sim})
+
+    def _prepare(self) -> None:
+        """Build the network and write SUMO's inputs, once (lazily: constructing an env stays cheap)."""
+        if self._inputs is not None:
+            return
+        self.network = build_network(self.scenario.road)
+        workdir = Path(tempfile.mkdtemp(prefix="cavlab-env-"))
+        self._cleanup = weakref.finalize(self, shutil.rmtree, workdir, True)
+        self._inputs = write_sumo_inputs(self.scenario, self.network, workdir)
+        self._edge_lanes = np.array([e.lanes for e in self.network.edges])
+        self._edge_offset = np.array([e.lane_offset for e in self.network.edges])
+        self._lane_end_x = lane_ends(self.network)
+
+    def make_action(self) -> ActionType:
+        return make_action(self.config.action, self.accel_mps2, self.decel_mps2)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self, sumo_seed: int) -> WorldState:
+        """A fresh simulation with `sumo_seed`, after the warm-up; no agents yet."""
+        self._prepare()
+        self.close()
+        self.agents = {}
+        self.controller: Controller = make_controller(
+            self.scenario.control.controller, self.scenario.control.params, control_setup(self.scenario)
+        )
+        backend = make_backend(self.scenario, self.network, self._inputs)
+        backend.start(self.controller.modes, extra_args=("--seed", str(sumo_seed)))
+        self.backend = backend
+        self.world, self.events = backend.step()
+        for _ in range(round(self.config.warmup_s / self.step_length_s)):
+            self._advance([])
+        return self.world
+
+    def close(self) -> None:
+        if self.backend is not None:
+            backend, self.backend = self.backend, None
+            backend.close()
+
+    def dispose(self) -> None:
+        """Close SUMO and delete the SUMO inputs."""
+        self.close()
+        if self._cleanup is not None:
+            self._cleanup()
+
+    # ------------------------------------------------------------------ agents
+
+    def adopt(self, vehicle_id: str) -> Agent:
+        """Hand a vehicle in the network to an agent."""
+        row = self.world.index_of(vehicle_id)
+        self.backend.take_control(vehicle_id, AGENT_MODES)
+        action = self.make_action()
+        action.reset(float(self.world.speed_mps[row]))
+        agent = Agent(vehicle_id, action, row, float(self.world.x_m[row]))
+        self.agents[vehicle_id] = agent
+        return agent
+
+    def place_ego(self, spec: EgoSpec, name: str) -> Agent:
+        """Hand the vehicle `spec` describes to an agent (a new one, called `name`, for `insert`)."""
+        if spec.placement == "takeover":
+            for _ in range(round(TAKEOVER_WAIT_S / self.step_length_s)):
+                row = self._takeover_row(spec)
+                if row is not None:
+                    vehicle_id = str(self.world.ids[row])
+                    self.backend.set_vehicle_type(vehicle_id, self.agent_type)
+                    self._advance([])  # a world state with the new type
+                    return self.adopt(vehicle_id)
+                self._advance([])
+        else:
+            road = self.scenario.road
+            limit = road.ramp.speed_limit_mps if spec.route == "ramp" and road.ramp else road.speed_limit_mps
+            speed = 0.8 * limit if spec.speed_mps is None else spec.speed_mps
+            for k in range(3):
+                self.backend.add_vehicle(name, spec.route, self.agent_type, spec.lane, spec.x_m + 40.0 * k, speed)
+                for _ in range(round(INSERT_WAIT_S / self.step_length_s)):
+                    self._advance([])
+                    if any(d.vehicle_id == name for d in self.events.departures):
+                        return self.adopt(name)
+                self.backend.remove_vehicle(name)
+        leader = f" with a leader within {spec.leader_within_m:g} m" if spec.leader_within_m else ""
+        raise SimulationError(
+            f"no place for the ego ({spec.placement}) in lane {spec.lane} near x = {spec.x_m:g} m{leader} "
+            f"after {self.config.warmup_s:g} s of traffic and {TAKEOVER_WAIT_S:g} s of waiting: change ego.x_m, "
+            f"ego.placement, warmup_s or the demand"
+        )
+
+    def _takeover_row(self, spec: EgoSpec) -> int | None:
+        """The row of the vehicle `spec` describes for a takeover, if there is one now."""
+        world = self.world
+        rows = np.flatnonzero((world.lane == spec.lane) & (world.x_m > self.length_m + 1.0))
+        if spec.leader_within_m is not None:
+            rows = np.array([r for r in rows.tolist() if self._leader_gap(r) <= spec.leader_within_m], dtype=int)
+        return int(rows[np.argmin(np.abs(world.x_m[rows] - spec.x_m))]) if len(rows) else None
+
+    def _leader_gap(self, row: int) -> float:
+        """Bumper-to-bumper gap to the next vehicle ahead in the same lane (inf if none)."""
+        world = self.world
+        ahead = np.flatnonzero((world.lane == world.lane[row]) & (world.x_m > world.x_m[row]))
+        if not len(ahead):
+            return np.inf
+        lead = ahead[np.argmin(world.x_m[ahead])]
+        return float(world.x_m[lead] - world.length_m[lead] - world.x_m[row])
+
+    # ------------------------------------------------------------------ stepping
+
+    def step(self, actions: dict[str, Any]) -> None:
+        """One decision period: `actions` for the live agents (missing ones keep their last intent).
+
+        Stops early when every agent is done."""
+        world = self.world
+        commands: list[Command] = []
+        live = [a for a in self.agents.values() if a.outcome is None]
+        hold = self.scenario.simulation.lane_change_duration_s + self.step_length_s
+        for agent in live:
+            request = agent.action.decide(actions[agent.vehicle_id]) if agent.vehicle_id in actions else 0
+            row = agent.row
+            target = int(world.lane[row]) + request
+            if request and world.time_s >= agent.lane_change_until_s and self._lane_exists(row, target):
+                commands.append(ChangeLane(agent.vehicle_id, target, hold_s=hold))
+                agent.lane_change_until_s = world.time_s + hold
+            agent.followers = self._followers(row)
+            agent.u2_sum, agent.steps = 0.0, 0
+        self.period_start_s = world.time_s
+        for _ in range(self.substeps):
+            for agent in live:
+                if agent.outcome is None:
+                    u = agent.action.accel(float(self.world.speed_mps[agent.row]))
+                    commands.append(Accelerate(agent.vehicle_id, u))
+                    agent.u2_sum += (u / self.decel_mps2) ** 2
+                    agent.steps += 1
+            self._advance(commands)
+            commands = self._settle(live)
+            if all(a.outcome is not None for a in live):
+                break
+
+    def _settle(self, live: list[Agent]) -> list[Command]:
+        """Update the agents' rows and outcomes after a SUMO step; release finished vehicles."""
+        world, release = self.world, []
+        crashed = {v for c in self.events.collisions for v in (c.collider, c.victim)}
+        for agent in live:
+            if agent.outcome is not None:
+                continue
+            row = world.index_of(agent.vehicle_id)
+            agent.row = row
+            if agent.vehicle_id in crashed:
+                agent.outcome = "collision"
+            elif row < 0:
+                agent.outcome = "left_network"
+            else:
+                x = agent.x_m = float(world.x_m[row])
+                end = self._lane_end_x.get((int(world.edge[row]), int(world.lane[row])))
+                if end is not None and x >= end - 1.0 and world.time_s >= agent.lane_change_until_s:
+                    agent.outcome = "lane_end"
+                elif x >= self.goal_x_m:
+                    agent.outcome = "goal"
+            if agent.outcome is not None and row >= 0:
+                release.append(Release(agent.vehicle_id))
+        return release
+
+    def _advance(self, agent_commands: list[Command]) -> None:
+        """Apply the agents' commands and the scenario controller's, then step SUMO once."""
+        world = self.world
+        seen = world
+        if self.agents:
+            rows = np.flatnonzero(np.isin(world.ids, list(self.agents)))
+            if world.is_cav[rows].any():
+                is_cav = world.is_cav.copy()
+                is_cav[rows] = False
+                seen = dataclasses.replace(world, is_cav=is_cav)
+        commands = [c for c in self.controller.step(seen) if c.vehicle_id not in self.agents]
+        self.backend.apply(commands + agent_commands)
+        self.world, self.events = self.backend.step()
+
+    # ------------------------------------------------------------------ results
+
+    def transition(self, agent: Agent) -> Transition:
+        """Observation, reward and info of an agent after `step` (or after it was adopted)."""
+        world, row = self.world, agent.row
+        terms = self.reward_terms(agent) if agent.steps else {}
+        reward = float(sum(getattr(self.config.reward, k) * v for k, v in terms.items()))
+        if row >= 0:
+            obs = self.observation_type.observe(world, row)
+        else:
+            obs = np.zeros(self.observation_type.space.shape, dtype=np.float32)
+        info: dict[str, Any] = {"time_s": world.time_s, "x_m": agent.x_m}
+        if row >= 0:
+            info.update(speed_mps=float(world.speed_mps[row]), lane=int(world.lane[row]))
+        if terms:
+            info["reward_terms"] = terms
+        if agent.outcome:
+            info["outcome"] = agent.outcome
+        return Transition(obs, reward, agent.outcome is not None, info)
+
+    def reward_terms(self, agent: Agent) -> dict[str, float]:
+        """The unweighted reward terms of the last decision period (see `TrafficEnv`)."""
+        world, row, r = self.world, agent.row, self.config.reward
+        terms = {"speed": 0.0, "target_lane": 0.0, "comfort": -agent.u2_sum / agent.steps,
+                 "disruption": -self._disruption(agent.followers, world.time_s - self.period_start_s),
+                 "collision": -1.0 if agent.outcome in FAILURES else 0.0}  # fmt: skip
+        if row >= 0:
+            lo, hi = r.speed_range_mps
+            terms["speed"] = float(np.clip((world.speed_mps[row] - lo) / (hi - lo), 0.0, 1.0))
+            target = self.config.target_lane
+            terms["target_lane"] = float(target is not None and int(world.lane[row]) == target)
+        return terms
+
+    def _disruption(self, followers: dict[int, tuple[float, float]], period_s: float) -> float:
+        """Σ ½(x(T) − x₀ − v₀T)² + ½(v(T) − v₀)² over the followers still in the network."""
+        if not followers:
+            return 0.0
+        world = self.world
+        rows = np.flatnonzero(np.isin(world.slot, list(followers)))
+        x0, v0 = np.array([followers[int(s)] for s in world.slot[rows]]).reshape(-1, 2).T
+        dx = world.x_m[rows] - x0 - v0 * period_s
+        dv = world.speed_mps[rows] - v0
+        return float(0.5 * (dx @ dx) + 0.5 * (dv @ dv))
+
+    def _lane_exists(self, row: int, lane: int) -> bool:
+        edge = int(self.world.edge[row])
+        return bool(self._edge_offset[edge] <= lane < self._edge_offset[edge] + self._edge_lanes[edge])
+
+    def _followers(self, row: int) -> dict[int, tuple[float, float]]:
+        """slot → (x, v) of the vehicles behind `row` in its lane within the disruption range."""
+        world = self.world
+        dx = world.x_m[row] - world.x_m
+        near = (world.lane == world.lane[row]) & (dx > 0) & (dx <= self.config.reward.disruption_range_m)
+        rows = np.flatnonzero(near)
+        return {int(world.slot[r]): (float(world.x_m[r]), float(world.speed_mps[r])) for r in rows}
+
+
+def lane_ends(network: Network) -> dict[tuple[int, int], float]:
+    """(edge index, road lane) → x where that lane stops: an acceleration lane's or a dropped lane's end."""
+    ends: dict[tuple[int, int], float] = {}
+    by_start = {round(e.start_m, 3): e for e in network.edges if e.id != "ramp"}
+    for k, e in enumerate(network.edges):
+        end = e.start_m + e.length_m
+        nxt = by_start.get(round(end, 3))
+        for lane in range(e.lane_offset, e.lane_offset + e.lanes):
+            if nxt is not None and not nxt.lane_offset <= lane < nxt.lane_offset + nxt.lanes:
+                ends[(k, lane)] = end
+    return ends

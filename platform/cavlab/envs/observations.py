@@ -1,0 +1,130 @@
+"""Observation types: the nearest vehicles' kinematics, or an occupancy grid around the ego.
+
+Both read only a `WorldState` and the ego's row, so they serve the single-agent env and
+every agent of the multi-agent env alike.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from gymnasium import spaces
+
+from cavlab.envs.config import ObservationSpec
+from cavlab.world import WorldState
+
+LANE_WIDTH_M = 3.2  # SUMO's default lane width
+ACCEL_SCALE_MPS2 = 10.0  # accelerations are normalised by this
+
+
+class RoadFrame:
+    """The road's lanes and the speed that normalises speeds."""
+
+    def __init__(self, lane_min: int, lane_max: int, speed_ref_mps: float) -> None:
+        self.lane_min = lane_min
+        self.lane_max = lane_max
+        self.lanes = lane_max - lane_min + 1
+        self.speed_ref_mps = speed_ref_mps
+
+
+class Kinematics:
+    """A (vehicles_count, features) array: the ego's row first, then the nearest vehicles within
+    ±range_m ordered by longitudinal distance; absent rows are zeros (presence 0).
+
+    Features (others relative to the ego; the ego's row absolute):
+    presence; x = Δx [m] (ego 0); y = Δlane·3.2 m (ego: its lane's offset from the lowest
+    lane); vx = Δv [m/s] (ego: v); ax [m/s²]; lane (road lane index); cav (1 for CAVs).
+    Normalised: x/range, y/(lanes·3.2), vx/v_ref, ax/10, (lane − lane_min)/(lanes − 1), all
+    clipped to [−1, 1] (highway-env's layout: its policies port with the same features).
+    """
+
+    def __init__(self, spec: ObservationSpec, frame: RoadFrame) -> None:
+        self.spec = spec
+        self.frame = frame
+        self.features = spec.feature_names
+        shape = (spec.vehicles_count, len(self.features))
+        bound = 1.0 if spec.normalize else np.inf
+        self.space = spaces.Box(-bound, bound, shape=shape, dtype=np.float32)
+        f = frame
+        self._scale = {
+            "presence": 1.0,
+            "x": spec.range_m,
+            "y": f.lanes * LANE_WIDTH_M,
+            "vx": f.speed_ref_mps,
+            "ax": ACCEL_SCALE_MPS2,
+            "lane": max(1, f.lanes - 1),
+            "cav": 1.0,
+        }
+
+    def observe(self, world: WorldState, ego: int) -> np.ndarray:
+        spec, f = self.spec, self.frame
+        x0, v0, lane0 = world.x_m[ego], world.speed_mps[ego], int(world.lane[ego])
+        dx = world.x_m - x0
+        near = np.flatnonzero(np.abs(dx) <= spec.range_m)
+        near = near[near != ego]
+        near = near[np.argsort(np.abs(dx[near]), kind="stable")][: spec.vehicles_count - 1]
+        rows = np.concatenate(([ego], near)).astype(np.int64)
+        n = len(rows)
+        out = np.zeros(self.space.shape, dtype=np.float32)
+        lane = world.lane[rows].astype(np.float64)
+        for j, name in enumerate(self.features):
+            if name == "presence":
+                col = np.ones(n)
+            elif name == "x":
+                col = dx[rows]
+            elif name == "y":
+                col = (lane - lane0) * LANE_WIDTH_M
+                col[0] = (lane0 - f.lane_min) * LANE_WIDTH_M
+            elif name == "vx":
+                col = world.speed_mps[rows] - v0
+                col[0] = v0
+            elif name == "ax":
+                col = world.accel_mps2[rows]
+            elif name == "lane":
+                col = lane - f.lane_min if spec.normalize else lane
+            else:  # cav
+                col = world.is_cav[rows].astype(np.float64)
+                col[0] = 1.0
+            out[:n, j] = col / self._scale[name] if spec.normalize else col
+        if spec.normalize:
+            np.clip(out, -1.0, 1.0, out=out)
+        return out
+
+
+class OccupancyGrid:
+    """A (features, lanes, cells) grid over ±range_m around the ego's front bumper, one row per
+    road lane (lowest lane first), cells of grid_step_m; a vehicle fills every cell its body
+    [x − length, x] overlaps, the ego included.
+
+    Features: presence; vx = Δv (normalised by v_ref, clipped); cav.
+    """
+
+    def __init__(self, spec: ObservationSpec, frame: RoadFrame) -> None:
+        self.spec = spec
+        self.frame = frame
+        self.features = spec.feature_names
+        self.cells = round(2 * spec.range_m / spec.grid_step_m)
+        bound = 1.0 if spec.normalize else np.inf
+        self.space = spaces.Box(-bound, bound, shape=(len(self.features), frame.lanes, self.cells), dtype=np.float32)
+
+    def observe(self, world: WorldState, ego: int) -> np.ndarray:
+        spec, f = self.spec, self.frame
+        out = np.zeros(self.space.shape, dtype=np.float32)
+        dx = world.x_m - world.x_m[ego]
+        rear = dx - world.length_m
+        near = np.flatnonzero((dx >= -spec.range_m) & (rear < spec.range_m))
+        first = np.clip(np.floor((rear[near] + spec.range_m) / spec.grid_step_m), 0, self.cells - 1).astype(int)
+        last = np.clip(np.floor((dx[near] + spec.range_m) / spec.grid_step_m), 0, self.cells - 1).astype(int)
+        dv = world.speed_mps[near] - world.speed_mps[ego]
+        if spec.normalize:
+            dv = np.clip(dv / f.speed_ref_mps, -1.0, 1.0)
+        values = {"presence": np.ones(len(near)), "vx": dv, "cav": world.is_cav[near].astype(np.float64)}
+        lanes = world.lane[near].astype(int) - f.lane_min
+        for j, name in enumerate(self.features):
+            col = values[name]
+            for k in range(len(near)):
+                out[j, lanes[k], first[k] : last[k] + 1] = col[k]
+        return out
+
+
+def make_observation(spec: ObservationSpec, frame: RoadFrame) -> Kinematics | OccupancyGrid:
+    return Kinematics(spec, frame) if spec.type == "kinematics" else OccupancyGrid(spec, frame)

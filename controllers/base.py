@@ -54,6 +54,8 @@ class Controller(ABC):
 
     Params: ClassVar[type[BaseModel]] = NoParams
     modes: ClassVar[ControlModes] = ControlModes()
+    issues_commands: ClassVar[bool] = True
+    """False for a controller whose `step` never commands anything: callers may skip it."""
 
     def __init__(self, params: BaseModel, setup: ControlSetup) -> None:
         self.params = params

@@ -9,5 +9,7 @@ from cavlab.world import Command, WorldState
 class SumoDriver(Controller):
     """Issues no commands: SUMO's car-following and LC2013 models drive every vehicle."""
 
+    issues_commands = False
+
     def step(self, world: WorldState) -> list[Command]:
         return []

@@ -177,3 +177,33 @@ def test_traci_child_process_ends_on_close_and_on_errors(tmp_path: Path) -> None
         b2.step()
         raise KeyboardInterrupt
     assert proc.poll() is not None
+
+
+@pytest.mark.parametrize("backend", ["libsumo", "traci"])
+def test_unread_steps_then_read_give_the_fully_read_state(tmp_path: Path, backend: str) -> None:
+    scenario = short("highway-lane-change", f"simulation.backend={backend}")
+
+    def run(read_every: int, folder: str):
+        with open_backend(scenario, tmp_path / folder) as b:
+            departed, states = [], []
+            for k in range(1, 601):
+                world, events = b.step(read_world=k % read_every == 0)
+                departed += [d.vehicle_id for d in events.departures]
+                if k % read_every == 0:
+                    states.append(world)
+            last = states[-1]
+            row = len(last) - 1
+            expected = (int(last.edge[row]), int(last.lane[row]), last.x_m[row], last.speed_mps[row])
+            return departed, states, b.vehicle_state(str(last.ids[row])), expected
+
+    full_departed, full, _, _ = run(1, "full")
+    light_departed, light, state, expected = run(50, "light")
+    assert light_departed == full_departed
+    for world in light:
+        ref = full[round(world.time_s / 0.1) - 1]
+        assert world.time_s == pytest.approx(ref.time_s)
+        np.testing.assert_array_equal(world.ids, ref.ids)
+        np.testing.assert_allclose(world.x_m, ref.x_m)
+        # after unread steps the accelerations are SUMO's own: equal to Δv/Δt under the ballistic update
+        np.testing.assert_allclose(world.accel_mps2, ref.accel_mps2, atol=1e-9)
+    assert state[:2] == expected[:2] and state[2:] == pytest.approx(expected[2:])

@@ -36,17 +36,23 @@ _CONTROLLER_MODES = ControlModes()
 
 
 @dataclass(frozen=True)
-class RawStep:
-    """What a backend reads from SUMO after one step."""
+class RawEvents:
+    """What a backend reads from SUMO right after a step."""
 
     time_s: float
+    departed: tuple[str, ...]
+    arrived: tuple[str, ...]
+    collisions: tuple[Any, ...]  # SUMO collision records
+
+
+@dataclass(frozen=True)
+class RawVehicles:
+    """Every vehicle's lane, lane position and speed, as a backend reads them."""
+
     ids: list[str]  # grouped by lane in `Network.lane_ids` order
     lane_counts: list[int]  # vehicles per lane, same order
     lane_pos_m: np.ndarray
     speed_mps: np.ndarray
-    departed: tuple[str, ...]
-    arrived: tuple[str, ...]
-    collisions: tuple[Any, ...]  # SUMO collision records
 
 
 class SumoBackend(ABC):
@@ -73,6 +79,7 @@ class SumoBackend(ABC):
         self._edge_offset = network.edge_lane_offset
         self._edge_lanes = np.array([e.lanes for e in network.edges])
         self._edge_names = network.edge_names
+        self._edge_index = {name: k for k, name in enumerate(network.edge_names)}
         self._slot_of: dict[str, int] = {}
         self._slot_ids: list[str] = []
         capacity = 1024
@@ -86,6 +93,8 @@ class SumoBackend(ABC):
         self._modes = ControlModes()
         self._modes_idle_differ = False
         self._routes_added: set[str] = set()
+        self._speeds_stale = False
+        self._time_s = 0.0
         self._open = False
 
     # -------------------------------------------------------------- lifecycle
@@ -143,19 +152,30 @@ class SumoBackend(ABC):
     def _shutdown(self) -> None: ...
 
     @abstractmethod
-    def _advance(self) -> RawStep:
-        """Do one SUMO step and read every vehicle's lane, lane position and speed."""
+    def _step_sumo(self) -> RawEvents:
+        """Do one SUMO step; its time, departures, arrivals and collisions."""
+
+    @abstractmethod
+    def _read_vehicles(self) -> RawVehicles:
+        """Every vehicle's lane, lane position and speed after the last step."""
+
+    @abstractmethod
+    def _accelerations(self, ids: list[str]) -> np.ndarray:
+        """SUMO's own accelerations of these vehicles over the last step."""
 
     # -------------------------------------------------------------- stepping
 
-    def step(self) -> tuple[WorldState, StepEvents]:
-        """Advance one step; the new world state and what happened during the step."""
+    def step(self, read_world: bool = True) -> tuple[WorldState | None, StepEvents]:
+        """Advance one step; the new world state (None with `read_world=False`: then only what
+        happened is read, for callers that do not look at every step) and the step's events."""
         try:
-            raw = self._advance()
+            raw = self._step_sumo()
+            vehicles = self._read_vehicles() if read_world else None
         except SimulationError:
             raise
         except Exception as exc:
             raise SimulationError(f"SUMO failed during the step: {exc}{self._log_tail()}") from exc
+        self._time_s = raw.time_s
         departures = tuple(self._register(vid, raw.time_s) for vid in raw.departed)
         pop = self._slot_of.pop
         arrivals = tuple(Arrival(vid, pop(vid), raw.time_s) for vid in raw.arrived if vid in self._slot_of)
@@ -164,13 +184,23 @@ class SumoBackend(ABC):
             collisions = tuple(
                 Collision(raw.time_s, c.collider, c.victim, c.type, c.lane, c.pos) for c in raw.collisions
             )
-            present = set(raw.ids)
-            removed = {c.collider for c in collisions} | {c.victim for c in collisions}
-            arrivals += tuple(
-                Arrival(vid, pop(vid), raw.time_s) for vid in removed if vid in self._slot_of and vid not in present
-            )
-        world = self._assemble(raw)
+            if self.scenario.simulation.collision_action == "remove":  # SUMO removed both, unannounced
+                removed = {c.collider for c in collisions} | {c.victim for c in collisions}
+                arrivals += tuple(Arrival(vid, pop(vid), raw.time_s) for vid in removed if vid in self._slot_of)
+        world = None
+        if vehicles is not None:
+            world = self._assemble(vehicles)
+        else:
+            self._speeds_stale = True
         return world, StepEvents(departures, arrivals, collisions)
+
+    def read(self) -> WorldState:
+        """The world state now, without stepping (after steps taken with `read_world=False`)."""
+        try:
+            vehicles = self._read_vehicles()
+        except Exception as exc:
+            raise SimulationError(f"SUMO failed during a read: {exc}{self._log_tail()}") from exc
+        return self._assemble(vehicles)
 
     def _register(self, vid: str, time_s: float) -> Departure:
         v = self.api.vehicle
@@ -194,12 +224,17 @@ class SumoBackend(ABC):
             new[: len(old)] = old
             setattr(self, name, new)
 
-    def _assemble(self, raw: RawStep) -> WorldState:
+    def _assemble(self, raw: RawVehicles) -> WorldState:
         n = len(raw.ids)
         slot = np.fromiter(map(self._slot_of.__getitem__, raw.ids), dtype=np.int64, count=n)
         lane_row = np.repeat(self._lane_rows, raw.lane_counts)
         edge = self._lane_edge[lane_row]
-        accel = (raw.speed_mps - self._prev_speed[slot]) * self._inv_dt
+        if self._speeds_stale:  # the last step was not read: take SUMO's values
+            accel = self._accelerations(raw.ids)
+            self._speeds_stale = False
+            self._fresh_accel.clear()
+        else:
+            accel = (raw.speed_mps - self._prev_speed[slot]) * self._inv_dt
         if self._fresh_accel:  # no previous speed: take SUMO's value
             rows = np.flatnonzero(np.isin(slot, list(self._fresh_accel)))
             accel[rows] = [self._fresh_accel[s] for s in slot[rows].tolist()]
@@ -208,7 +243,7 @@ class SumoBackend(ABC):
         self._slot_edge[slot] = edge
         type_index = self._slot_type[slot]
         return WorldState(
-            time_s=raw.time_s,
+            time_s=self._time_s,
             ids=np.array(raw.ids, dtype=object),
             slot=slot,
             type_index=type_index,
@@ -261,6 +296,22 @@ class SumoBackend(ABC):
                 v.changeLane(vid, index, float(cmd.hold_s))
             else:
                 raise TypeError(f"not a command: {cmd!r}")
+
+    @property
+    def time_s(self) -> float:
+        """Simulated time after the last step."""
+        return self._time_s
+
+    def has_vehicle(self, vehicle_id: str) -> bool:
+        """Whether the vehicle is in the network (after the last step)."""
+        return vehicle_id in self._slot_of
+
+    def vehicle_state(self, vehicle_id: str) -> tuple[int, int, float, float]:
+        """(edge index, road lane, global x of the front bumper, speed) of one vehicle now."""
+        v = self.api.vehicle
+        edge = self._edge_index[v.getRoadID(vehicle_id)]
+        lane = v.getLaneIndex(vehicle_id) + int(self._edge_offset[edge])
+        return edge, lane, v.getLanePosition(vehicle_id) + float(self._edge_start[edge]), v.getSpeed(vehicle_id)
 
     def take_control(self, vehicle_id: str, modes: ControlModes) -> None:
         """Set `modes` on a vehicle now and count it as controlled (later commands keep these modes)."""

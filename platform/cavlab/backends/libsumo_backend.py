@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from cavlab.backends.base import RawStep, SumoBackend
+from cavlab.backends.base import RawEvents, RawVehicles, SumoBackend
 from cavlab.errors import SimulationError
 
 _owner: LibsumoBackend | None = None
@@ -67,6 +67,7 @@ class LibsumoBackend(SumoBackend):
         self._get_lane_ids = c_api.lane_getLastStepVehicleIDs
         self._get_pos = c_api.vehicle_getLanePosition
         self._get_speed = c_api.vehicle_getSpeed
+        self._get_accel = c_api.vehicle_getAcceleration
         self._get_time = c_api.simulation_getTime
         self._get_departed = c_api.simulation_getDepartedIDList
         self._get_arrived = c_api.simulation_getArrivedIDList
@@ -91,7 +92,7 @@ class LibsumoBackend(SumoBackend):
         os.close(self._console)
         os.close(self._stderr)
 
-    def _advance(self) -> RawStep:
+    def _step_sumo(self) -> RawEvents:
         import libsumo
 
         os.dup2(self._console, 2)
@@ -99,16 +100,23 @@ class LibsumoBackend(SumoBackend):
             self._step(0.0)
         finally:
             os.dup2(self._stderr, 2)
-        per_lane = list(map(self._get_lane_ids, self._lanes))
-        ids = list(chain.from_iterable(per_lane))
-        n = len(ids)
-        return RawStep(
+        return RawEvents(
             time_s=self._get_time(),
-            ids=ids,
-            lane_counts=list(map(len, per_lane)),
-            lane_pos_m=np.fromiter(map(self._get_pos, ids), dtype=np.float64, count=n),
-            speed_mps=np.fromiter(map(self._get_speed, ids), dtype=np.float64, count=n),
             departed=self._get_departed(),
             arrived=self._get_arrived(),
             collisions=libsumo.simulation.getCollisions() if self._get_colliding() else (),
         )
+
+    def _read_vehicles(self) -> RawVehicles:
+        per_lane = list(map(self._get_lane_ids, self._lanes))
+        ids = list(chain.from_iterable(per_lane))
+        n = len(ids)
+        return RawVehicles(
+            ids=ids,
+            lane_counts=list(map(len, per_lane)),
+            lane_pos_m=np.fromiter(map(self._get_pos, ids), dtype=np.float64, count=n),
+            speed_mps=np.fromiter(map(self._get_speed, ids), dtype=np.float64, count=n),
+        )
+
+    def _accelerations(self, ids: list[str]) -> np.ndarray:
+        return np.fromiter(map(self._get_accel, ids), dtype=np.float64, count=len(ids))

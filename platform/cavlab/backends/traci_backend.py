@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from cavlab.backends.base import RawStep, SumoBackend
+from cavlab.backends.base import RawEvents, RawVehicles, SumoBackend
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child
@@ -110,7 +110,7 @@ class TraciBackend(SumoBackend):
             proc.kill()
             proc.wait()
 
-    def _advance(self) -> RawStep:
+    def _step_sumo(self) -> RawEvents:
         conn = self._conn
         conn.simulationStep()
         sim = conn.simulation.getSubscriptionResults()
@@ -118,8 +118,16 @@ class TraciBackend(SumoBackend):
         departed = tuple(sim[departed_var])
         for vid in departed:
             conn.vehicle.subscribe(vid, self._vars)
-        lanes = conn.lane.getAllSubscriptionResults()
-        vehicles = conn.vehicle.getAllSubscriptionResults()
+        return RawEvents(
+            time_s=sim[time_var],
+            departed=departed,
+            arrived=tuple(sim[arrived_var]),
+            collisions=conn.simulation.getCollisions() if sim[colliding_var] else (),
+        )
+
+    def _read_vehicles(self) -> RawVehicles:
+        lanes = self._conn.lane.getAllSubscriptionResults()
+        vehicles = self._conn.vehicle.getAllSubscriptionResults()
         ids: list[str] = []
         counts = []
         for lane in self._lanes:
@@ -128,13 +136,13 @@ class TraciBackend(SumoBackend):
             counts.append(len(on_lane))
         n = len(ids)
         rows = [vehicles[vid] for vid in ids]
-        return RawStep(
-            time_s=sim[time_var],
+        return RawVehicles(
             ids=ids,
             lane_counts=counts,
             lane_pos_m=np.fromiter((r[self._pos] for r in rows), dtype=np.float64, count=n),
             speed_mps=np.fromiter((r[self._speed] for r in rows), dtype=np.float64, count=n),
-            departed=departed,
-            arrived=tuple(sim[arrived_var]),
-            collisions=conn.simulation.getCollisions() if sim[colliding_var] else (),
         )
+
+    def _accelerations(self, ids: list[str]) -> np.ndarray:
+        get = self._conn.vehicle.getAcceleration
+        return np.fromiter(map(get, ids), dtype=np.float64, count=len(ids))

@@ -71,7 +71,7 @@ class DiscreteMetaAction(ActionType):
 
     def accel(self, speed_mps: float) -> float:
         u = self.spec.speed_gain_per_s * (self.target_speed_mps - speed_mps)
-        return float(np.clip(u, -self.decel_mps2, self.accel_mps2))
+        return min(max(u, -self.decel_mps2), self.accel_mps2)
 
 
 class ContinuousAction(ActionType):

@@ -29,11 +29,12 @@ class _Block(BaseModel):
 class EgoSpec(_Block):
     """Which vehicle the agent drives, chosen after the warm-up.
 
-    `takeover`: the vehicle of `lane` nearest to `x_m` (with a leader at most `leader_within_m`
-    ahead, if set) becomes the ego: it keeps its place and speed, and takes the ego's vehicle
-    type; the traffic around it stays as it was. `insert`: a new vehicle enters at `x_m` at
-    `speed_mps` (null: 80 % of the speed limit there), or 40 m or 80 m farther on if SUMO finds
-    no room — for empty lanes such as an on-ramp.
+    `takeover`: the vehicle of `lane` nearest to `x_m` becomes the ego: it keeps its place and
+    speed, and takes the ego's vehicle type; the traffic around it stays as it was. With
+    `leader_within_m`, only a vehicle with a leader at most that far ahead (bumper to bumper)
+    qualifies, for up to 20 s of traffic after the warm-up; then the nearest one. `insert`: a
+    new vehicle enters at `x_m` at `speed_mps` (null: 80 % of the speed limit there), or 40 m
+    or 80 m farther on if SUMO finds no room — for empty lanes such as an on-ramp.
     """
 
     route: Literal["mainline", "ramp"] = "mainline"

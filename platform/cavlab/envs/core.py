@@ -33,7 +33,7 @@ AGENT_MODES = ControlModes(speed_mode=32, lane_change_mode=0)
 """Agents drive without SUMO's safety checks: they can collide, and pay for it."""
 
 INSERT_WAIT_S = 1.0  # how long SUMO may take to accept a spot for an inserted vehicle
-TAKEOVER_WAIT_S = 10.0  # how long the traffic may take to offer a vehicle to take over
+TAKEOVER_WAIT_S = 20.0  # how long the traffic may take to offer a vehicle with a leader near
 FAILURES = ("collision", "lane_end")
 
 
@@ -45,6 +45,7 @@ class Agent:
     action: ActionType
     row: int
     x_m: float
+    speed_mps: float = 0.0
     lane_change_until_s: float = -np.inf
     followers: dict[int, tuple[float, float]] = field(default_factory=dict)
     u2_sum: float = 0.0
@@ -144,8 +145,10 @@ class AgentTraffic:
         backend.start(self.controller.modes, extra_args=("--seed", str(sumo_seed)))
         self.backend = backend
         self.world, self.events = backend.step()
+        self._world_fresh = True
         for _ in range(round(self.config.warmup_s / self.step_length_s)):
-            self._advance([])
+            self._advance([], read_world=False)
+        self._refresh()
         return self.world
 
     def close(self) -> None:
@@ -167,44 +170,47 @@ class AgentTraffic:
         self.backend.take_control(vehicle_id, AGENT_MODES)
         action = self.make_action()
         action.reset(float(self.world.speed_mps[row]))
-        agent = Agent(vehicle_id, action, row, float(self.world.x_m[row]))
+        agent = Agent(vehicle_id, action, row, float(self.world.x_m[row]), float(self.world.speed_mps[row]))
         self.agents[vehicle_id] = agent
         return agent
 
     def place_ego(self, spec: EgoSpec, name: str) -> Agent:
         """Hand the vehicle `spec` describes to an agent (a new one, called `name`, for `insert`)."""
         if spec.placement == "takeover":
-            for _ in range(round(TAKEOVER_WAIT_S / self.step_length_s)):
-                row = self._takeover_row(spec)
+            waits = round(TAKEOVER_WAIT_S / self.step_length_s)
+            for k in range(waits + 1):
+                row = self._takeover_row(spec, with_leader=k < waits)
                 if row is not None:
                     vehicle_id = str(self.world.ids[row])
                     self.backend.set_vehicle_type(vehicle_id, self.agent_type)
                     self._advance([])  # a world state with the new type
                     return self.adopt(vehicle_id)
-                self._advance([])
+                if k < waits:
+                    self._advance([])
         else:
             road = self.scenario.road
             limit = road.ramp.speed_limit_mps if spec.route == "ramp" and road.ramp else road.speed_limit_mps
             speed = 0.8 * limit if spec.speed_mps is None else spec.speed_mps
             for k in range(3):
+                self._refresh()
                 self.backend.add_vehicle(name, spec.route, self.agent_type, spec.lane, spec.x_m + 40.0 * k, speed)
                 for _ in range(round(INSERT_WAIT_S / self.step_length_s)):
-                    self._advance([])
+                    self._advance([], read_world=False)
                     if any(d.vehicle_id == name for d in self.events.departures):
+                        self._refresh()
                         return self.adopt(name)
                 self.backend.remove_vehicle(name)
-        leader = f" with a leader within {spec.leader_within_m:g} m" if spec.leader_within_m else ""
         raise SimulationError(
-            f"no place for the ego ({spec.placement}) in lane {spec.lane} near x = {spec.x_m:g} m{leader} "
-            f"after {self.config.warmup_s:g} s of traffic and {TAKEOVER_WAIT_S:g} s of waiting: change ego.x_m, "
-            f"ego.placement, warmup_s or the demand"
+            f"no place for the ego ({spec.placement}) in lane {spec.lane} near x = {spec.x_m:g} m after "
+            f"{self.config.warmup_s:g} s of traffic: change ego.x_m, ego.placement, warmup_s or the demand"
         )
 
-    def _takeover_row(self, spec: EgoSpec) -> int | None:
-        """The row of the vehicle `spec` describes for a takeover, if there is one now."""
+    def _takeover_row(self, spec: EgoSpec, with_leader: bool) -> int | None:
+        """The row of the vehicle `spec` describes for a takeover, if there is one now (with a
+        leader within `leader_within_m` only if `with_leader`)."""
         world = self.world
         rows = np.flatnonzero((world.lane == spec.lane) & (world.x_m > self.length_m + 1.0))
-        if spec.leader_within_m is not None:
+        if with_leader and spec.leader_within_m is not None:
             rows = np.array([r for r in rows.tolist() if self._leader_gap(r) <= spec.leader_within_m], dtype=int)
         return int(rows[np.argmin(np.abs(world.x_m[rows] - spec.x_m))]) if len(rows) else None
 
@@ -237,55 +243,78 @@ class AgentTraffic:
             agent.followers = self._followers(row)
             agent.u2_sum, agent.steps = 0.0, 0
         self.period_start_s = world.time_s
-        for _ in range(self.substeps):
+        for agent in live:
+            agent.speed_mps = float(world.speed_mps[agent.row])
+        for k in range(self.substeps):
             for agent in live:
                 if agent.outcome is None:
-                    u = agent.action.accel(float(self.world.speed_mps[agent.row]))
+                    u = agent.action.accel(agent.speed_mps)
                     commands.append(Accelerate(agent.vehicle_id, u))
                     agent.u2_sum += (u / self.decel_mps2) ** 2
                     agent.steps += 1
-            self._advance(commands)
+            self._advance(commands, read_world=k == self.substeps - 1)
             commands = self._settle(live)
             if all(a.outcome is not None for a in live):
                 break
+        self._refresh()
+        for agent in live:
+            agent.row = self.world.index_of(agent.vehicle_id)
 
     def _settle(self, live: list[Agent]) -> list[Command]:
-        """Update the agents' rows and outcomes after a SUMO step; release finished vehicles."""
-        world, release = self.world, []
+        """Update the agents' states and outcomes after a SUMO step; release finished vehicles."""
+        world = self.world if self._world_fresh else None
+        release: list[Command] = []
         crashed = {v for c in self.events.collisions for v in (c.collider, c.victim)}
         for agent in live:
             if agent.outcome is not None:
                 continue
-            row = world.index_of(agent.vehicle_id)
-            agent.row = row
-            if agent.vehicle_id in crashed:
+            vid = agent.vehicle_id
+            if vid in crashed:
                 agent.outcome = "collision"
-            elif row < 0:
+            elif not self.backend.has_vehicle(vid):
                 agent.outcome = "left_network"
             else:
-                x = agent.x_m = float(world.x_m[row])
-                end = self._lane_end_x.get((int(world.edge[row]), int(world.lane[row])))
-                if end is not None and x >= end - 1.0 and world.time_s >= agent.lane_change_until_s:
+                if world is not None:
+                    row = agent.row = world.index_of(vid)
+                    edge, lane = int(world.edge[row]), int(world.lane[row])
+                    agent.x_m, agent.speed_mps = float(world.x_m[row]), float(world.speed_mps[row])
+                else:
+                    edge, lane, agent.x_m, agent.speed_mps = self.backend.vehicle_state(vid)
+                end = self._lane_end_x.get((edge, lane))
+                if end is not None and agent.x_m >= end - 1.0 and self.backend.time_s >= agent.lane_change_until_s:
                     agent.outcome = "lane_end"
-                elif x >= self.goal_x_m:
+                elif agent.x_m >= self.goal_x_m:
                     agent.outcome = "goal"
-            if agent.outcome is not None and row >= 0:
-                release.append(Release(agent.vehicle_id))
+            if agent.outcome is not None and self.backend.has_vehicle(vid):
+                release.append(Release(vid))
         return release
 
-    def _advance(self, agent_commands: list[Command]) -> None:
-        """Apply the agents' commands and the scenario controller's, then step SUMO once."""
-        world = self.world
-        seen = world
-        if self.agents:
-            rows = np.flatnonzero(np.isin(world.ids, list(self.agents)))
-            if world.is_cav[rows].any():
+    def _advance(self, agent_commands: list[Command], read_world: bool = True) -> None:
+        """Apply the agents' commands and the scenario controller's, then step SUMO once. A
+        controller that issues commands sees every step; otherwise the world is read only when
+        `read_world` (the events always)."""
+        commands: list[Command] = []
+        if self.controller.issues_commands:
+            world = self.world
+            seen = world
+            rows = [a.row for a in self.agents.values() if a.outcome is None and a.row >= 0]
+            if rows and world.is_cav[rows].any():
                 is_cav = world.is_cav.copy()
                 is_cav[rows] = False
                 seen = dataclasses.replace(world, is_cav=is_cav)
-        commands = [c for c in self.controller.step(seen) if c.vehicle_id not in self.agents]
+            commands = [c for c in self.controller.step(seen) if c.vehicle_id not in self.agents]
+            read_world = True
         self.backend.apply(commands + agent_commands)
-        self.world, self.events = self.backend.step()
+        world, self.events = self.backend.step(read_world)
+        self._world_fresh = world is not None
+        if world is not None:
+            self.world = world
+
+    def _refresh(self) -> None:
+        """Read the world if the last step was not read."""
+        if not self._world_fresh:
+            self.world = self.backend.read()
+            self._world_fresh = True
 
     # ------------------------------------------------------------------ results
 

@@ -127,10 +127,10 @@ class LaneChangeEnv(TrafficEnv):
 
     defaults: ClassVar[dict[str, Any]] = {
         "scenario": "highway-lane-change",
-        "warmup_s": 25.0,
+        "warmup_s": 15.0,
         "episode_s": 40.0,
         "target_lane": 1,
-        "ego": {"route": "mainline", "lane": 0, "x_m": 250.0, "placement": "takeover", "leader_within_m": 60.0},
+        "ego": {"route": "mainline", "lane": 0, "x_m": 150.0, "placement": "takeover", "leader_within_m": 60.0},
     }
 
 
@@ -153,7 +153,7 @@ class HighwayEnv(TrafficEnv):
 
     defaults: ClassVar[dict[str, Any]] = {
         "scenario": "highway",
-        "warmup_s": 20.0,
+        "warmup_s": 12.0,
         "episode_s": 40.0,
-        "ego": {"route": "mainline", "lane": 1, "x_m": 250.0, "placement": "takeover"},
+        "ego": {"route": "mainline", "lane": 1, "x_m": 150.0, "placement": "takeover"},
     }

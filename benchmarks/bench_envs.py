@@ -1,0 +1,119 @@
+"""Environment speed: policy steps/s with random actions, cavlab next to highway-env.
+
+    pip install -e ".[bench]"
+    python benchmarks/bench_envs.py [--runs 5] [--steps 400]
+
+Each measurement runs in a fresh process: `--steps` policy steps with random actions from
+`reset(seed=run)`, resetting whenever an episode ends (resets are part of the cost, as in
+training). The envs alternate within each run, so machine-load drift hits all of them alike.
+Also reported: the vehicles in the simulation (mean over the steps), so that the traffic
+can be compared. Then AsyncVectorEnv scaling of cavlab/LaneChange-v0 (one process per env).
+Prints Markdown tables for docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+ENVS = ["cavlab/LaneChange-v0", "cavlab/Merge-v0", "cavlab/Highway-v0", "highway-fast-v0", "merge-v0", "highway-v0"]
+BASELINE = "highway-fast-v0"
+
+
+def vehicles_of(env) -> int:
+    """Vehicles in the simulation now (cavlab: SUMO's network; highway-env: its road)."""
+    base = env.unwrapped
+    if hasattr(base, "traffic"):
+        return len(base.traffic.world)
+    return len(base.road.vehicles)
+
+
+def one_run(env_id: str, steps: int, seed: int) -> dict:
+    import gymnasium as gym
+
+    if env_id.startswith("cavlab/"):
+        import cavlab.envs  # noqa: F401 - registers the envs
+    else:
+        import highway_env  # noqa: F401 - registers the envs
+
+    env = gym.make(env_id)
+    env.action_space.seed(seed)
+    env.reset(seed=seed)
+    vehicles = 0
+    started = time.perf_counter()
+    for _ in range(steps):
+        _, _, terminated, truncated, _ = env.step(env.action_space.sample())
+        vehicles += vehicles_of(env)
+        if terminated or truncated:
+            env.reset()
+    wall = time.perf_counter() - started
+    env.close()
+    return {"env": env_id, "steps_per_s": steps / wall, "vehicles": vehicles / steps}
+
+
+def vector_run(num_envs: int, steps: int, seed: int) -> dict:
+    import gymnasium as gym
+    import numpy as np
+
+    envs = gym.make_vec("cavlab.envs:cavlab/LaneChange-v0", num_envs=num_envs, vectorization_mode="async")
+    envs.action_space.seed(seed)
+    envs.reset(seed=[seed + k for k in range(num_envs)])
+    started = time.perf_counter()
+    for _ in range(steps):
+        envs.step(np.asarray(envs.action_space.sample()))
+    wall = time.perf_counter() - started
+    envs.close()
+    return {"num_envs": num_envs, "env_steps_per_s": num_envs * steps / wall}
+
+
+def child(args: list[str]) -> dict:
+    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--vector-envs", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--one", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--vector", nargs=3, type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(one_run(args.one[0], int(args.one[1]), int(args.one[2]))))
+        return
+    if args.vector:
+        print(json.dumps(vector_run(*args.vector)))
+        return
+    results: dict[str, list[dict]] = {e: [] for e in ENVS}
+    for run in range(args.runs):
+        for env_id in ENVS:
+            steps = args.steps if env_id != "highway-v0" else max(20, args.steps // 10)  # ~4 steps/s
+            results[env_id].append(child(["--one", env_id, str(steps), str(run)]))
+    base = results[BASELINE]
+    print(f"command: python benchmarks/bench_envs.py --runs {args.runs} --steps {args.steps}")
+    print(f"\n| env | runs | steps/s (median) | vehicles simulated (mean) | ratio to {BASELINE} (median of runs) |")
+    print("|---|---|---|---|---|")
+    for env_id, rows in results.items():
+        med = statistics.median(r["steps_per_s"] for r in rows)
+        ratio = statistics.median(r["steps_per_s"] / b["steps_per_s"] for r, b in zip(rows, base, strict=True))
+        veh = statistics.mean(r["vehicles"] for r in rows)
+        print(f"| `{env_id}` | {len(rows)} | {med:.1f} | {veh:.0f} | {ratio:.2f}× |")
+    print("\n| AsyncVectorEnv, cavlab/LaneChange-v0 | env steps/s (median) | ratio to 1 env |")
+    print("|---|---|---|")
+    vec: dict[int, list[float]] = {n: [] for n in args.vector_envs}
+    for run in range(args.runs):
+        for n in args.vector_envs:
+            vec[n].append(child(["--vector", str(n), str(args.steps), str(run)])["env_steps_per_s"])
+    one = statistics.median(vec[args.vector_envs[0]])
+    for n, values in vec.items():
+        print(f"| {n} process{'es' if n > 1 else ''} | {statistics.median(values):.1f} | "
+              f"{statistics.median(values) / one:.2f}× |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -723,6 +723,7 @@ class CooperativeLaneChange(Controller):
         self.planner = Planner(params, setup, cooperation=self.cooperation)
         self.active: list[Maneuver] = []
         self.records: list[ManeuverRecord] = []
+        self.autonomous = True  # serve stuck CAVs on its own; if not, only `request` starts maneuvers
         self._next_scan_s = 0.0
         self._retry_at: dict[str, float] = {}
 
@@ -736,10 +737,37 @@ class CooperativeLaneChange(Controller):
             if m.phase == "done":
                 self.records.append(m.record)
         self.active = [m for m in self.active if m.phase != "done"]
-        if world.time_s >= self._next_scan_s - 1e-9:
+        if self.autonomous and world.time_s >= self._next_scan_s - 1e-9:
             self._next_scan_s = world.time_s + self.params.scan_period_s
             commands += self._serve_requests(world, lanes)
         return commands
+
+    def maneuvering(self, vehicle_id: str) -> bool:
+        """Whether a maneuver of this controller commands the vehicle now."""
+        return any(vehicle_id in m.vehicles for m in self.active)
+
+    def request(self, world: WorldState, vehicle_id: str, target_lane: int) -> tuple[ManeuverRecord, list[Command]]:
+        """Plan a lane change of `vehicle_id` into `target_lane` now (for vehicles that ask rather than
+        wait for the scan, e.g. an RL agent); the record says whether a maneuver started, and why not."""
+        lanes = Lanes(world)
+        row = lanes.row_of[vehicle_id]
+        lead = lanes.leader(row)
+        why = ""
+        if vehicle_id in self._busy():
+            why = "the vehicle is in a maneuver already"
+        elif lead is None:
+            why = "no leader ahead (the planner plans behind one)"
+        elif world.x_m[lead] - world.length_m[lead] - world.x_m[row] < self.params.headway.gap_m(world.speed_mps[row]):
+            why = "not at a safe distance behind the leader"
+        elif str(world.ids[lead]) in self._busy():
+            why = "the leader is in a maneuver"
+        if why:
+            record = ManeuverRecord(world.time_s, vehicle_id, str(world.ids[lead]) if lead is not None else "",
+                                    target_lane, "infeasible", why)  # fmt: skip
+            self.records.append(record)
+            return record, []
+        record, _, commands = self._start(world, lanes, row, lead, target_lane)
+        return record, commands
 
     def _busy(self) -> set[str]:
         return {
@@ -774,33 +802,42 @@ class CooperativeLaneChange(Controller):
                 continue  # not yet at a safe distance behind U (a cut-in): wait until it is
             if str(world.ids[lead]) in self._busy():
                 continue  # U is in a maneuver of its own: it will not cruise as predicted
-            outcome = self.planner.plan(lanes, row, lead, target, self._busy())
-            record = ManeuverRecord(
-                request_time_s=t, vehicle_id=vid, leader_id=str(world.ids[lead]), target_lane=target,
-                status=outcome.status, reason=outcome.reason, candidates=outcome.candidates,
-                solve_time_changer_s=outcome.solve_time_changer_s, solve_time_slots_s=outcome.solve_time_slots_s,
-            )  # fmt: skip
-            if outcome.plan is None:
-                self.records.append(record)
+            _, maneuver, started = self._start(world, lanes, row, lead, target)
+            if maneuver is None:
                 self._retry_at[vid] = t + p.retry_after_s
-                continue
-            plan = outcome.plan
-            dx, dv = plan.disruption
-            record.front_id = plan.front.vehicle.id if plan.front else ""
-            record.rear_id = plan.rear.vehicle.id if plan.rear else ""
-            record.cooperators = len(plan.cooperators)
-            record.relaxations = plan.relaxations
-            record.longitudinal_time_s = plan.duration_s
-            record.disruption_position_planned, record.disruption_speed_planned = dx, dv
-            record.disruption_planned = dx + dv
-            record.energy_planned_m2ps3 = plan.changer_plan.energy_m2ps3 + sum(
-                c.plan.energy_m2ps3 for c in plan.cooperators
-            )
-            record.min_slack_planned_m = plan.min_slack_m
-            maneuver = Maneuver(plan, record, p, self.setup)
-            self.active.append(maneuver)
-            commands += maneuver.step(world, lanes)
+            commands += started
         return commands
+
+    def _start(
+        self, world: WorldState, lanes: Lanes, row: int, lead: int, target: int
+    ) -> tuple[ManeuverRecord, Maneuver | None, list[Command]]:
+        """Plan a request and start its maneuver if there is a plan; the request is recorded either way."""
+        p = self.params
+        outcome = self.planner.plan(lanes, row, lead, target, self._busy())
+        record = ManeuverRecord(
+            request_time_s=world.time_s, vehicle_id=str(world.ids[row]), leader_id=str(world.ids[lead]),
+            target_lane=target, status=outcome.status, reason=outcome.reason, candidates=outcome.candidates,
+            solve_time_changer_s=outcome.solve_time_changer_s, solve_time_slots_s=outcome.solve_time_slots_s,
+        )  # fmt: skip
+        if outcome.plan is None:
+            self.records.append(record)
+            return record, None, []
+        plan = outcome.plan
+        dx, dv = plan.disruption
+        record.front_id = plan.front.vehicle.id if plan.front else ""
+        record.rear_id = plan.rear.vehicle.id if plan.rear else ""
+        record.cooperators = len(plan.cooperators)
+        record.relaxations = plan.relaxations
+        record.longitudinal_time_s = plan.duration_s
+        record.disruption_position_planned, record.disruption_speed_planned = dx, dv
+        record.disruption_planned = dx + dv
+        record.energy_planned_m2ps3 = plan.changer_plan.energy_m2ps3 + sum(
+            c.plan.energy_m2ps3 for c in plan.cooperators
+        )
+        record.min_slack_planned_m = plan.min_slack_m
+        maneuver = Maneuver(plan, record, p, self.setup)
+        self.active.append(maneuver)
+        return record, maneuver, maneuver.step(world, lanes)
 
     def report(self) -> ControllerReport:
         records = [*self.records, *(m.record for m in self.active)]

@@ -103,7 +103,7 @@ def test_continuous_action_scales_by_the_limits() -> None:
         ({"speed": 3}, r"unknown environment option 'speed' \(allowed: action, backend, decision_period_s"),
         ({"reward": {"colission": 1}}, r"unknown environment option 'reward.colission' \(allowed: collision, comfort"),
         ({"observation": {"features": ["x", "jerk"]}}, r"feature 'jerk' is not a kinematics feature \(allowed: pres"),
-        ({"action": {"type": "hybrid"}}, r"'action.type': Input should be 'discrete_meta' or 'continuous'"),
+        ({"action": {"type": "hybrid"}}, r"'action.type': Input should be 'discrete_meta', 'continuous' or 'planner'"),
         ({"decision_period_s": 0.25}, r"must be a multiple of the scenario's step length \(0.1 s\)"),
         ({"ego": {"lane": 3}}, r"'ego.lane' = 3: the road has lanes 0..1"),
         ({"ego": {"vehicle_type": "bus"}}, r"'ego.vehicle_type' = 'bus' is not a vehicle type of the scenario"),
@@ -308,3 +308,48 @@ def test_async_vector_env_runs_independent_simulations() -> None:
         assert np.all((info["time_s"] > warmup + 3) & (info["time_s"] < warmup + 3 + 1.2))
     finally:
         envs.close()
+
+
+@pytest.mark.sumo
+def test_planner_actions_pass_the_checkers() -> None:
+    from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+    env = gym.make("cavlab/LaneChange-v0", action={"type": "planner"})
+    try:
+        assert env.action_space == gym.spaces.Discrete(3)
+        check_env(env.unwrapped, skip_render_check=True)
+        sb3_check_env(env.unwrapped, warn=True)
+    finally:
+        env.close()
+
+
+@pytest.mark.sumo
+@pytest.mark.parametrize("controller", ["sumo", "cooperative"])
+def test_asking_the_planner_runs_a_maneuver_into_the_fast_lane(controller: str) -> None:
+    from cavlab.envs.actions import ASK_LEFT, FOLLOW
+
+    env = gym.make("cavlab/LaneChange-v0", action={"type": "planner"},
+                   set=[f"control.controller={controller}", "demand.cav_share=1.0"])  # fmt: skip
+    try:
+        env.reset(seed=1)
+        statuses, in_maneuver, lanes = [], [], []
+        for _ in range(40):
+            _, _, terminated, truncated, info = env.step(ASK_LEFT)
+            statuses.append(info.get("request", {}).get("status"))
+            in_maneuver.append(info["in_maneuver"])
+            lanes.append(info["lane"])
+            if (lanes[-1] == 1 and not in_maneuver[-1]) or terminated or truncated:
+                break
+        assert "outcome" not in info
+        assert "planned" in statuses
+        start = statuses.index("planned")
+        # while the maneuver runs, requests are ignored; it ends in the fast lane and hands the ego back
+        assert all(s in ("ignored", None) for s in statuses[start + 1 :])
+        assert in_maneuver[start] and not in_maneuver[-1] and lanes[-1] == 1
+        # following only: SUMO's car following keeps the ego in its lane and out of trouble
+        env.reset(seed=1)
+        for _ in range(20):
+            _, _, terminated, _, info = env.step(FOLLOW)
+            assert info["lane"] == 0 and not terminated and "request" not in info
+    finally:
+        env.close()

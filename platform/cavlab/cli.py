@@ -293,6 +293,103 @@ def study(
     out.print(f"study directory: [bold]{escape(str(out_dir))}[/]", highlight=False)
 
 
+EnvOption = Annotated[
+    list[str] | None,
+    typer.Option("--env", "-e", help="An environment option: key.path=value, e.g. reward.collision=20 (repeatable)."),
+]
+
+
+def _env_kwargs(options: list[str] | None) -> dict[str, Any]:
+    """Environment keyword arguments from key.path=value options (values parsed as YAML)."""
+    from cavlab.scenario import apply_override
+
+    kwargs: dict[str, Any] = {}
+    for option in options or []:
+        apply_override(kwargs, option)
+    return kwargs
+
+
+@app.command()
+@_handle_errors
+def train(
+    env_id: Annotated[str, typer.Argument(help="Environment id, e.g. cavlab/LaneChange-v0")],
+    algo: Annotated[str, typer.Option(help="ppo or dqn")] = "ppo",
+    timesteps: Annotated[int, typer.Option(help="Environment steps to train for")] = 20_000,
+    envs: Annotated[int, typer.Option("--envs", help="Parallel environments (one process each)")] = 2,
+    seed: Annotated[int, typer.Option(help="Seed of the training run")] = 0,
+    env: EnvOption = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Training directory")] = Path("runs/train"),
+) -> None:
+    """Train a policy with Stable-Baselines3; saves policy.zip, a learning curve and TensorBoard logs."""
+    import json
+
+    from cavlab.rl import train as run_training
+    from cavlab.rundir import staged_run_dir
+
+    kwargs = _env_kwargs(env)
+    with staged_run_dir(out_dir) as staging:
+        bar = Progress(TextColumn(f"[bold]{escape(algo)}"), BarColumn(),
+                       TextColumn("{task.completed}/{task.total} steps"), TimeElapsedColumn(), console=err,
+                       transient=True)  # fmt: skip
+        with bar:
+            task = bar.add_task("train", total=timesteps)
+            result = run_training(env_id, algo, timesteps, envs, seed, kwargs, staging,
+                                  progress=lambda n: bar.update(task, completed=min(n, timesteps)))  # fmt: skip
+        meta = {"env_id": env_id, "algo": algo, "timesteps": result.timesteps, "envs": envs, "seed": seed,
+                "env_kwargs": kwargs, "episodes": result.episodes,
+                "wall_time_s": round(result.wall_time_s, 1)}  # fmt: skip
+        (staging / "train.json").write_text(json.dumps(meta, indent=2) + "\n")
+    out.print(
+        f"trained {algo.upper()} on {escape(env_id)}: {result.timesteps} steps, {result.episodes} episodes, "
+        f"{result.wall_time_s:.0f} s → [bold]{escape(str(out_dir))}[/] (policy.zip, learning_curve.png, "
+        f"tensorboard/)",
+        highlight=False,
+    )
+
+
+@app.command()
+@_handle_errors
+def evaluate(
+    env_id: Annotated[str, typer.Argument(help="Environment id, e.g. cavlab/LaneChange-v0")],
+    policy: Annotated[list[Path] | None, typer.Option(help="A policy.zip from `cavlab train` (repeatable)")] = None,
+    episodes: Annotated[int, typer.Option(help="Episodes per policy")] = 20,
+    seed: Annotated[int, typer.Option(help="Seed of the first episode (then +1 per episode)")] = 1000,
+    env: EnvOption = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Evaluation directory")] = Path("runs/evaluate"),
+) -> None:
+    """Compare trained policies with a random policy and the rule-based driver on the same episodes."""
+    import json
+
+    from cavlab.rl import BASELINES, plot_evaluation
+    from cavlab.rl import evaluate as run_evaluation
+    from cavlab.rundir import staged_run_dir
+
+    if episodes < 1:
+        raise UserError("need --episodes ≥ 1")
+    kwargs = _env_kwargs(env)
+    policies: dict[str, str | Path] = {f"trained:{p.parent.name}" if p.name == "policy.zip" else p.stem: p
+                                       for p in policy or []}  # fmt: skip
+    policies.update({name: name for name in BASELINES})
+    with staged_run_dir(out_dir) as staging:
+        bar = Progress(TextColumn("[bold]evaluate"), BarColumn(), TextColumn("{task.completed}/{task.total} episodes"),
+                       TimeElapsedColumn(), console=err, transient=True)  # fmt: skip
+        with bar:
+            task = bar.add_task("episodes", total=episodes * len(policies))
+            results = run_evaluation(env_id, policies, episodes, seed, kwargs, progress=lambda: bar.advance(task))
+        meta = {"env_id": env_id, "episodes": episodes, "seeds": [seed, seed + episodes - 1], "env_kwargs": kwargs,
+                "policies": {k: str(v) for k, v in policies.items()}, "results": results}  # fmt: skip
+        (staging / "evaluation.json").write_text(json.dumps(meta, indent=2) + "\n")
+        plot_evaluation(results, staging / "returns.png", f"{env_id}, {episodes} episodes")
+    table = Table(title=f"{env_id}: {episodes} episodes (seeds {seed}–{seed + episodes - 1})")
+    for col in ("policy", "mean return ± 95 % CI", "collisions / lane ends", "mean speed [m/s]"):
+        table.add_column(col)
+    for name, r in results.items():
+        table.add_row(name, f"{r['mean_return']:.2f} ± {r['ci95']:.2f}", str(r["failures"]),
+                      f"{r['mean_speed_mps']:.1f}")  # fmt: skip
+    out.print(table)
+    out.print(f"evaluation directory: [bold]{escape(str(out_dir))}[/]", highlight=False)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -21,6 +21,7 @@ META_ACTIONS = {LANE_LEFT: "LANE_LEFT", IDLE: "IDLE", LANE_RIGHT: "LANE_RIGHT", 
 
 class ActionType(ABC):
     space: spaces.Space
+    drives = True  # the env applies `accel` at every step; False: something else drives the ego
 
     def __init__(self, spec: ActionSpec, accel_mps2: float, decel_mps2: float) -> None:
         self.spec = spec
@@ -41,9 +42,9 @@ class ActionType(ABC):
     def decide(self, action) -> int:
         """Take the agent's action; the lane request it carries (−1, 0, +1)."""
 
-    @abstractmethod
     def accel(self, speed_mps: float) -> float:
-        """The acceleration for the next SUMO step, within [−b, a]."""
+        """The acceleration for the next SUMO step, within [−b, a] (action types that drive)."""
+        raise NotImplementedError(f"{type(self).__name__} does not drive the ego")
 
 
 class DiscreteMetaAction(ActionType):
@@ -94,6 +95,33 @@ class ContinuousAction(ActionType):
         return self.u
 
 
+FOLLOW, ASK_LEFT, ASK_RIGHT = range(3)
+
+
+class PlannerAction(ActionType):
+    """0 FOLLOW, 1 ASK_LEFT, 2 ASK_RIGHT: the agent decides when to ask the cooperative planner
+    for a lane change; SUMO's car following drives the ego in its lane, the planner during a
+    maneuver."""
+
+    drives = False
+
+    @staticmethod
+    def make_space() -> spaces.Space:
+        return spaces.Discrete(3)
+
+    def reset(self, speed_mps: float) -> None:
+        pass
+
+    def decide(self, action) -> int:
+        return {ASK_LEFT: 1, ASK_RIGHT: -1}.get(int(action), 0)
+
+
+ACTION_TYPES: dict[str, type[ActionType]] = {
+    "discrete_meta": DiscreteMetaAction,
+    "continuous": ContinuousAction,
+    "planner": PlannerAction,
+}
+
+
 def make_action(spec: ActionSpec, accel_mps2: float, decel_mps2: float) -> ActionType:
-    cls = DiscreteMetaAction if spec.type == "discrete_meta" else ContinuousAction
-    return cls(spec, accel_mps2, decel_mps2)
+    return ACTION_TYPES[spec.type](spec, accel_mps2, decel_mps2)

@@ -34,7 +34,8 @@ class EgoSpec(_Block):
     `leader_within_m`, only a vehicle with a leader at most that far ahead (bumper to bumper)
     qualifies, for up to 20 s of traffic after the warm-up; then the nearest one. `insert`: a
     new vehicle enters at `x_m` at `speed_mps` (null: 80 % of the speed limit there), or 40 m
-    or 80 m farther on if SUMO finds no room — for empty lanes such as an on-ramp.
+    or 80 m farther on. Each falls back on the other: a takeover in an empty lane inserts, an
+    insertion that SUMO finds no room for (a queue on the ramp) takes over.
     """
 
     route: Literal["mainline", "ramp"] = "mainline"
@@ -88,9 +89,12 @@ class ActionSpec(_Block):
     indices); FASTER/SLOWER step through `target_speeds_mps`, which the ego tracks with
     u = clip(k·(v* − v), −b, a). `continuous`: a ∈ [−1, 1]², a₀ scales the acceleration
     (a₀·a if a₀ ≥ 0, else a₀·b) and a₁ > 1/3 asks for the left lane, a₁ < −1/3 for the right.
+    `planner` (hybrid): 0 FOLLOW (SUMO's car following in the lane), 1 ASK_LEFT, 2 ASK_RIGHT:
+    ask the cooperative planner for a maneuver into that lane; while one runs, the planner
+    drives the ego and its cooperators, and actions are ignored.
     """
 
-    type: Literal["discrete_meta", "continuous"] = "discrete_meta"
+    type: Literal["discrete_meta", "continuous", "planner"] = "discrete_meta"
     target_speeds_mps: tuple[Annotated[float, Field(ge=0)], ...] = (15.0, 20.0, 25.0, 30.0)
     speed_gain_per_s: Positive = Field(1 / 0.6, description="k in u = k·(v* − v)")
 

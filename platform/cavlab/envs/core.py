@@ -31,6 +31,8 @@ from cavlab.world import Accelerate, ChangeLane, Command, ControlModes, Release,
 
 AGENT_MODES = ControlModes(speed_mode=32, lane_change_mode=0)
 """Agents drive without SUMO's safety checks: they can collide, and pay for it."""
+FOLLOW_MODES = ControlModes(speed_mode=31, lane_change_mode=0)
+"""Agents with planner actions between maneuvers: SUMO's car following, no lane change of its own."""
 
 INSERT_WAIT_S = 1.0  # how long SUMO may take to accept a spot for an inserted vehicle
 TAKEOVER_WAIT_S = 20.0  # how long the traffic may take to offer a vehicle with a leader near
@@ -51,6 +53,8 @@ class Agent:
     u2_sum: float = 0.0
     steps: int = 0
     outcome: str | None = None  # collision, lane_end, goal, left_network
+    in_maneuver: bool = False  # planner actions: the cooperative planner drives it now
+    request: tuple[str, str] | None = None  # planner actions: (status, reason) of this period's request
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,7 @@ class AgentTraffic:
             )
         spec = types[self.agent_type]
         self.accel_mps2, self.decel_mps2, self.length_m = spec.accel_mps2, spec.decel_mps2, spec.length_m
+        self.planner_actions = config.action.type == "planner"
         self.frame = RoadFrame(lane_min, road.lanes - 1, road.speed_limit_mps)
         self.observation_type = make_observation(config.observation, self.frame)
         self.goal_x_m = config.goal_x_m if config.goal_x_m is not None else road.length_m - 50.0
@@ -141,6 +146,8 @@ class AgentTraffic:
         self.controller: Controller = make_controller(
             self.scenario.control.controller, self.scenario.control.params, control_setup(self.scenario)
         )
+        if self.planner_actions:
+            self.controller = self._planner(self.controller)
         backend = make_backend(self.scenario, self.network, self._inputs)
         backend.start(self.controller.modes, extra_args=("--seed", str(sumo_seed)))
         self.backend = backend
@@ -150,6 +157,20 @@ class AgentTraffic:
             self._advance([], read_world=False)
         self._refresh()
         return self.world
+
+    def _planner(self, controller: Controller) -> Controller:
+        """The cooperative controller that serves the agents' requests: the scenario's own if it is one,
+        else one that starts maneuvers only on request and leaves the CAVs' idle driving as it was
+        (a controller that issues commands of its own would conflict with it: `sumo` issues none)."""
+        from cavlab.controllers.cooperative import CooperativeLaneChange, CooperativeParams
+
+        if isinstance(controller, CooperativeLaneChange):
+            return controller
+        planner = CooperativeLaneChange(CooperativeParams(), control_setup(self.scenario))
+        planner.autonomous = False
+        planner.modes = dataclasses.replace(planner.modes, idle_speed_mode=controller.modes.idle_speed_mode,
+                                            idle_lane_change_mode=controller.modes.idle_lane_change_mode)  # fmt: skip
+        return planner
 
     def close(self) -> None:
         if self.backend is not None:
@@ -167,7 +188,7 @@ class AgentTraffic:
     def adopt(self, vehicle_id: str) -> Agent:
         """Hand a vehicle in the network to an agent."""
         row = self.world.index_of(vehicle_id)
-        self.backend.take_control(vehicle_id, AGENT_MODES)
+        self.backend.take_control(vehicle_id, FOLLOW_MODES if self.planner_actions else AGENT_MODES)
         action = self.make_action()
         action.reset(float(self.world.speed_mps[row]))
         agent = Agent(vehicle_id, action, row, float(self.world.x_m[row]), float(self.world.speed_mps[row]))
@@ -175,35 +196,50 @@ class AgentTraffic:
         return agent
 
     def place_ego(self, spec: EgoSpec, name: str) -> Agent:
-        """Hand the vehicle `spec` describes to an agent (a new one, called `name`, for `insert`)."""
-        if spec.placement == "takeover":
-            waits = round(TAKEOVER_WAIT_S / self.step_length_s)
-            for k in range(waits + 1):
-                row = self._takeover_row(spec, with_leader=k < waits)
-                if row is not None:
-                    vehicle_id = str(self.world.ids[row])
-                    self.backend.set_vehicle_type(vehicle_id, self.agent_type)
-                    self._advance([])  # a world state with the new type
-                    return self.adopt(vehicle_id)
-                if k < waits:
-                    self._advance([])
-        else:
-            road = self.scenario.road
-            limit = road.ramp.speed_limit_mps if spec.route == "ramp" and road.ramp else road.speed_limit_mps
-            speed = 0.8 * limit if spec.speed_mps is None else spec.speed_mps
-            for k in range(3):
-                self._refresh()
-                self.backend.add_vehicle(name, spec.route, self.agent_type, spec.lane, spec.x_m + 40.0 * k, speed)
-                for _ in range(round(INSERT_WAIT_S / self.step_length_s)):
-                    self._advance([], read_world=False)
-                    if any(d.vehicle_id == name for d in self.events.departures):
-                        self._refresh()
-                        return self.adopt(name)
-                self.backend.remove_vehicle(name)
-        raise SimulationError(
-            f"no place for the ego ({spec.placement}) in lane {spec.lane} near x = {spec.x_m:g} m after "
-            f"{self.config.warmup_s:g} s of traffic: change ego.x_m, ego.placement, warmup_s or the demand"
-        )
+        """Hand the vehicle `spec` describes to an agent (a new one, called `name`, if inserted);
+        each placement falls back on the other."""
+        order = [self._take_over, self._insert]
+        if spec.placement == "insert":
+            order.reverse()
+        agent = order[0](spec, name) or order[1](spec, name)
+        if agent is None:
+            raise SimulationError(
+                f"no place for the ego in lane {spec.lane} near x = {spec.x_m:g} m after {self.config.warmup_s:g} s "
+                f"of traffic: no vehicle to take over and no room to insert one; change ego.x_m, warmup_s or the "
+                f"demand"
+            )
+        return agent
+
+    def _take_over(self, spec: EgoSpec, name: str) -> Agent | None:
+        """The vehicle of the lane nearest `x_m` (with a leader close enough, for a while) becomes the ego."""
+        waits = round(TAKEOVER_WAIT_S / self.step_length_s)
+        for k in range(waits + 1):
+            row = self._takeover_row(spec, with_leader=k < waits)
+            if row is not None:
+                vehicle_id = str(self.world.ids[row])
+                self.backend.set_vehicle_type(vehicle_id, self.agent_type)
+                self._advance([])  # a world state with the new type
+                return self.adopt(vehicle_id)
+            if k < waits and spec.leader_within_m is not None:
+                self._advance([])
+        return None
+
+    def _insert(self, spec: EgoSpec, name: str) -> Agent | None:
+        """A new vehicle enters at `x_m` (or 40 m, 80 m farther on) if SUMO finds room within a second."""
+        road = self.scenario.road
+        limit = road.ramp.speed_limit_mps if spec.route == "ramp" and road.ramp else road.speed_limit_mps
+        speed = 0.8 * limit if spec.speed_mps is None else spec.speed_mps
+        for k in range(3):
+            self._refresh()
+            self.backend.add_vehicle(name, spec.route, self.agent_type, spec.lane, spec.x_m + 40.0 * k, speed)
+            for _ in range(round(INSERT_WAIT_S / self.step_length_s)):
+                self._advance([], read_world=False)
+                if any(d.vehicle_id == name for d in self.events.departures):
+                    self._refresh()
+                    return self.adopt(name)
+            self.backend.remove_vehicle(name)
+        self._refresh()
+        return None
 
     def _takeover_row(self, spec: EgoSpec, with_leader: bool) -> int | None:
         """The row of the vehicle `spec` describes for a takeover, if there is one now (with a
@@ -237,7 +273,11 @@ class AgentTraffic:
             request = agent.action.decide(actions[agent.vehicle_id]) if agent.vehicle_id in actions else 0
             row = agent.row
             target = int(world.lane[row]) + request
-            if request and world.time_s >= agent.lane_change_until_s and self._lane_exists(row, target):
+            agent.request = None
+            if self.planner_actions:
+                if request:
+                    commands += self._ask_planner(agent, target)
+            elif request and world.time_s >= agent.lane_change_until_s and self._lane_exists(row, target):
                 commands.append(ChangeLane(agent.vehicle_id, target, hold_s=hold))
                 agent.lane_change_until_s = world.time_s + hold
             agent.followers = self._followers(row)
@@ -247,7 +287,7 @@ class AgentTraffic:
             agent.speed_mps = float(world.speed_mps[agent.row])
         for k in range(self.substeps):
             for agent in live:
-                if agent.outcome is None:
+                if agent.outcome is None and agent.action.drives:
                     u = agent.action.accel(agent.speed_mps)
                     commands.append(Accelerate(agent.vehicle_id, u))
                     agent.u2_sum += (u / self.decel_mps2) ** 2
@@ -278,6 +318,9 @@ class AgentTraffic:
                     row = agent.row = world.index_of(vid)
                     edge, lane = int(world.edge[row]), int(world.lane[row])
                     agent.x_m, agent.speed_mps = float(world.x_m[row]), float(world.speed_mps[row])
+                    if not agent.action.drives:  # comfort from the measured acceleration
+                        agent.u2_sum += (float(world.accel_mps2[row]) / self.decel_mps2) ** 2
+                        agent.steps += 1
                 else:
                     edge, lane, agent.x_m, agent.speed_mps = self.backend.vehicle_state(vid)
                 end = self._lane_end_x.get((edge, lane))
@@ -295,20 +338,56 @@ class AgentTraffic:
         `read_world` (the events always)."""
         commands: list[Command] = []
         if self.controller.issues_commands:
-            world = self.world
-            seen = world
-            rows = [a.row for a in self.agents.values() if a.outcome is None and a.row >= 0]
-            if rows and world.is_cav[rows].any():
-                is_cav = world.is_cav.copy()
-                is_cav[rows] = False
-                seen = dataclasses.replace(world, is_cav=is_cav)
-            commands = [c for c in self.controller.step(seen) if c.vehicle_id not in self.agents]
+            commands = [c for c in self.controller.step(self._seen(self.world)) if self._from_controller(c)]
+            if self.planner_actions:
+                self._end_maneuvers()
             read_world = True
         self.backend.apply(commands + agent_commands)
         world, self.events = self.backend.step(read_world)
         self._world_fresh = world is not None
         if world is not None:
             self.world = world
+
+    def _seen(self, world: WorldState) -> WorldState:
+        """The world as the scenario's controller sees it: the agents as human-driven vehicles (never
+        asked to cooperate, never served on their own)."""
+        rows = [a.row for a in self.agents.values() if a.outcome is None and a.row >= 0]
+        if not rows or not world.is_cav[rows].any():
+            return world
+        is_cav = world.is_cav.copy()
+        is_cav[rows] = False
+        return dataclasses.replace(world, is_cav=is_cav)
+
+    def _from_controller(self, command: Command) -> bool:
+        """Whether to apply a command of the scenario's controller: never for agents, except those the
+        planner drives in a maneuver (and never their release: they go back to their agent)."""
+        agent = self.agents.get(command.vehicle_id)
+        if agent is None:
+            return True
+        return agent.in_maneuver and not isinstance(command, Release) and self.controller.maneuvering(agent.vehicle_id)
+
+    def _end_maneuvers(self) -> None:
+        """Hand agents whose maneuver is over back to following, under their agent."""
+        for agent in self.agents.values():
+            if agent.in_maneuver and not self.controller.maneuvering(agent.vehicle_id):
+                agent.in_maneuver = False
+                if self.backend.has_vehicle(agent.vehicle_id):
+                    self.backend.take_control(agent.vehicle_id, FOLLOW_MODES)
+
+    def _ask_planner(self, agent: Agent, target: int) -> list[Command]:
+        """Ask the cooperative planner for a lane change of an agent; its maneuver's first commands."""
+        if agent.in_maneuver:
+            agent.request = ("ignored", "a maneuver is running")
+            return []
+        if not self._lane_exists(agent.row, target):
+            agent.request = ("infeasible", f"no lane {target} here")
+            return []
+        record, commands = self.controller.request(self._seen(self.world), agent.vehicle_id, target)
+        agent.request = (record.status, record.reason)
+        if record.status == "planned":
+            agent.in_maneuver = True
+            self.backend.take_control(agent.vehicle_id, self.controller.modes)
+        return commands
 
     def _refresh(self) -> None:
         """Read the world if the last step was not read."""
@@ -334,6 +413,10 @@ class AgentTraffic:
             info["reward_terms"] = terms
         if agent.outcome:
             info["outcome"] = agent.outcome
+        if self.planner_actions:
+            info["in_maneuver"] = agent.in_maneuver
+            if agent.request is not None:
+                info["request"] = {"status": agent.request[0], "reason": agent.request[1]}
         return Transition(obs, reward, agent.outcome is not None, info)
 
     def reward_terms(self, agent: Agent) -> dict[str, float]:

@@ -20,7 +20,15 @@ import subprocess
 import sys
 import time
 
-ENVS = ["cavlab/LaneChange-v0", "cavlab/Merge-v0", "cavlab/Highway-v0", "highway-fast-v0", "merge-v0", "highway-v0"]
+ENVS = {  # label: (id, keyword arguments)
+    "cavlab/LaneChange-v0": ("cavlab/LaneChange-v0", {}),
+    "cavlab/Merge-v0": ("cavlab/Merge-v0", {}),
+    "cavlab/Highway-v0": ("cavlab/Highway-v0", {}),
+    "cavlab/LaneChange-v0, planner actions": ("cavlab/LaneChange-v0", {"action": {"type": "planner"}}),
+    "highway-fast-v0": ("highway-fast-v0", {}),
+    "merge-v0": ("merge-v0", {}),
+    "highway-v0": ("highway-v0", {}),
+}
 BASELINE = "highway-fast-v0"
 
 
@@ -32,15 +40,16 @@ def vehicles_of(env) -> int:
     return len(base.road.vehicles)
 
 
-def one_run(env_id: str, steps: int, seed: int) -> dict:
+def one_run(label: str, steps: int, seed: int) -> dict:
     import gymnasium as gym
 
+    env_id, kwargs = ENVS[label]
     if env_id.startswith("cavlab/"):
         import cavlab.envs  # noqa: F401 - registers the envs
     else:
         import highway_env  # noqa: F401 - registers the envs
 
-    env = gym.make(env_id)
+    env = gym.make(env_id, **kwargs)
     env.action_space.seed(seed)
     env.reset(seed=seed)
     vehicles = 0
@@ -52,7 +61,7 @@ def one_run(env_id: str, steps: int, seed: int) -> dict:
             env.reset()
     wall = time.perf_counter() - started
     env.close()
-    return {"env": env_id, "steps_per_s": steps / wall, "vehicles": vehicles / steps}
+    return {"env": label, "steps_per_s": steps / wall, "vehicles": vehicles / steps}
 
 
 def vector_run(num_envs: int, steps: int, seed: int) -> dict:
@@ -89,20 +98,20 @@ def main() -> None:
     if args.vector:
         print(json.dumps(vector_run(*args.vector)))
         return
-    results: dict[str, list[dict]] = {e: [] for e in ENVS}
+    results: dict[str, list[dict]] = {label: [] for label in ENVS}
     for run in range(args.runs):
-        for env_id in ENVS:
-            steps = args.steps if env_id != "highway-v0" else max(20, args.steps // 10)  # ~4 steps/s
-            results[env_id].append(child(["--one", env_id, str(steps), str(run)]))
+        for label in ENVS:
+            steps = args.steps if label != "highway-v0" else max(20, args.steps // 10)  # ~4 steps/s
+            results[label].append(child(["--one", label, str(steps), str(run)]))
     base = results[BASELINE]
     print(f"command: python benchmarks/bench_envs.py --runs {args.runs} --steps {args.steps}")
     print(f"\n| env | runs | steps/s (median) | vehicles simulated (mean) | ratio to {BASELINE} (median of runs) |")
     print("|---|---|---|---|---|")
-    for env_id, rows in results.items():
+    for label, rows in results.items():
         med = statistics.median(r["steps_per_s"] for r in rows)
         ratio = statistics.median(r["steps_per_s"] / b["steps_per_s"] for r, b in zip(rows, base, strict=True))
         veh = statistics.mean(r["vehicles"] for r in rows)
-        print(f"| `{env_id}` | {len(rows)} | {med:.1f} | {veh:.0f} | {ratio:.2f}× |")
+        print(f"| `{label}` | {len(rows)} | {med:.1f} | {veh:.0f} | {ratio:.2f}× |")
     print("\n| AsyncVectorEnv, cavlab/LaneChange-v0 | env steps/s (median) | ratio to 1 env |")
     print("|---|---|---|")
     vec: dict[int, list[float]] = {n: [] for n in args.vector_envs}

@@ -147,6 +147,8 @@ def test_interrupt_stops_sumo_and_leaves_no_partial_run(backend: str, sig: int, 
     proc = subprocess.Popen(
         [*CAVLAB, "run", "highway-lane-change", "--backend", backend, "--duration", "3000", "--out", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "200"},
+        # a test runner started in the background by a shell ignores SIGINT, and children inherit that
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     deadline = time.time() + 30
     sumo: list[int] = []

@@ -1,0 +1,151 @@
+"""Simulated sensors, the neighbour task and perception datasets."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from cavlab.cli import app
+from cavlab.perception.dataset import load_dataset
+from cavlab.perception.sensors import SensorSuite, detection_probability, sensor_params, sensor_table
+from cavlab.perception.task import neighbour_targets, slot_correct
+from cavlab.scenario import ContextSpec, SensorFault
+from cavlab.world import WorldState
+
+runner = CliRunner()
+
+
+def world_of(x, lane, v, length=5.0) -> WorldState:
+    n = len(x)
+    return WorldState(
+        time_s=0.0, ids=np.array([f"v{i}" for i in range(n)], dtype=object), slot=np.arange(n),
+        type_index=np.zeros(n, dtype=np.int16), is_cav=np.ones(n, dtype=bool), controlled=np.zeros(n, dtype=bool),
+        edge=np.zeros(n, dtype=np.int16), lane=np.array(lane, dtype=np.int16), x_m=np.array(x, dtype=float),
+        speed_mps=np.array(v, dtype=float), accel_mps2=np.zeros(n), length_m=np.full(n, length),
+        type_names=("cav",), edge_names=("main",),
+    )  # fmt: skip
+
+
+def test_context_effects_combine_as_documented() -> None:
+    fog_night = sensor_params(ContextSpec(weather="fog", light="night"))
+    # camera: range 120 × 0.3 (fog) × 0.35 (night); noise 0.05 × 2.5 × 3.0; dropout 0.02 + 0.10 + 0.10
+    assert fog_night["camera"].range_m == pytest.approx(12.6)
+    assert fog_night["camera"].noise == pytest.approx(0.375)
+    assert fog_night["camera"].dropout == pytest.approx(0.22)
+    assert fog_night["radar"].range_m == pytest.approx(152.0)  # radar: fog × 0.95, night no effect
+    clear = sensor_params(ContextSpec())
+    assert clear["lidar"].range_m == 100 and clear["lidar"].dropout == pytest.approx(0.03)
+    faults = sensor_params(ContextSpec(sensor_faults=[
+        SensorFault(sensor="lidar", kind="dropout", severity=0.5),
+        SensorFault(sensor="camera", kind="blackout", severity=0.3),
+        SensorFault(sensor="radar", kind="noise", severity=0.5),
+    ]))  # fmt: skip
+    assert faults["lidar"].dropout == pytest.approx(0.03 + 0.5 * 0.97)
+    assert faults["camera"].blackout == pytest.approx(0.3)
+    assert faults["radar"].noise == pytest.approx(0.5 * 3.0)
+
+
+def test_detection_probability_is_half_at_the_range_and_falls_with_distance() -> None:
+    p = detection_probability(np.array([0.0, 50.0, 100.0, 150.0]), 100.0)
+    assert p[0] == 1.0 and p[2] == pytest.approx(0.5)
+    assert np.all(np.diff(p) < 0) and p[3] < 0.05
+
+
+def detection_rate(context: ContextSpec, world: WorldState, draws: int = 2000) -> dict[str, float]:
+    """How often the observer (row 0) sees the vehicle ahead in its lane (row 1, body 35–40 m ahead), per
+    sensor: camera bins and lidar cells over that body only."""
+    suite = SensorSuite(context)
+    frames = suite.observe(world, np.zeros(draws, dtype=int), np.random.default_rng(0))
+    edges = suite.camera_edges
+    bins = (edges[1:] > 35) & (edges[:-1] < 40)
+    cells = np.arange(int((35 + 60) / 2), int((40 + 60) / 2) + 1)
+    return {
+        "camera": float((frames.camera[:, 0, 1][:, bins] > 0.5).any(axis=-1).mean()),
+        "lidar": float((frames.lidar[:, 0, 1][:, cells] > 0.5).any(axis=-1).mean()),
+        "radar": float((frames.radar[:, :, 0] > 0).any(axis=-1).mean()),
+    }
+
+
+def test_fog_shortens_the_camera_and_lidar_range_as_documented_radar_barely() -> None:
+    world = world_of(x=[0.0, 40.0], lane=[0, 0], v=[25.0, 25.0])  # centre to centre 40 m
+    clear = detection_rate(ContextSpec(), world)
+    fog = detection_rate(ContextSpec(weather="fog"), world)
+    # camera: p(40 m; 120 m)·(1 − 0.02) ≈ 0.98 clear; p(40 m; 36 m)·(1 − 0.12) ≈ 0.26 in fog
+    assert clear["camera"] == pytest.approx(0.98, abs=0.02)
+    assert fog["camera"] == pytest.approx(detection_probability(40.0, 36.0) * (1 - 0.12), abs=0.04)
+    # lidar: p(40; 100) ≈ 1 clear; p(40; 50)·(1 − cell dropout³) ≈ 0.86 in fog
+    assert clear["lidar"] > 0.99 and fog["lidar"] == pytest.approx(detection_probability(40.0, 50.0), abs=0.05)
+    assert fog["radar"] == pytest.approx(clear["radar"], abs=0.03)
+
+
+def test_occlusion_fov_and_blackout() -> None:
+    # observer, a car 20 m ahead, one 40 m ahead behind it, one alongside in the left lane
+    world = world_of(x=[0.0, 25.0, 45.0, 2.0], lane=[0, 0, 0, 1], v=[25.0] * 4)
+    table = copy.deepcopy(sensor_table())
+    for name in ("camera", "lidar", "radar"):
+        table[name].update(noise=0.0, dropout=0.0, clutter=0.0)
+    suite = SensorSuite(ContextSpec(), table)
+    frames = suite.observe(world, np.zeros(400, dtype=int), np.random.default_rng(1))
+    edges = suite.camera_edges
+    far_bins = (edges[1:] > 40) & (edges[:-1] < 45)
+    assert far_bins.any() and not frames.camera[:, 0, 1, far_bins].any()  # occluded: never seen by the camera
+    assert not frames.camera[:, 0, 2].any()  # alongside: outside the camera's ±35°
+    assert frames.lidar[:, 0, 2].any(axis=-1).all()  # the lidar sees all around
+    far_cells = np.arange(int((40 + 60) / 2), int((45 + 60) / 2))
+    lidar_far = frames.lidar[:, 0, 1][:, far_cells].any(axis=-1).mean()
+    assert 0.03 < lidar_far < 0.2  # seen through with probability 0.1
+    returns = frames.radar[:, :, 0].sum(axis=1)
+    assert returns.min() == 2 and returns.mean() == pytest.approx(2.5, abs=0.1)  # the hidden one half the time
+    blind = SensorSuite(ContextSpec(sensor_faults=[SensorFault(sensor="camera", kind="blackout", severity=1.0)]))
+    assert not blind.observe(world, np.zeros(5, dtype=int), np.random.default_rng(0)).camera.any()
+
+
+def test_radar_measures_range_azimuth_and_range_rate() -> None:
+    world = world_of(x=[0.0, 35.0], lane=[0, 1], v=[20.0, 26.0])
+    table = copy.deepcopy(sensor_table())
+    table["radar"].update(noise=0.0, dropout=0.0)
+    frames = SensorSuite(ContextSpec(), table).observe(world, np.array([0]), np.random.default_rng(0))
+    centre, lateral = 35.0, 3.2  # centre to centre: 32.5 − (−2.5) = 35 m; one lane to the left
+    r, az = np.hypot(centre, lateral), np.arctan2(lateral, centre)
+    np.testing.assert_allclose(frames.radar[0, 0], [1.0, r / 160, az / np.pi, 6.0 * np.cos(az) / 30], rtol=1e-5)
+    assert not frames.radar[0, 1:].any()
+
+
+def test_neighbour_targets_known_answer() -> None:
+    # observer in lane 1 at 100 m; ahead in its lane at 130 (gap 25), behind at 80 (gap 15), left lane 2
+    # ahead at 150 (gap 45), right lane 0 behind at 20 (gap 75: out of range), left lane behind: none
+    world = world_of(x=[100, 130, 80, 150, 20], lane=[1, 1, 1, 2, 0], v=[25, 20, 27, 30, 22])
+    t = neighbour_targets(world, np.array([0]))[0]
+    np.testing.assert_allclose(t, [[1, 25, -5], [1, 15, 2], [1, 45, 5], [0, 0, 0], [0, 0, 0], [0, 0, 0]])
+    estimate = t.copy()
+    estimate[0, 1] += 4.0  # within 5 m
+    estimate[1, 2] += 2.5  # speed off by more than 2 m/s
+    estimate[3, 0] = 0.9  # a phantom
+    assert slot_correct(estimate, t).tolist() == [True, False, True, False, True, True]
+
+
+@pytest.mark.sumo
+def test_dataset_is_reproducible_and_bad_input_is_refused(tmp_path: Path) -> None:
+    args = ["perception", "dataset", "--weather", "fog", "--light", "night", "--seeds", "1", "--duration", "40",
+            "--warmup", "20"]  # fmt: skip
+    for name in ("a", "b"):
+        done = runner.invoke(app, [*args, "--out", str(tmp_path / name)])
+        assert done.exit_code == 0, done.output
+    manifest, a = load_dataset(tmp_path / "a")
+    _, b = load_dataset(tmp_path / "b")
+    assert manifest["contexts"] == ["fog-night"] and manifest["samples"] == len(a["targets"]) > 0
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+    assert not (tmp_path / "a" / ".sumo").exists()
+    for bad, message in [
+        (["--weather", "hail"], "unknown weather 'hail' (allowed: clear, rain, fog, snow)"),
+        (["--every", "0.25"], "--every 0.25 must be a multiple of the step length (0.1 s)"),
+        (["--sensors", str(tmp_path / "none.yaml")], "cannot read the sensor table"),
+    ]:
+        done = runner.invoke(app, ["perception", "dataset", *bad, "--out", str(tmp_path / "bad")])
+        assert done.exit_code == 2 and message in " ".join(done.output.split()), done.output
+        assert not (tmp_path / "bad").exists()

@@ -164,7 +164,7 @@ def generate(
 
 
 def load_dataset(folder: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """The manifest and every shard's arrays concatenated."""
+    """The manifest and every shard's arrays concatenated, with each sample's `seed`."""
     folder = Path(folder)
     try:
         manifest = json.loads((folder / "manifest.json").read_text())
@@ -177,4 +177,5 @@ def load_dataset(folder: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         with np.load(folder / shard["file"]) as data:
             for key in data.files:
                 parts.setdefault(key, []).append(data[key])
+            parts.setdefault("seed", []).append(np.full(len(data["targets"]), shard["seed"], dtype=np.int32))
     return manifest, {k: np.concatenate(v) for k, v in parts.items()}

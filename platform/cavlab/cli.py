@@ -444,6 +444,57 @@ def perception_dataset(
     )
 
 
+@perception_app.command("train")
+@_handle_errors
+def perception_train(
+    data: Annotated[Path, typer.Argument(help="A dataset directory from `cavlab perception dataset`")],
+    epochs: Annotated[int, typer.Option(help="Training epochs of the branches")] = 6,
+    seed: Annotated[int, typer.Option(help="Seed of the training run")] = 0,
+    gamma: Annotated[float, typer.Option(help="EcoFusion's loss margin γ")] = 0.05,
+    energy_weight: Annotated[float, typer.Option(help="EcoFusion's energy weight λ in [0, 1]")] = 0.5,
+    out_dir: Annotated[Path, typer.Option("--out", help="Model directory")] = Path("runs/perception-model"),
+) -> None:
+    """Train the gated fusion model (stems, seven branches, knowledge and deep gates); evaluate on the last seed."""
+    from cavlab.perception.fusion import Selection
+    from cavlab.perception.training import results_markdown, train_fusion
+    from cavlab.rundir import staged_run_dir
+
+    if epochs < 1 or gamma < 0 or not 0 <= energy_weight <= 1:
+        raise UserError("need --epochs ≥ 1, --gamma ≥ 0 and 0 ≤ --energy-weight ≤ 1")
+    with staged_run_dir(out_dir) as staging:
+        with err.status("training") as status:
+            results = train_fusion(data, staging, epochs, seed, Selection(gamma, energy_weight),
+                                   progress=lambda msg: status.update(f"training: {msg}"))  # fmt: skip
+        table = results_markdown(results)
+        (staging / "results.md").write_text(table)
+    out.print(table, highlight=False)
+    out.print(f"model directory: [bold]{escape(str(out_dir))}[/]", highlight=False)
+
+
+@perception_app.command("eval")
+@_handle_errors
+def perception_eval(
+    model: Annotated[Path, typer.Argument(help="A model directory from `cavlab perception train`")],
+    data: Annotated[Path, typer.Argument(help="A dataset directory (every frame is evaluated)")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Evaluation directory")] = Path("runs/perception-eval"),
+) -> None:
+    """Evaluate a trained model on a dataset, per context: every branch, all branches, and the gates."""
+    import shutil
+
+    from cavlab.perception.training import evaluate, load_checkpoint, results_markdown
+    from cavlab.rundir import staged_run_dir
+
+    load_checkpoint(model)  # a clear error before anything is written
+    with staged_run_dir(out_dir) as staging:
+        shutil.copy(model / "checkpoint.pt", staging / "checkpoint.pt")
+        results = evaluate(staging, data)
+        (staging / "checkpoint.pt").unlink()
+        table = results_markdown(results)
+        (staging / "results.md").write_text(table)
+    out.print(table, highlight=False)
+    out.print(f"evaluation directory: [bold]{escape(str(out_dir))}[/]", highlight=False)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

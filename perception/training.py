@@ -1,0 +1,333 @@
+"""Training and evaluation of the gated fusion model on a perception dataset.
+
+Split by seed: the last seed of the dataset is the test set; the others are for training,
+with 15 % of their frames held out to fit the gates (the knowledge table and the deep gate
+learn from losses the branches did not train on). Evaluation per context on the test set:
+the accuracy (fraction of neighbour slots right, `task.slot_correct`) and the energy per frame
+of every branch, of all branches fused, and of the knowledge, deep and oracle gates.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cavlab.errors import UserError
+from cavlab.perception.dataset import load_dataset
+from cavlab.perception.fusion import (
+    BRANCHES,
+    CONFIGURATIONS,
+    DeepGate,
+    FusionModel,
+    Selection,
+    energy_pj,
+    estimates,
+    fuse,
+    slot_loss,
+)
+from cavlab.perception.spiking_branch import train_spiking_branch
+from cavlab.perception.task import slot_correct
+
+BATCH = 256
+
+
+def frames_of(arrays: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, torch.Tensor]:
+    return {m: torch.from_numpy(arrays[m][rows]) for m in ("camera", "lidar", "radar")}
+
+
+def split(arrays: dict[str, np.ndarray], seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row indices of the training, gate-fitting and test frames."""
+    seeds = np.unique(arrays["seed"])
+    if len(seeds) < 2:
+        raise UserError("the dataset needs at least 2 seeds (the last one is the test set): use --seeds 2 or more")
+    test = np.flatnonzero(arrays["seed"] == seeds[-1])
+    rest = np.flatnonzero(arrays["seed"] != seeds[-1])
+    rng = np.random.default_rng(seed)
+    rest = rest[rng.permutation(len(rest))]
+    cut = int(0.85 * len(rest))
+    return rest[:cut], rest[cut:], test
+
+
+def train_branches(model: FusionModel, arrays: dict[str, np.ndarray], rows: np.ndarray, epochs: int, seed: int,
+                   progress: Callable[[int, float], None] | None = None) -> None:  # fmt: skip
+    """All branches at once: the sum of their losses."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    targets = torch.from_numpy(arrays["targets"])
+    model.train()
+    for epoch in range(epochs):
+        order = rows[rng.permutation(len(rows))]
+        total = 0.0
+        for start in range(0, len(order), BATCH):
+            batch = order[start : start + BATCH]
+            outputs = model(frames_of(arrays, batch))
+            loss = sum(slot_loss(o, targets[batch]).mean() for o in outputs.values())
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(batch)
+        if progress is not None:
+            progress(epoch + 1, total / len(order))
+    model.eval()
+
+
+@torch.no_grad()
+def configuration_outputs(model: FusionModel, arrays: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
+    """Per configuration: the estimates (N, 6, 3) and the per-frame losses (N,)."""
+    targets = torch.from_numpy(arrays["targets"])
+    out: dict[str, list] = {c: [] for c in CONFIGURATIONS}
+    losses: dict[str, list] = {c: [] for c in CONFIGURATIONS}
+    for start in range(0, len(rows), 4 * BATCH):
+        batch = rows[start : start + 4 * BATCH]
+        outputs = model(frames_of(arrays, batch))
+        outputs["all branches"] = fuse(list(outputs.values()))
+        for c in CONFIGURATIONS:
+            out[c].append(estimates(outputs[c]))
+            losses[c].append(slot_loss(outputs[c], targets[batch]).numpy())
+    return {c: np.concatenate(out[c]) for c in CONFIGURATIONS} | {
+        f"loss:{c}": np.concatenate(losses[c]) for c in CONFIGURATIONS
+    }
+
+
+def fit_deep_gate(model: FusionModel, arrays: dict[str, np.ndarray], rows: np.ndarray, losses: np.ndarray,
+                  epochs: int, seed: int) -> DeepGate:  # fmt: skip
+    """Regress every configuration's loss (on frames the branches did not train on)."""
+    torch.manual_seed(seed)
+    gate = DeepGate()
+    optimizer = torch.optim.Adam(gate.parameters(), lr=2e-3)
+    target = torch.from_numpy(losses.astype(np.float32))
+    rng = np.random.default_rng(seed)
+    for _ in range(epochs):
+        for start in range(0, len(rows), BATCH):
+            idx = rng.permutation(len(rows))[start : start + BATCH]
+            frames = frames_of(arrays, rows[idx])
+            with torch.no_grad():
+                radar = model.stems["radar"](frames["radar"])
+            loss = torch.nn.functional.mse_loss(gate(radar, frames), target[idx])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    gate.eval()
+    return gate
+
+
+def train_fusion(
+    data_dir: Path, out_dir: Path, epochs: int = 6, seed: int = 0, selection: Selection | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Train the branches, fit the gates, save `checkpoint.pt` into `out_dir` and evaluate on the
+    test seed (results.json, accuracy_energy.png); the results."""
+    selection = selection or Selection()
+    manifest, arrays = load_dataset(data_dir)
+    train, held_out, test = split(arrays, seed)
+    model = FusionModel(manifest["shapes"])
+    started = time.perf_counter()
+    train_branches(model, arrays, train, epochs, seed,
+                   progress=lambda e, loss: progress and progress(f"epoch {e}/{epochs}: loss {loss:.3f}"))  # fmt: skip
+    train_s = time.perf_counter() - started
+    energies = configuration_energies(model)
+    held = configuration_outputs(model, arrays, held_out)
+    held_losses = np.stack([held[f"loss:{c}"] for c in CONFIGURATIONS], axis=1)
+    table = {}  # knowledge gate: per context label, EcoFusion's choice on the mean held-out losses
+    for k, label in enumerate(manifest["contexts"]):
+        mean = held_losses[arrays["context"][held_out] == k].mean(axis=0, keepdims=True)
+        table[label] = CONFIGURATIONS[int(selection.choose(mean, energies)[0])]
+    gate = fit_deep_gate(model, arrays, held_out, held_losses, epochs=30, seed=seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": model.state_dict(), "gate": gate.state_dict(), "shapes": manifest["shapes"],
+                "knowledge_table": table, "selection": vars(selection)}, out_dir / "checkpoint.pt")  # fmt: skip
+    results = evaluate(out_dir, data_dir, rows=test)
+    if progress is not None:
+        progress("the spiking branch")
+    results["spiking"] = train_spiking_branch(model, arrays, train, test, manifest["contexts"], seed=seed)
+    plot_spiking(results["spiking"], out_dir / "spiking.png")
+    results["train_time_s"] = round(train_s, 1)
+    results["frames"] = {"train": len(train), "gates": len(held_out), "test": len(test)}
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def configuration_energies(model: FusionModel) -> np.ndarray:
+    macs = model.configuration_macs()
+    return np.array([energy_pj(macs[c]) for c in CONFIGURATIONS])
+
+
+def load_checkpoint(out_dir: Path) -> tuple[FusionModel, DeepGate, dict[str, Any]]:
+    try:
+        ckpt = torch.load(Path(out_dir) / "checkpoint.pt", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"{out_dir}: no checkpoint.pt (a directory written by `cavlab perception train`)") from None
+    except Exception as exc:
+        raise UserError(f"{out_dir}/checkpoint.pt: not a cavlab perception checkpoint ({exc})") from None
+    model = FusionModel(ckpt["shapes"])
+    model.load_state_dict(ckpt["model"])
+    gate = DeepGate()
+    gate.load_state_dict(ckpt["gate"])
+    model.eval()
+    gate.eval()
+    return model, gate, ckpt
+
+
+def evaluate(out_dir: Path, data_dir: Path, rows: np.ndarray | None = None) -> dict[str, Any]:
+    """Per context of the dataset (all its frames, or `rows`): accuracy and energy per frame of every
+    configuration and of the knowledge, deep and oracle gates. A context the knowledge table does not
+    know runs all branches. Writes results.json and accuracy_energy.png into `out_dir`."""
+    model, gate, ckpt = load_checkpoint(out_dir)
+    manifest, arrays = load_dataset(data_dir)
+    if {k: list(v) for k, v in ckpt["shapes"].items()} != {k: list(v) for k, v in manifest["shapes"].items()}:
+        raise UserError(f"{data_dir}: its frames ({manifest['shapes']}) differ from the model's ({ckpt['shapes']})")
+    rows = np.arange(len(arrays["targets"])) if rows is None else rows
+    selection = Selection(**ckpt["selection"])
+    table = ckpt["knowledge_table"]
+    labels = manifest["contexts"]
+    energies = configuration_energies(model)
+    grid_cells = int(np.prod(manifest["shapes"]["camera"]) + np.prod(manifest["shapes"]["lidar"]))
+    gate_pj = energy_pj(gate.macs(model.stems["radar"], grid_cells))
+    radar_pj = energy_pj(model.stems["radar"].macs())
+
+    outputs = configuration_outputs(model, arrays, rows)
+    losses = np.stack([outputs[f"loss:{c}"] for c in CONFIGURATIONS], axis=1)
+    with torch.no_grad():
+        frames = frames_of(arrays, rows)
+        predicted = gate(model.stems["radar"](frames["radar"]), frames).numpy()
+    context = arrays["context"][rows]
+    correct = {c: slot_correct(outputs[c], arrays["targets"][rows]).mean(axis=1) for c in CONFIGURATIONS}
+    fallback = CONFIGURATIONS.index("all branches")
+    choices = {
+        "knowledge gate": np.array(
+            [CONFIGURATIONS.index(table[labels[k]]) if labels[k] in table else fallback for k in context]
+        ),
+        "deep gate": selection.choose(predicted, energies),
+        "oracle gate": selection.choose(losses, energies),
+    }
+    results: dict[str, Any] = {"contexts": {}, "knowledge_table": table, "selection": vars(selection),
+                               "energy_pj": dict(zip(CONFIGURATIONS, energies.tolist(), strict=True)),
+                               "deep_gate_energy_pj": gate_pj}  # fmt: skip
+    for k, label in enumerate([*labels, "all"]):
+        sel = np.arange(len(rows)) if label == "all" else np.flatnonzero(context == k)
+        if not len(sel):
+            continue
+        row: dict[str, dict[str, Any]] = {
+            c: {"accuracy": float(correct[c][sel].mean()), "energy_pj": float(energies[i])}
+            for i, c in enumerate(CONFIGURATIONS)
+        }
+        for name, choice in choices.items():
+            picked = choice[sel]
+            acc = np.array([correct[CONFIGURATIONS[p]][r] for p, r in zip(picked, sel, strict=True)])
+            energy = energies[picked]
+            if name == "deep gate":  # the gate runs first; its radar stem is not run again
+                radar = np.array([CONFIGURATIONS[p] == "all branches" or "radar" in BRANCHES[CONFIGURATIONS[p]]
+                                  for p in picked])  # fmt: skip
+                energy = energy + gate_pj - radar * radar_pj
+            counts = {CONFIGURATIONS[p]: int((picked == p).sum()) for p in np.unique(picked)}
+            row[name] = {"accuracy": float(acc.mean()), "energy_pj": float(energy.mean()), "choices": counts}
+        results["contexts"][label] = row
+    (Path(out_dir) / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    plot_accuracy_energy(results, Path(out_dir) / "accuracy_energy.png")
+    return results
+
+
+def plot_spiking(spiking: dict[str, Any], path: Path) -> None:
+    """Per context: the spiking branch's firing rates, and its accuracy and energy against the ANN's."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = list(spiking["contexts"])
+    rows = [spiking["contexts"][c] for c in labels]
+    x = np.arange(len(labels))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+    axes[0].bar(x - 0.2, [r["rate_layer1"] for r in rows], 0.4, label="layer 1")
+    axes[0].bar(x + 0.2, [r["rate_layer2"] for r in rows], 0.4, label="layer 2")
+    axes[0].set_ylabel("firing rate (spikes per neuron per active step)")
+    axes[1].bar(x - 0.2, [r["spiking_accuracy"] for r in rows], 0.4, label="spiking")
+    axes[1].bar(x + 0.2, [r["ann_accuracy"] for r in rows], 0.4, label="ANN")
+    axes[1].set_ylabel("slot accuracy")
+    axes[1].set_ylim(0.5, 1.0)
+    axes[2].bar(x - 0.2, [r["spiking_energy_pj"] / 1e6 for r in rows], 0.4, label="spiking")
+    axes[2].bar(x + 0.2, [r["ann_energy_pj"] / 1e6 for r in rows], 0.4, label="ANN")
+    axes[2].set_ylabel("energy per frame [µJ]")
+    for ax in axes:
+        ax.set_xticks(x, labels, rotation=45, ha="right", fontsize=7)
+        ax.legend(fontsize=7)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(f"spiking {spiking['branch']} branch, T = {spiking['time_steps']} ({spiking['active_steps']} active)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def best_fusion(row: dict[str, dict[str, float]]) -> str:
+    """The most accurate configuration that fuses sensors (a multi-sensor branch or all branches)."""
+    fused = [c for c in CONFIGURATIONS if c == "all branches" or len(BRANCHES[c]) > 1]
+    return max(fused, key=lambda c: row[c]["accuracy"])
+
+
+def plot_accuracy_energy(results: dict[str, Any], path: Path) -> None:
+    """Accuracy against energy per frame, one panel per context."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = list(results["contexts"])
+    cols = 3
+    rows = (len(labels) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
+    for ax, label in zip(axes.flat, labels, strict=False):
+        for name, r in results["contexts"][label].items():
+            gate = name.endswith("gate")
+            ax.scatter(r["energy_pj"] / 1e6, r["accuracy"], marker="*" if gate else "o", s=90 if gate else 30,
+                       label=name)  # fmt: skip
+        ax.set_title(label)
+        ax.set_xlabel("energy per frame [µJ]")
+        ax.set_ylabel("slot accuracy")
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(labels) :]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def results_markdown(results: dict[str, Any]) -> str:
+    """Per context: each configuration's and gate's accuracy and energy per frame, then the gated
+    models against the best fusion and against running all branches."""
+    names = [*CONFIGURATIONS, "knowledge gate", "deep gate", "oracle gate"]
+    contexts = list(results["contexts"])
+    lines = ["| configuration | " + " | ".join(contexts) + " | energy per frame [µJ] |",
+             "|---|" + "---|" * (len(contexts) + 1)]  # fmt: skip
+    for name in names:
+        cells = [f"{results['contexts'][c][name]['accuracy']:.3f}" for c in contexts]
+        energy = results["contexts"]["all"][name]["energy_pj"] / 1e6
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {energy:.2f} |")
+    all_pj = results["contexts"]["all"]["all branches"]["energy_pj"]
+    header = "| context | best fusion | its accuracy | gate | gate accuracy | vs best fusion | energy vs all branches |"
+    lines += ["", header, "|---|---|---|---|---|---|---|"]
+    for c in contexts:
+        row = results["contexts"][c]
+        best = best_fusion(row)
+        for gate in ("knowledge gate", "deep gate"):
+            acc, pj, best_acc = row[gate]["accuracy"], row[gate]["energy_pj"], row[best]["accuracy"]
+            lines.append(f"| {c} | {best} | {best_acc:.3f} | {gate} | {acc:.3f} | {100 * (acc / best_acc - 1):+.1f} % "
+                         f"| {100 * (pj / all_pj - 1):+.0f} % |")  # fmt: skip
+    if "spiking" in results:
+        sp = results["spiking"]
+        lines += ["", f"Spiking `{sp['branch']}` branch (T = {sp['time_steps']}, {sp['active_steps']} steps active) "
+                      "against the same branch without spikes:", "",
+                  "| context | accuracy, spiking | accuracy, ANN | firing rate layer 1 / 2 | energy spiking [µJ] "
+                  "| energy ANN [µJ] |", "|---|---|---|---|---|---|"]  # fmt: skip
+        for c, r in sp["contexts"].items():
+            energies = f"{r['spiking_energy_pj'] / 1e6:.2f} | {r['ann_energy_pj'] / 1e6:.2f}"
+            lines.append(f"| {c} | {r['spiking_accuracy']:.3f} | {r['ann_accuracy']:.3f} | {r['rate_layer1']:.3f} / "
+                         f"{r['rate_layer2']:.3f} | {energies} |")  # fmt: skip
+    return "\n".join(lines) + "\n"

@@ -66,9 +66,9 @@ class SpikingHead(nn.Module):
 def train_spiking_branch(
     model: FusionModel, arrays: dict[str, np.ndarray], train: np.ndarray, test: np.ndarray, labels: list[str],
     branch: str = "lidar+radar", epochs: int = 4, seed: int = 0,
-) -> dict[str, Any]:  # fmt: skip
-    """Train a spiking head on the frozen stems of `branch`; per context: its accuracy, firing rates,
-    active steps and energy next to the non-spiking branch's."""
+) -> tuple[SpikingHead, dict[str, Any]]:  # fmt: skip
+    """Train a spiking head on the frozen stems of `branch`; the head, and per context its accuracy,
+    firing rates, active steps and energy next to the non-spiking branch's."""
     from cavlab.perception.training import BATCH, frames_of
 
     torch.manual_seed(seed)
@@ -127,4 +127,4 @@ def train_spiking_branch(
             "spiking_energy_pj": energy_pj(stem_macs, 0.0) + head.energy_pj(r1, r2, active),
             "ann_energy_pj": ann_pj,
         }
-    return results
+    return head, results

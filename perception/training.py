@@ -146,7 +146,10 @@ def train_fusion(
     results = evaluate(out_dir, data_dir, rows=test)
     if progress is not None:
         progress("the spiking branch")
-    results["spiking"] = train_spiking_branch(model, arrays, train, test, manifest["contexts"], seed=seed)
+    head, results["spiking"] = train_spiking_branch(model, arrays, train, test, manifest["contexts"], seed=seed)
+    checkpoint = torch.load(out_dir / "checkpoint.pt", weights_only=True)
+    checkpoint["spiking"] = {"branch": results["spiking"]["branch"], "state": head.state_dict()}
+    torch.save(checkpoint, out_dir / "checkpoint.pt")
     plot_spiking(results["spiking"], out_dir / "spiking.png")
     results["train_time_s"] = round(train_s, 1)
     results["frames"] = {"train": len(train), "gates": len(held_out), "test": len(test)}

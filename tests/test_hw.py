@@ -1,0 +1,122 @@
+"""Edge deployment: target profiles, ONNX export with explicit state, the checks, and ONNX Runtime parity."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper
+from torch import nn
+from typer.testing import CliRunner
+
+from cavlab.cli import app
+from cavlab.errors import UserError
+from cavlab.hw.export import Component, check, export_onnx, load_components, parity
+from cavlab.hw.targets import get_target, targets
+from cavlab.perception.fusion import DeepGate, FusionModel
+from cavlab.perception.spiking_branch import SpikingHead
+
+SHAPES = {"camera": [2, 3, 24], "lidar": [2, 3, 60], "radar": [8, 4]}
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkpoint as `cavlab perception train` writes it (random weights)."""
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("model")
+    head = SpikingHead(2)
+    checkpoint = {
+        "model": FusionModel(SHAPES).state_dict(), "gate": DeepGate().state_dict(), "shapes": SHAPES,
+        "knowledge_table": {}, "selection": {"gamma": 0.05, "energy_weight": 0.5},
+        "spiking": {"branch": "lidar+radar", "state": head.state_dict()},
+    }  # fmt: skip
+    torch.save(checkpoint, folder / "checkpoint.pt")
+    return folder
+
+
+def test_target_profiles_load_with_their_sources() -> None:
+    names = set(targets())
+    assert {"x86-cpu", "jetson-agx-orin", "jetson-orin-nano", "zynq-zcu104"} <= names
+    for target in targets().values():
+        assert target.sources, target.name
+        assert target.energy_pj["mac"] > target.energy_pj["ac"] > 0
+    assert get_target("jetson-orin-nano").dla == {"count": 0, "precisions": []}  # no DLA on the Orin Nano
+    with pytest.raises(UserError, match=r"unknown target 'tpu' \(available: jetson-agx-orin, jetson-orin-nano"):
+        get_target("tpu")
+
+
+def test_every_component_exports_and_matches_torch(model_dir: Path) -> None:
+    target = get_target("x86-cpu")
+    components = load_components(model_dir)
+    assert [c.name for c in components][:3] == ["stem.camera", "stem.lidar", "stem.radar"]
+    assert {"gate", "spiking.input", "spiking.step"} <= {c.name for c in components}
+    for component in components:
+        model = export_onnx(component, target)
+        props = {p.key: p.value for p in model.metadata_props}
+        assert props["cavlab.component"] == component.name
+        assert json.loads(props["state_pairs"]) == component.state_pairs
+        assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+        result = parity(model, component)
+        assert set(result.per_batch) == {1, 7, 513}
+        assert max(result.per_batch.values()) < 1e-4, (component.name, result)
+        if component.state_pairs:
+            assert result.rollout is not None and result.rollout < 1e-4
+        else:
+            assert result.rollout is None
+
+
+def test_the_spiking_step_keeps_its_state_in_and_out(model_dir: Path) -> None:
+    step = next(c for c in load_components(model_dir) if c.name == "spiking.step")
+    model = export_onnx(step, get_target("jetson-agx-orin"))
+    assert [i.name for i in model.graph.input] == ["z", "lif1.v_in", "lif2.v_in"]
+    assert [o.name for o in model.graph.output] == ["y", "lif1.v_out", "lif2.v_out"]
+    assert {n.op_type for n in model.graph.node} <= {"Gemm", "Mul", "Add", "Sub", "Greater", "Cast", "Identity"}
+
+
+class ForgetsItsState(nn.Module):
+    def forward(self, x: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x * 2, x + 0 * v
+
+
+def test_a_graph_that_drops_its_state_is_refused() -> None:
+    component = Component("forgetful", ForgetsItsState(), (torch.rand(3, 4), torch.rand(3, 4)), ["x", "v_in"],
+                          ["y", "v_out"], {"v_in": "v_out"})  # fmt: skip
+    with pytest.raises(UserError, match=r"forgetful: the (state v_in → v_out was dropped|outputs do not depend)"):
+        export_onnx(component, get_target("x86-cpu"))
+
+
+def test_an_operator_the_target_cannot_run_is_named() -> None:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16, 1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 16, 2])
+    graph = helper.make_graph([helper.make_node("DFT", ["x"], ["y"])], "g", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    component = Component("lmu.fft", nn.Identity(), (), ["x"], ["y"])
+    check(model, get_target("x86-cpu"), component)  # ONNX Runtime on CPU runs DFT
+    with pytest.raises(UserError, match=r"lmu\.fft: operator DFT cannot run on target jetson-orin-nano: no DFT in the"):
+        check(model, get_target("jetson-orin-nano"), component)
+    model.ir_version = 14
+    with pytest.raises(UserError, match="IR version 14 is newer than target x86-cpu reads \\(13\\)"):
+        check(model, get_target("x86-cpu"), component)
+
+
+def test_export_command_and_its_errors(model_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "export"
+    done = runner.invoke(app, ["export", str(model_dir), "--target", "jetson-orin-nano", "--out", str(out)])
+    assert done.exit_code == 0, done.output
+    report = json.loads((out / "export.json").read_text())
+    assert len(report["components"]) == 3 + 7 + 1 + 2
+    assert all((out / r["file"]).stat().st_size > 0 for r in report["components"].values())
+    onnx.checker.check_model(onnx.load(out / "spiking.step.onnx"))
+    for args, message in [
+        (["export", str(model_dir), "--target", "tpu"], "unknown target 'tpu'"),
+        (["export", str(tmp_path / "none"), "--target", "x86-cpu"], "no checkpoint.pt"),
+        (["export", str(model_dir), "--target", "zynq-zcu104"], "the QONNX/hls4ml flavour is not implemented yet"),
+    ]:
+        done = runner.invoke(app, [*args, "--out", str(tmp_path / "bad")])
+        assert done.exit_code == 2 and message in " ".join(done.output.split()), done.output
+        assert not (tmp_path / "bad").exists()

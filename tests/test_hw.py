@@ -120,3 +120,46 @@ def test_export_command_and_its_errors(model_dir: Path, tmp_path: Path) -> None:
         done = runner.invoke(app, [*args, "--out", str(tmp_path / "bad")])
         assert done.exit_code == 2 and message in " ".join(done.output.split()), done.output
         assert not (tmp_path / "bad").exists()
+
+
+def test_profile_known_answers_and_reconfiguration(model_dir: Path, tmp_path: Path) -> None:
+    from cavlab.hw.profile import profile_model
+
+    nano = get_target("jetson-orin-nano")
+    report = profile_model(model_dir, nano, measure=False, batch=32)
+    head = report["components"]["head.radar"]
+    # 64·512 + 512·512 + 512·18 MACs; 338k FP32 parameters read once per 32 frames, 64 in + 18 out values
+    macs = 64 * 512 + 512 * 512 + 512 * 18
+    assert head["macs"] == macs and head["sops"] == 0 and head["latency_measured_s"] is None
+    params = macs + 512 + 512 + 18
+    expected = macs * 4.6 + (params * 4 / 32 + (64 + 18) * 4) * 20.0
+    assert head["energy_pj"] == pytest.approx(expected)
+    assert head["latency_roofline_s"]["1"] == pytest.approx(max(macs / 1.04e12, (params * 4 + 82 * 4) / 1.02e11))
+    step = report["components"]["spiking.step"]
+    assert step["state_bytes"] == 2 * 512 * 4 and step["macs"] == 0
+    radar = report["configurations"]["radar"]
+    assert radar["components"] == ["stem.radar", "head.radar"]
+    assert radar["energy_pj"] == pytest.approx(report["components"]["stem.radar"]["energy_pj"] + head["energy_pj"])
+    assert "contexts" not in report  # no training results beside this checkpoint
+    results = {
+        "contexts": {"fog-day": {"deep gate": {"accuracy": 0.9, "choices": {"radar": 3, "lidar": 1}}}},
+        "spiking": {"active_steps": 3, "contexts": {"all": {"rate_layer1": 0.2, "rate_layer2": 0.1}}},
+    }
+    (model_dir / "results.json").write_text(json.dumps(results))
+    try:
+        report = profile_model(model_dir, nano, measure=False)
+    finally:
+        (model_dir / "results.json").unlink()
+    fog = report["contexts"]["fog-day"]
+    assert fog["sensor_off_share"] == {"camera": 1.0, "lidar": 0.75, "radar": 0.25}
+    c = report["components"]
+    gate = c["gate"]["energy_pj"] + c["stem.radar"]["energy_pj"]
+    radar_only = report["configurations"]["radar"]["energy_pj"] - c["stem.radar"]["energy_pj"]
+    assert fog["energy_pj"] == pytest.approx(
+        (3 * radar_only + report["configurations"]["lidar"]["energy_pj"]) / 4 + gate
+    )
+    assert report["components"]["spiking.step"]["sops"] == pytest.approx(3 * (0.2 * 512 * 512 + 0.1 * 512 * 18))
+    done = runner.invoke(app, ["profile", str(model_dir), "--target", "x86-cpu", "--out", str(tmp_path / "p")])
+    assert done.exit_code == 0, done.output
+    measured = json.loads((tmp_path / "p" / "profile.json").read_text())["components"]["gate"]["latency_measured_s"]
+    assert set(measured) == {"1", "8", "64"} and all(0 < v["p50"] <= v["p99"] for v in measured.values())

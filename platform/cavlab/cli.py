@@ -529,6 +529,38 @@ def export(
     out.print(f"export directory: [bold]{escape(str(out_dir))}[/]", highlight=False)
 
 
+@app.command("profile")
+@_handle_errors
+def profile(
+    model: Annotated[Path, typer.Argument(help="A model directory from `cavlab perception train`")],
+    target: Annotated[str, typer.Option(help="Target profile (hw/targets): x86-cpu, jetson-agx-orin, ...")],
+    measure: Annotated[bool, typer.Option(help="Measure ONNX Runtime latency (CPU targets: this machine)")] = True,
+    batch: Annotated[
+        int, typer.Option(help="Frames per batch (the CAVs of one step): weights are read once per batch")
+    ] = 32,
+    out_dir: Annotated[Path, typer.Option("--out", help="Profile directory")] = Path("runs/profile"),
+) -> None:
+    """Parameters, state, MACs/SOPs, traffic, latency and energy per component and per gated configuration."""
+    import json
+
+    from cavlab.hw.profile import profile_markdown, profile_model
+    from cavlab.hw.targets import get_target
+    from cavlab.perception.training import load_checkpoint
+    from cavlab.rundir import staged_run_dir
+
+    spec = get_target(target)
+    if batch < 1:
+        raise UserError("need --batch ≥ 1")
+    load_checkpoint(model)
+    with staged_run_dir(out_dir) as staging, err.status(f"profiling for {target}"):
+        report = profile_model(model, spec, measure=measure and spec.kind == "cpu", batch=batch)
+        (staging / "profile.json").write_text(json.dumps(report, indent=2) + "\n")
+        text = profile_markdown(report)
+        (staging / "profile.md").write_text(text)
+    out.print(text, highlight=False)
+    out.print(f"profile directory: [bold]{escape(str(out_dir))}[/]", highlight=False)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -511,10 +511,22 @@ def export(
     from cavlab.rundir import staged_run_dir
 
     spec = get_target(target)
-    if spec.runtime == "hls4ml":
-        raise UserError(f"target {target}: the QONNX/hls4ml flavour is not implemented yet (ONNX Runtime and "
-                        f"TensorRT targets are)")  # fmt: skip
     load_checkpoint(model)  # a clear error before anything is written
+    if spec.runtime == "hls4ml":
+        from cavlab.hw.fpga import export_fpga
+
+        with staged_run_dir(out_dir) as staging, err.status("converting with hls4ml and compiling the C simulations"):
+            report = export_fpga(model, staging)
+            (staging / "export.json").write_text(json.dumps({"target": target, "components": report}, indent=2) + "\n")
+        table = Table(title=f"export for {target} (QONNX, hls4ml C simulation)")
+        for col in ("component", "runs on", "precision", "max |C sim − torch|"):
+            table.add_column(col, overflow="fold")
+        for name, r in report.items():
+            error = f"{r['csim_max_abs_error']:.1e}" if r["runs_on"] == "fpga" else r["reason"]
+            table.add_row(name, r["runs_on"], r.get("precision", ""), error)
+        out.print(table)
+        out.print(f"export directory: [bold]{escape(str(out_dir))}[/]", highlight=False)
+        return
     with staged_run_dir(out_dir) as staging:
         report = export_model(model, spec, staging)
         (staging / "export.json").write_text(json.dumps({"target": target, "components": report}, indent=2) + "\n")

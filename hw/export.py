@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -228,18 +229,67 @@ def _max_error(session, module: nn.Module, component: Component, inputs: tuple[T
     return max(float(np.abs(a - b).max()) for a, b in zip(expected, got, strict=True))
 
 
+def quantize_int8(model: onnx.ModelProto, component: Component, path: Path, batches: int = 16,
+                  seed: int = 0) -> onnx.ModelProto:  # fmt: skip
+    """INT8 QDQ (QuantizeLinear/DequantizeLinear around every MatMul/Gemm/Conv: the explicit form
+    TensorRT 11 and the Jetson DLAs take), per-channel weights, activations calibrated (min–max)
+    on `batches` batches of random inputs in the range of the component's examples; written to `path`."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    gen = torch.Generator().manual_seed(seed)
+    feeds = [
+        {n: (torch.rand(32, *t.shape[1:], generator=gen) * (t.abs().max() + 1e-3)).numpy()
+         for n, t in zip(component.input_names, component.inputs, strict=True)}
+        for _ in range(batches)
+    ]  # fmt: skip
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter(feeds)
+
+        def get_next(self) -> dict | None:
+            return next(self.items, None)
+
+    source = path.with_suffix(".fp32-source.onnx")
+    onnx.save(model, source)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # its advice to pre-process shape inference: the graphs are small and static
+    try:
+        quantize_static(source, path, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)  # fmt: skip
+    finally:
+        root.setLevel(level)
+        source.unlink()
+    return onnx.load(path)
+
+
 def export_model(model_dir: Path, target: Target, folder: Path) -> dict[str, dict]:
-    """Export every component for `target` into `folder` (<component>.onnx) with its parity; the report."""
+    """Export every component for `target` into `folder` (<component>.onnx) with its parity, and, for
+    targets that run INT8, a QDQ version of every stateless one (<component>.int8.onnx: spiking steps
+    keep FP32 membranes); the report."""
     report = {}
     for component in load_components(model_dir):
         model = export_onnx(component, target)
         path = folder / f"{component.name}.onnx"
         onnx.save(model, path)
         p = parity(model, component)
+        int8 = None
+        if "int8" in target.precisions and not component.state_pairs:
+            quantized = quantize_int8(model, component, folder / f"{component.name}.int8.onnx")
+            check(quantized, target, component)
+            int8 = {"file": f"{component.name}.int8.onnx", "max_abs_error": parity(quantized, component).per_batch,
+                    "output_scale": _output_scale(component)}  # fmt: skip
         report[component.name] = {
             "file": path.name, "bytes": path.stat().st_size, "opset": target.opset, "ir_version": model.ir_version,
             "operators": sorted({n.op_type for n in model.graph.node}),
             "max_abs_error": {str(b): e for b, e in p.per_batch.items()}, "rollout_max_abs_error": p.rollout,
-            "state_pairs": component.state_pairs,
+            "state_pairs": component.state_pairs, "int8": int8,
         }  # fmt: skip
     return report
+
+
+def _output_scale(component: Component) -> float:
+    """The largest |output| on the example inputs: the scale INT8 errors compare with."""
+    with torch.no_grad():
+        return max(float(o.abs().max()) for o in _as_tuple(component.module.eval()(*component.inputs)))

@@ -16,6 +16,7 @@ from cavlab.cli import app
 from cavlab.errors import UserError
 from cavlab.hw.export import Component, check, export_onnx, load_components, parity
 from cavlab.hw.targets import get_target, targets
+from cavlab.hw.tensorrt import available as tensorrt_available
 from cavlab.perception.fusion import DeepGate, FusionModel
 from cavlab.perception.spiking_branch import SpikingHead
 
@@ -111,6 +112,13 @@ def test_export_command_and_its_errors(model_dir: Path, tmp_path: Path) -> None:
     report = json.loads((out / "export.json").read_text())
     assert len(report["components"]) == 3 + 7 + 1 + 2
     assert all((out / r["file"]).stat().st_size > 0 for r in report["components"].values())
+    for name, r in report["components"].items():  # INT8 QDQ for the Jetson, within 5 % of the output scale
+        if r["state_pairs"]:
+            assert r["int8"] is None  # spiking membranes stay FP32
+            continue
+        ops = {n.op_type for n in onnx.load(out / r["int8"]["file"]).graph.node}
+        assert {"QuantizeLinear", "DequantizeLinear"} <= ops, name
+        assert max(r["int8"]["max_abs_error"].values()) < 0.05 * r["int8"]["output_scale"], (name, r["int8"])
     onnx.checker.check_model(onnx.load(out / "spiking.step.onnx"))
     for args, message in [
         (["export", str(model_dir), "--target", "tpu"], "unknown target 'tpu'"),
@@ -162,3 +170,21 @@ def test_profile_known_answers_and_reconfiguration(model_dir: Path, tmp_path: Pa
     assert done.exit_code == 0, done.output
     measured = json.loads((tmp_path / "p" / "profile.json").read_text())["components"]["gate"]["latency_measured_s"]
     assert set(measured) == {"1", "8", "64"} and all(0 < v["p50"] <= v["p99"] for v in measured.values())
+
+
+@pytest.mark.skipif(not tensorrt_available(), reason="needs TensorRT and a CUDA GPU (a Jetson or a workstation)")
+def test_tensorrt_engines_match_onnx_runtime(model_dir: Path, tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    from cavlab.hw.export import export_model
+    from cavlab.hw.tensorrt import build_engine, run_engine
+
+    export_model(model_dir, get_target("jetson-agx-orin"), tmp_path)
+    for name in ("head.lidar+radar", "spiking.step"):
+        path = tmp_path / f"{name}.onnx"
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        feeds = {i.name: torch.rand(7, *[d for d in i.shape[1:]]) for i in session.get_inputs()}
+        expected = session.run(None, {k: v.numpy() for k, v in feeds.items()})
+        got = run_engine(build_engine(path, fp16=False), {k: v.cuda() for k, v in feeds.items()})
+        for output, want in zip(session.get_outputs(), expected, strict=True):
+            assert float((got[output.name].cpu() - torch.from_numpy(want)).abs().max()) < 1e-3, name

@@ -390,6 +390,53 @@ def evaluate(
     out.print(f"evaluation directory: [bold]{escape(str(out_dir))}[/]", highlight=False)
 
 
+@app.command()
+@_handle_errors
+def sweep(
+    sweep_file: Annotated[
+        Path, typer.Argument(help="A sweep file (YAML): scenario, set, grid, random, seeds, metrics")
+    ],
+    workers: Annotated[int | None, typer.Option(help="Parallel processes (default: CPU count)")] = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Sweep directory (rerun into it to resume)")] = Path(
+        "runs/sweep"
+    ),
+) -> None:
+    """Run a scenario over a grid or random samples of its fields and seeds; resumable, one process per run."""
+    import json
+
+    from cavlab.study import default_workers
+    from cavlab.sweep import execute, load_rows, load_sweep, plan, plot_summary, summarize, summary_markdown
+
+    spec = load_sweep(sweep_file)
+    runs = plan(spec)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"{out_dir}: is a file, not a directory; choose another --out")
+    recorded = out_dir / "sweep.json"
+    if recorded.exists() and json.loads(recorded.read_text()) != spec.model_dump(mode="json"):
+        raise UserError(f"{out_dir}: holds another sweep (its sweep.json differs); choose another --out")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    recorded.write_text(json.dumps(spec.model_dump(mode="json"), indent=2) + "\n")
+    done_before = sum((out_dir / "runs" / f"{r.run_id}.parquet").exists() for r in runs)
+    bar = Progress(TextColumn("[bold]sweep"), BarColumn(), TextColumn("{task.completed}/{task.total} runs"),
+                   TimeElapsedColumn(), console=err, transient=True)  # fmt: skip
+    try:
+        with bar:
+            task = bar.add_task("runs", total=len(runs), completed=done_before)
+            execute(runs, out_dir, workers or default_workers(), progress=lambda _: bar.advance(task))
+    except KeyboardInterrupt:
+        kept = len(list((out_dir / "runs").glob("*.parquet")))
+        err.print(f"[yellow]interrupted[/]: {kept} of {len(runs)} runs kept in {escape(str(out_dir))}; rerun to resume")
+        raise typer.Exit(130) from None
+    rows = [r for r in load_rows(out_dir) if r["run_id"] in {run.run_id for run in runs}]
+    summary = summarize(spec, rows)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=True) + "\n")
+    table = summary_markdown(spec, summary)
+    (out_dir / "summary.md").write_text(table)
+    plot_summary(spec, summary, out_dir)
+    out.print(table, highlight=False)
+    out.print(f"{len(runs)} runs ({done_before} from before) → [bold]{escape(str(out_dir))}[/]", highlight=False)
+
+
 perception_app = typer.Typer(help="Simulated sensors, perception datasets and models.", no_args_is_help=True)
 app.add_typer(perception_app, name="perception")
 

@@ -1,0 +1,279 @@
+"""Sweeps: many runs of one scenario over a grid (or random samples) of its fields and seeds.
+
+    scenario: highway-lane-change
+    set: [simulation.duration_s=300]        # fixed overrides of every run
+    grid:                                   # every combination
+      demand.cav_share: [0.3, 1.0]
+      control.controller: [sumo, cooperative]
+    random: {samples: 4, seed: 0, fields: {demand.scale: {uniform: [0.8, 1.2]}}}   # optional
+    seeds: 3                                # or a list of seeds
+    metrics: [throughput_vph, mean_delay_s] # what the summary aggregates (default: all)
+
+Each run (a point of the grid × a random sample × a seed) is identified by a hash of what it
+runs, executes in a fresh process (one SUMO per process, nothing leaks between runs), and
+its results are written as soon as it ends to `<out>/runs/<id>.parquet` (atomically). A rerun
+of the same sweep into the same folder skips the runs already there, so an interrupted sweep
+loses only the runs that were in flight.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from cavlab.errors import UserError, field_path
+from cavlab.study import mean_ci
+
+
+class Distribution(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    uniform: tuple[float, float] | None = None
+    choice: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> Distribution:
+        if (self.uniform is None) == (self.choice is None):
+            raise ValueError("give exactly one of uniform: [low, high] or choice: [...]")
+        return self
+
+
+class RandomSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    samples: int = Field(ge=1)
+    seed: int = 0
+    fields: dict[str, Distribution] = Field(min_length=1)
+
+
+class SweepSpec(BaseModel):
+    """A sweep file (see the module docstring)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    scenario: str
+    set: list[str] = Field(default_factory=list)
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    random: RandomSpec | None = None
+    seeds: int | list[int] = 3
+    metrics: list[str] | None = None
+
+    @property
+    def seed_list(self) -> list[int]:
+        return list(range(self.seeds)) if isinstance(self.seeds, int) else self.seeds
+
+    @property
+    def fields(self) -> list[str]:
+        return [*self.grid, *(self.random.fields if self.random else {})]
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    """One run: the swept fields' values and a seed."""
+
+    scenario: str
+    fixed: tuple[str, ...]
+    params: tuple[tuple[str, Any], ...]
+    seed: int
+
+    @property
+    def overrides(self) -> list[str]:
+        values = [f"{key}={yaml.safe_dump(value, default_flow_style=True).strip()}" for key, value in self.params]
+        return [*self.fixed, *values, f"simulation.seed={self.seed}"]
+
+    @property
+    def run_id(self) -> str:
+        text = json.dumps([self.scenario, self.overrides], sort_keys=True, default=str)
+        return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def load_sweep(path: Path) -> SweepSpec:
+    """Read and validate a sweep file; every problem is a `UserError` naming the field."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read the sweep file ({exc.strerror or exc})") from None
+    except yaml.YAMLError:
+        raise UserError(f"{path}: not valid YAML") from None
+    try:
+        return SweepSpec.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        where = field_path(err["loc"])
+        if err["type"] == "extra_forbidden":
+            raise UserError(f"{path}: unknown field '{where}' (allowed: {', '.join(SweepSpec.model_fields)})") from None
+        raise UserError(f"{path}: {where}: {err['msg'].removeprefix('Value error, ')}") from None
+
+
+def plan(spec: SweepSpec) -> list[SweepRun]:
+    """Every run of the sweep, each scenario validated (a bad field fails here, before anything runs)."""
+    from cavlab.scenario import load_scenario
+
+    grid = [tuple(zip(spec.grid, values, strict=True)) for values in itertools.product(*spec.grid.values())] or [()]
+    samples: list[tuple[tuple[str, Any], ...]] = [()]
+    if spec.random is not None:
+        rng = np.random.default_rng(spec.random.seed)
+        samples = []
+        for _ in range(spec.random.samples):
+            sample = []
+            for key, dist in spec.random.fields.items():
+                if dist.uniform is not None:
+                    value = float(rng.uniform(*dist.uniform))
+                else:
+                    value = dist.choice[int(rng.integers(len(dist.choice)))]
+                sample.append((key, value))
+            samples.append(tuple(sample))
+    runs = [SweepRun(spec.scenario, tuple(spec.set), g + s, seed)
+            for g in grid for s in samples for seed in spec.seed_list]  # fmt: skip
+    seen: set[tuple] = set()
+    for run in runs:
+        key = run.params
+        if key not in seen:
+            seen.add(key)
+            load_scenario(spec.scenario, run.overrides)
+    return runs
+
+
+def run_one(run: SweepRun) -> dict[str, Any]:
+    """Run one scenario (in a worker process); its row: the swept values, the seed, every numeric metric."""
+    from cavlab.engine import Engine
+    from cavlab.scenario import load_scenario
+
+    scenario = load_scenario(run.scenario, run.overrides)
+    scenario = scenario.model_copy(update={"outputs": scenario.outputs.model_copy(update={"trajectories": False})})
+    with tempfile.TemporaryDirectory() as tmp:
+        result = Engine(scenario, Path(tmp) / "sumo").run()
+    row: dict[str, Any] = {"run_id": run.run_id, "seed": run.seed, **{k: v for k, v in run.params}}
+    metrics = {**result.metrics, **{f"controller_{k}": v for k, v in result.controller_report.metrics.items()}}
+    for key, value in metrics.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            row[key] = float(value)
+        elif isinstance(value, dict):
+            row.update({f"{key}.{k}": float(v) for k, v in value.items() if isinstance(v, (int, float))})
+    row["wall_time_s"] = result.wall_time_s
+    return row
+
+
+def execute(runs: list[SweepRun], folder: Path, workers: int,
+            progress: Callable[[str], None] | None = None) -> int:  # fmt: skip
+    """Run every run not yet in `folder/runs` (each in a fresh process), writing each row as it ends;
+    how many ran."""
+    out = Path(folder) / "runs"
+    out.mkdir(parents=True, exist_ok=True)
+    todo = [r for r in runs if not (out / f"{r.run_id}.parquet").exists()]
+    with ProcessPoolExecutor(max(1, workers), mp_context=get_context("spawn"), max_tasks_per_child=1) as pool:
+        pending = {pool.submit(run_one, r): r for r in todo}
+        try:
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    run = pending.pop(future)
+                    write_row(out, future.result())
+                    if progress is not None:
+                        progress(run.run_id)
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            raise
+    return len(todo)
+
+
+def write_row(folder: Path, row: dict[str, Any]) -> None:
+    """One run's row as `<run_id>.parquet`, atomically (written aside, then renamed)."""
+    tmp = folder / f".{row['run_id']}.parquet.tmp"
+    pq.write_table(pa.Table.from_pylist([row]), tmp)
+    os.replace(tmp, folder / f"{row['run_id']}.parquet")
+
+
+def load_rows(folder: Path) -> list[dict[str, Any]]:
+    files = sorted((Path(folder) / "runs").glob("*.parquet"))
+    if not files:
+        return []
+    tables = [pq.read_table(f) for f in files]
+    return pa.concat_tables(tables, promote_options="default").to_pylist()
+
+
+def summarize(spec: SweepSpec, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per point (the swept fields' values): runs, and each metric's mean and 95 % CI over the seeds."""
+    fields = spec.fields
+    skip = {"run_id", "seed", *fields}
+    metrics = spec.metrics or sorted({k for r in rows for k, v in r.items() if k not in skip and isinstance(v, float)})
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row.get(f) for f in fields), []).append(row)
+    summary = []
+    for key, members in sorted(groups.items(), key=lambda kv: [str(v) for v in kv[0]]):
+        entry: dict[str, Any] = dict(zip(fields, key, strict=True)) | {"runs": len(members)}
+        for m in metrics:
+            mean, ci = mean_ci([r.get(m) for r in members])
+            entry[m], entry[f"{m}_ci95"] = mean, ci
+        summary.append(entry)
+    return summary
+
+
+def summary_markdown(spec: SweepSpec, summary: list[dict[str, Any]]) -> str:
+    metrics = [
+        k for k in (summary[0] if summary else {}) if k not in (*spec.fields, "runs") and not k.endswith("_ci95")
+    ]
+    lines = [
+        "| " + " | ".join([*spec.fields, "runs", *metrics]) + " |",
+        "|---" * (len(spec.fields) + 1 + len(metrics)) + "|",
+    ]
+    for e in summary:
+        cells = [str(e[f]) for f in spec.fields] + [str(e["runs"])]
+        cells += [f"{e[m]:.4g} ± {e[m + '_ci95']:.2g}" for m in metrics]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_summary(spec: SweepSpec, summary: list[dict[str, Any]], folder: Path) -> list[Path]:
+    """Per metric: mean ± CI against the first swept field, one line per value of the others."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not spec.fields or not summary:
+        return []
+    x_field, others = spec.fields[0], spec.fields[1:]
+    metrics = [k for k in summary[0] if k not in (*spec.fields, "runs") and not k.endswith("_ci95")]
+    paths = []
+    for m in metrics:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        lines: dict[tuple, list[dict]] = {}
+        for e in summary:
+            lines.setdefault(tuple(e[f] for f in others), []).append(e)
+        for key, entries in lines.items():
+            entries = sorted(
+                entries, key=lambda e: e[x_field] if isinstance(e[x_field], (int, float)) else str(e[x_field])
+            )
+            xs = [e[x_field] for e in entries]
+            ax.errorbar(xs, [e[m] for e in entries], yerr=[0 if np.isnan(e[m + "_ci95"]) else e[m + "_ci95"]
+                                                          for e in entries], marker="o", capsize=3,
+                        label=", ".join(f"{f}={v}" for f, v in zip(others, key, strict=True)) or None)  # fmt: skip
+        ax.set_xlabel(x_field)
+        ax.set_ylabel(m)
+        ax.grid(alpha=0.3)
+        if others:
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = Path(folder) / f"{m.replace('/', '_')}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths

@@ -80,6 +80,11 @@ def test_sweep_runs_resumes_and_repeats_exactly(tmp_path: Path) -> None:
     assert done.exit_code == 0 and "4 runs (3 from before)" in done.output
     again = {r["run_id"]: r for r in load_rows(first)}
     assert comparable(again) == comparable(rows)
+    # on a local Ray instance: the same rows
+    on_ray = tmp_path / "ray"
+    done = runner.invoke(app, ["sweep", str(sweep_file), "--ray", "local", "--workers", "2", "--out", str(on_ray)])
+    assert done.exit_code == 0, done.output
+    assert comparable({r["run_id"]: r for r in load_rows(on_ray)}) == comparable(rows)
     # a different sweep into the same folder is refused
     sweep_file.write_text(SWEEP.replace("seeds: 2", "seeds: 3"))
     done = runner.invoke(app, ["sweep", str(sweep_file), "--out", str(first)])

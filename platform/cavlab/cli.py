@@ -397,6 +397,10 @@ def sweep(
         Path, typer.Argument(help="A sweep file (YAML): scenario, set, grid, random, seeds, metrics")
     ],
     workers: Annotated[int | None, typer.Option(help="Parallel processes (default: CPU count)")] = None,
+    ray: Annotated[
+        str | None,
+        typer.Option(help="Run on Ray: 'local' for a local instance, or a cluster address (host:port, auto)"),
+    ] = None,
     out_dir: Annotated[Path, typer.Option("--out", help="Sweep directory (rerun into it to resume)")] = Path(
         "runs/sweep"
     ),
@@ -405,7 +409,16 @@ def sweep(
     import json
 
     from cavlab.study import default_workers
-    from cavlab.sweep import execute, load_rows, load_sweep, plan, plot_summary, summarize, summary_markdown
+    from cavlab.sweep import (
+        execute,
+        execute_ray,
+        load_rows,
+        load_sweep,
+        plan,
+        plot_summary,
+        summarize,
+        summary_markdown,
+    )
 
     spec = load_sweep(sweep_file)
     runs = plan(spec)
@@ -422,7 +435,12 @@ def sweep(
     try:
         with bar:
             task = bar.add_task("runs", total=len(runs), completed=done_before)
-            execute(runs, out_dir, workers or default_workers(), progress=lambda _: bar.advance(task))
+            advance = lambda _: bar.advance(task)  # noqa: E731
+            if ray is None:
+                execute(runs, out_dir, workers or default_workers(), progress=advance)
+            else:
+                address = None if ray == "local" else ray
+                execute_ray(runs, out_dir, address, workers or default_workers(), progress=advance)
     except KeyboardInterrupt:
         kept = len(list((out_dir / "runs").glob("*.parquet")))
         err.print(f"[yellow]interrupted[/]: {kept} of {len(runs)} runs kept in {escape(str(out_dir))}; rerun to resume")

@@ -193,6 +193,37 @@ def execute(runs: list[SweepRun], folder: Path, workers: int,
     return len(todo)
 
 
+def execute_ray(runs: list[SweepRun], folder: Path, address: str | None, workers: int,
+                progress: Callable[[str], None] | None = None) -> int:  # fmt: skip
+    """`execute` on Ray: a local instance of `workers` CPUs (address None) or the cluster at
+    `address`; each run is a task in a fresh worker process (`max_calls=1`), its row written on
+    the driver as it ends. Ray is shut down on every exit path."""
+    try:
+        import ray
+    except ImportError:
+        raise UserError("running on Ray needs ray: pip install 'cavlab[distributed]'") from None
+    out = Path(folder) / "runs"
+    out.mkdir(parents=True, exist_ok=True)
+    todo = [r for r in runs if not (out / f"{r.run_id}.parquet").exists()]
+    if address is None:
+        ray.init(num_cpus=max(1, workers), include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    else:
+        ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+    try:
+        remote = ray.remote(num_cpus=1, max_calls=1, max_retries=1)(run_one)
+        pending = {remote.remote(r): r for r in todo}
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                run = pending.pop(ref)
+                write_row(out, ray.get(ref))
+                if progress is not None:
+                    progress(run.run_id)
+    finally:
+        ray.shutdown()
+    return len(todo)
+
+
 def write_row(folder: Path, row: dict[str, Any]) -> None:
     """One run's row as `<run_id>.parquet`, atomically (written aside, then renamed)."""
     tmp = folder / f".{row['run_id']}.parquet.tmp"

@@ -353,3 +353,31 @@ def test_asking_the_planner_runs_a_maneuver_into_the_fast_lane(controller: str) 
             assert info["lane"] == 0 and not terminated and "request" not in info
     finally:
         env.close()
+
+
+@pytest.mark.sumo
+def test_perception_observation_is_reproducible_and_validated(tmp_path) -> None:
+    import torch
+
+    from cavlab.perception.fusion import DeepGate, FusionModel
+
+    torch.manual_seed(0)
+    shapes = {"camera": [2, 3, 24], "lidar": [2, 3, 60], "radar": [8, 4]}
+    torch.save({"model": FusionModel(shapes).state_dict(), "gate": DeepGate().state_dict(), "shapes": shapes,
+                "knowledge_table": {}, "selection": {"gamma": 0.05, "energy_weight": 0.5}},
+               tmp_path / "checkpoint.pt")  # fmt: skip
+    options = {"observation": {"type": "perception", "model": str(tmp_path)}, "set": ["context.weather=fog"]}
+    env = gym.make("cavlab/LaneChange-v0", **options)
+    try:
+        assert env.observation_space.shape == (6, 3)
+        a, b = rollout(env, [IDLE] * 3, seed=2), rollout(env, [IDLE] * 3, seed=2)
+        for x, y in zip(a, b, strict=True):
+            np.testing.assert_array_equal(x[0], y[0])
+        assert env.observation_space.contains(a[-1][0])
+        assert a[-1][0][:, 0].min() >= 0 and a[-1][0][:, 0].max() <= 1  # presence probabilities
+    finally:
+        env.close()
+    with pytest.raises(EnvConfigError, match="'model' goes with type 'perception'"):
+        gym.make("cavlab/LaneChange-v0", observation={"type": "perception"})
+    with pytest.raises(cavlab.errors.UserError, match=r"no checkpoint\.pt"):
+        gym.make("cavlab/LaneChange-v0", observation={"type": "perception", "model": str(tmp_path / "none")})

@@ -52,9 +52,12 @@ GRID_FEATURES = ("presence", "vx", "cav")
 
 
 class ObservationSpec(_Block):
-    """What the agent sees: the nearest vehicles' kinematics or an occupancy grid around it."""
+    """What the agent sees: the nearest vehicles' kinematics, an occupancy grid around it, or its
+    neighbours as its own perception estimates them (simulated sensors under the scenario's
+    context, then a model from `cavlab perception train` in `model`)."""
 
-    type: Literal["kinematics", "occupancy_grid"] = "kinematics"
+    type: Literal["kinematics", "occupancy_grid", "perception"] = "kinematics"
+    model: str | None = Field(None, description="perception: a model directory from `cavlab perception train`")
     vehicles_count: Annotated[int, Field(ge=1, le=64)] = Field(7, description="Rows, the ego's included")
     features: tuple[str, ...] | None = Field(
         None, description=f"kinematics: any of {', '.join(KINEMATIC_FEATURES)}; grid: any of {', '.join(GRID_FEATURES)}"
@@ -65,6 +68,12 @@ class ObservationSpec(_Block):
 
     @model_validator(mode="after")
     def _check_features(self) -> ObservationSpec:
+        if (self.type == "perception") != (self.model is not None):
+            raise ValueError("'model' goes with type 'perception', and type 'perception' needs a 'model'")
+        if self.type == "perception":
+            if self.features is not None:
+                raise ValueError("type 'perception' has fixed features (the six neighbour slots)")
+            return self
         allowed = KINEMATIC_FEATURES if self.type == "kinematics" else GRID_FEATURES
         for name in self.features or ():
             if name not in allowed:

@@ -23,7 +23,7 @@ from cavlab.controllers import Controller, make_controller
 from cavlab.engine import control_setup
 from cavlab.envs.actions import ActionType, make_action
 from cavlab.envs.config import EgoSpec, EnvConfig, EnvConfigError
-from cavlab.envs.observations import RoadFrame, make_observation
+from cavlab.envs.observations import PerceivedNeighbours, RoadFrame, make_observation
 from cavlab.errors import SimulationError
 from cavlab.network import Network, SumoInputs, build_network, write_sumo_inputs
 from cavlab.scenario import Scenario, load_scenario
@@ -100,7 +100,7 @@ class AgentTraffic:
         self.accel_mps2, self.decel_mps2, self.length_m = spec.accel_mps2, spec.decel_mps2, spec.length_m
         self.planner_actions = config.action.type == "planner"
         self.frame = RoadFrame(lane_min, road.lanes - 1, road.speed_limit_mps)
-        self.observation_type = make_observation(config.observation, self.frame)
+        self.observation_type = make_observation(config.observation, self.frame, self.scenario.context)
         self.goal_x_m = config.goal_x_m if config.goal_x_m is not None else road.length_m - 50.0
         self.agents: dict[str, Agent] = {}
         self.backend: SumoBackend | None = None
@@ -148,6 +148,8 @@ class AgentTraffic:
         )
         if self.planner_actions:
             self.controller = self._planner(self.controller)
+        if isinstance(self.observation_type, PerceivedNeighbours):  # the sensor noise follows the seed
+            self.observation_type.reset(np.random.default_rng([sumo_seed, 1]))
         backend = make_backend(self.scenario, self.network, self._inputs)
         backend.start(self.controller.modes, extra_args=("--seed", str(sumo_seed)))
         self.backend = backend

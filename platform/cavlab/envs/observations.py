@@ -126,5 +126,44 @@ class OccupancyGrid:
         return out
 
 
-def make_observation(spec: ObservationSpec, frame: RoadFrame) -> Kinematics | OccupancyGrid:
+class PerceivedNeighbours:
+    """A (6, 3) array: the ego's neighbour slots (own lane, left, right; ahead and behind) as its
+    perception estimates them — its simulated camera, lidar and radar frames under the scenario's
+    context, through the deep-gated fusion model — each slot presence probability, gap / 60 m and
+    relative speed / 30 m/s, clipped to [−1, 1]. The sensor noise is drawn from the generator
+    `reset` gets (the env's RNG), so episodes stay reproducible."""
+
+    def __init__(self, spec: ObservationSpec, frame: RoadFrame, context) -> None:
+        from cavlab.perception.fusion import Selection
+        from cavlab.perception.sensors import SensorSuite
+        from cavlab.perception.task import SLOTS
+        from cavlab.perception.training import configuration_energies, load_checkpoint
+
+        self.model, self.gate, checkpoint = load_checkpoint(spec.model)
+        self.selection = Selection(**checkpoint["selection"])
+        self.energies = configuration_energies(self.model)
+        self.suite = SensorSuite(context)
+        self.space = spaces.Box(-1.0, 1.0, shape=(len(SLOTS), 3), dtype=np.float32)
+        self.rng = np.random.default_rng(0)
+
+    def reset(self, rng: np.random.Generator) -> None:
+        self.rng = rng
+
+    def observe(self, world: WorldState, ego: int) -> np.ndarray:
+        import torch
+
+        from cavlab.perception.fusion import SPEED_SCALE_MPS, gated_estimates
+        from cavlab.perception.task import RANGE_M
+
+        frames = self.suite.observe(world, np.array([ego]), self.rng)
+        tensors = {m: torch.from_numpy(getattr(frames, m)) for m in ("camera", "lidar", "radar")}
+        estimate, _ = gated_estimates(self.model, self.gate, tensors, self.selection, self.energies)
+        scaled = estimate[0] / np.array([1.0, RANGE_M, SPEED_SCALE_MPS], dtype=np.float32)
+        return np.clip(scaled, -1.0, 1.0).astype(np.float32)
+
+
+def make_observation(spec: ObservationSpec, frame: RoadFrame, context=None):
+    """The observation type `spec` asks for (`context`: the scenario's, for perception)."""
+    if spec.type == "perception":
+        return PerceivedNeighbours(spec, frame, context)
     return Kinematics(spec, frame) if spec.type == "kinematics" else OccupancyGrid(spec, frame)

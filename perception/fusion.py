@@ -211,7 +211,7 @@ def gated_estimates(
     configuration only its branches (and their stems) on only its frames. The deep gate chooses,
     unless `configuration` gives the choice per frame (e.g. from the knowledge table)."""
     if configuration is None:
-        predicted = gate(model.stems["radar"](frames["radar"]), frames).numpy()
+        predicted = gate(model.stems["radar"](frames["radar"]), frames).cpu().numpy()
         choice = selection.choose(predicted, energies)
     else:
         choice = np.array([CONFIGURATIONS.index(c) for c in configuration])

@@ -37,3 +37,17 @@ def test_batched_estimates_equal_per_vehicle_ones_on_the_cpu_fallback() -> None:
         alone, alone_choice = perception.estimate({k: v[i : i + 1] for k, v in frames.items()})
         assert alone_choice[0] == choice[i]
         np.testing.assert_allclose(alone[0], batched[i], rtol=1e-5, atol=1e-5)
+
+
+def test_onnx_runtime_backend_matches_torch() -> None:
+    from cavlab.perception.inference import OrtPerception
+
+    torch.manual_seed(1)
+    model, gate = FusionModel(SHAPES).eval(), DeepGate().eval()
+    energies = np.array([float(v) for v in model.configuration_macs().values()])
+    rng = np.random.default_rng(1)
+    frames = {k: rng.random((40, *v), dtype=np.float32) for k, v in SHAPES.items()}
+    expected, choice = BatchedPerception(model, gate, Selection(gamma=1.0), energies, device="cpu").estimate(frames)
+    got, got_choice = OrtPerception(model, gate, Selection(gamma=1.0), energies).estimate(frames)
+    np.testing.assert_array_equal(got_choice, choice)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)

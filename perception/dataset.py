@@ -16,6 +16,7 @@ command writes the same shards.
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,8 +143,6 @@ def generate(
                            "samples": len(arrays["targets"])})  # fmt: skip
             if progress is not None:
                 progress(name)
-    import shutil
-
     shutil.rmtree(folder / ".sumo", ignore_errors=True)
     shapes = SensorSuite(plan.contexts[0], table).shapes()
     manifest = {

@@ -17,7 +17,17 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from cavlab.perception.fusion import DeepGate, FusionModel, Selection, gated_estimates
+from cavlab.perception.fusion import (
+    BRANCHES,
+    CONFIGURATIONS,
+    FEATURES,
+    DeepGate,
+    FusionModel,
+    Selection,
+    estimates,
+    fuse,
+    gated_estimates,
+)
 
 
 class StateTable:
@@ -79,7 +89,6 @@ class OrtPerception:
 
         from cavlab.hw.export import Component, GateGraph, export_onnx
         from cavlab.hw.targets import get_target
-        from cavlab.perception.fusion import BRANCHES, FEATURES
 
         target = get_target("x86-cpu")
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
@@ -100,14 +109,11 @@ class OrtPerception:
                                  ["slots"]) for b, mods in BRANCHES.items()}  # fmt: skip
         self.gate = session("gate", GateGraph(gate), (torch.rand(2, FEATURES), x["camera"], x["lidar"]),
                             ["radar_features", "camera", "lidar"], ["predicted_losses"])  # fmt: skip
-        self.branches = BRANCHES
         self.selection = selection
         self.energies = energies
 
     def estimate(self, frames: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """(N, 6, 3) estimates and the chosen configuration of each frame, as `BatchedPerception`."""
-        from cavlab.perception.fusion import CONFIGURATIONS, estimates, fuse
-
         radar = self.stems["radar"].run(None, {"radar": frames["radar"]})[0]
         predicted = self.gate.run(None, {"radar_features": radar, "camera": frames["camera"],
                                          "lidar": frames["lidar"]})[0]  # fmt: skip
@@ -116,10 +122,10 @@ class OrtPerception:
         for index in np.unique(choice):
             rows = np.flatnonzero(choice == index)
             config = CONFIGURATIONS[index]
-            branches = tuple(self.branches) if config == "all branches" else (config,)
-            mods = sorted({m for b in branches for m in self.branches[b]})
+            branches = tuple(BRANCHES) if config == "all branches" else (config,)
+            mods = sorted({m for b in branches for m in BRANCHES[b]})
             features = {m: self.stems[m].run(None, {m: frames[m][rows]})[0] for m in mods}
             outputs = [torch.from_numpy(self.heads[b].run(None, {"features": np.concatenate(
-                [features[m] for m in self.branches[b]], axis=1)})[0]) for b in branches]  # fmt: skip
+                [features[m] for m in BRANCHES[b]], axis=1)})[0]) for b in branches]  # fmt: skip
             out[rows] = estimates(fuse(outputs) if config == "all branches" else outputs[0])
         return out, choice

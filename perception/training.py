@@ -122,8 +122,8 @@ def train_fusion(
     data_dir: Path, out_dir: Path, epochs: int = 6, seed: int = 0, selection: Selection | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """Train the branches, fit the gates, save `checkpoint.pt` into `out_dir` and evaluate on the
-    test seed (results.json, accuracy_energy.png); the results."""
+    """Train the branches, fit the gates, train the spiking branch, save `checkpoint.pt` into `out_dir`
+    and evaluate on the test seed (results.json, accuracy_energy.png, spiking.png); the results."""
     selection = selection or Selection()
     manifest, arrays = load_dataset(data_dir)
     train, held_out, test = split(arrays, seed)
@@ -140,21 +140,27 @@ def train_fusion(
         mean = held_losses[arrays["context"][held_out] == k].mean(axis=0, keepdims=True)
         table[label] = CONFIGURATIONS[int(selection.choose(mean, energies)[0])]
     gate = fit_deep_gate(model, arrays, held_out, held_losses, epochs=30, seed=seed)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": model.state_dict(), "gate": gate.state_dict(), "shapes": manifest["shapes"],
-                "knowledge_table": table, "selection": vars(selection)}, out_dir / "checkpoint.pt")  # fmt: skip
-    results = evaluate(out_dir, data_dir, rows=test)
     if progress is not None:
         progress("the spiking branch")
-    head, results["spiking"] = train_spiking_branch(model, arrays, train, test, manifest["contexts"], seed=seed)
-    checkpoint = torch.load(out_dir / "checkpoint.pt", weights_only=True)
-    checkpoint["spiking"] = {"branch": results["spiking"]["branch"], "state": head.state_dict()}
-    torch.save(checkpoint, out_dir / "checkpoint.pt")
-    plot_spiking(results["spiking"], out_dir / "spiking.png")
+    head, spiking = train_spiking_branch(model, arrays, train, test, manifest["contexts"], seed=seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": model.state_dict(), "gate": gate.state_dict(), "shapes": manifest["shapes"],
+                "knowledge_table": table, "selection": vars(selection),
+                "spiking": {"branch": spiking["branch"], "state": head.state_dict()}},
+               out_dir / "checkpoint.pt")  # fmt: skip
+    results = evaluate(out_dir, data_dir, rows=test)
+    results["spiking"] = spiking
     results["train_time_s"] = round(train_s, 1)
     results["frames"] = {"train": len(train), "gates": len(held_out), "test": len(test)}
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_results(results, out_dir)
+    plot_spiking(spiking, out_dir / "spiking.png")
     return results
+
+
+def write_results(results: dict[str, Any], folder: Path) -> None:
+    """results.json and accuracy_energy.png into `folder`."""
+    (Path(folder) / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    plot_accuracy_energy(results, Path(folder) / "accuracy_energy.png")
 
 
 def configuration_energies(model: FusionModel) -> np.ndarray:
@@ -178,11 +184,11 @@ def load_checkpoint(out_dir: Path) -> tuple[FusionModel, DeepGate, dict[str, Any
     return model, gate, ckpt
 
 
-def evaluate(out_dir: Path, data_dir: Path, rows: np.ndarray | None = None) -> dict[str, Any]:
+def evaluate(model_dir: Path, data_dir: Path, rows: np.ndarray | None = None) -> dict[str, Any]:
     """Per context of the dataset (all its frames, or `rows`): accuracy and energy per frame of every
     configuration and of the knowledge, deep and oracle gates. A context the knowledge table does not
-    know runs all branches. Writes results.json and accuracy_energy.png into `out_dir`."""
-    model, gate, ckpt = load_checkpoint(out_dir)
+    know runs all branches."""
+    model, gate, ckpt = load_checkpoint(model_dir)
     manifest, arrays = load_dataset(data_dir)
     if {k: list(v) for k, v in ckpt["shapes"].items()} != {k: list(v) for k, v in manifest["shapes"].items()}:
         raise UserError(f"{data_dir}: its frames ({manifest['shapes']}) differ from the model's ({ckpt['shapes']})")
@@ -232,8 +238,6 @@ def evaluate(out_dir: Path, data_dir: Path, rows: np.ndarray | None = None) -> d
             counts = {CONFIGURATIONS[p]: int((picked == p).sum()) for p in np.unique(picked)}
             row[name] = {"accuracy": float(acc.mean()), "energy_pj": float(energy.mean()), "choices": counts}
         results["contexts"][label] = row
-    (Path(out_dir) / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    plot_accuracy_energy(results, Path(out_dir) / "accuracy_energy.png")
     return results
 
 

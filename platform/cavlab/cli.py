@@ -445,7 +445,8 @@ def sweep(
         kept = len(list((out_dir / "runs").glob("*.parquet")))
         err.print(f"[yellow]interrupted[/]: {kept} of {len(runs)} runs kept in {escape(str(out_dir))}; rerun to resume")
         raise typer.Exit(130) from None
-    rows = [r for r in load_rows(out_dir) if r["run_id"] in {run.run_id for run in runs}]
+    ids = {run.run_id for run in runs}
+    rows = [r for r in load_rows(out_dir) if r["run_id"] in ids]
     summary = summarize(spec, rows)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=True) + "\n")
     table = summary_markdown(spec, summary)
@@ -544,16 +545,13 @@ def perception_eval(
     out_dir: Annotated[Path, typer.Option("--out", help="Evaluation directory")] = Path("runs/perception-eval"),
 ) -> None:
     """Evaluate a trained model on a dataset, per context: every branch, all branches, and the gates."""
-    import shutil
-
-    from cavlab.perception.training import evaluate, load_checkpoint, results_markdown
+    from cavlab.perception.training import evaluate, load_checkpoint, results_markdown, write_results
     from cavlab.rundir import staged_run_dir
 
     load_checkpoint(model)  # a clear error before anything is written
     with staged_run_dir(out_dir) as staging:
-        shutil.copy(model / "checkpoint.pt", staging / "checkpoint.pt")
-        results = evaluate(staging, data)
-        (staging / "checkpoint.pt").unlink()
+        results = evaluate(model, data)
+        write_results(results, staging)
         table = results_markdown(results)
         (staging / "results.md").write_text(table)
     out.print(table, highlight=False)

@@ -134,9 +134,11 @@ class PerceivedNeighbours:
     `reset` gets (the env's RNG), so episodes stay reproducible."""
 
     def __init__(self, spec: ObservationSpec, frame: RoadFrame, context) -> None:
-        from cavlab.perception.fusion import Selection
+        import torch
+
+        from cavlab.perception.fusion import SPEED_SCALE_MPS, Selection, gated_estimates
         from cavlab.perception.sensors import SensorSuite
-        from cavlab.perception.task import SLOTS
+        from cavlab.perception.task import RANGE_M, SLOTS
         from cavlab.perception.training import configuration_energies, load_checkpoint
 
         self.model, self.gate, checkpoint = load_checkpoint(spec.model)
@@ -145,21 +147,17 @@ class PerceivedNeighbours:
         self.suite = SensorSuite(context)
         self.space = spaces.Box(-1.0, 1.0, shape=(len(SLOTS), 3), dtype=np.float32)
         self.rng = np.random.default_rng(0)
+        self._torch, self._gated_estimates = torch, gated_estimates  # imported here: envs stay light without it
+        self._scale = np.array([1.0, RANGE_M, SPEED_SCALE_MPS], dtype=np.float32)
 
     def reset(self, rng: np.random.Generator) -> None:
         self.rng = rng
 
     def observe(self, world: WorldState, ego: int) -> np.ndarray:
-        import torch
-
-        from cavlab.perception.fusion import SPEED_SCALE_MPS, gated_estimates
-        from cavlab.perception.task import RANGE_M
-
         frames = self.suite.observe(world, np.array([ego]), self.rng)
-        tensors = {m: torch.from_numpy(getattr(frames, m)) for m in ("camera", "lidar", "radar")}
-        estimate, _ = gated_estimates(self.model, self.gate, tensors, self.selection, self.energies)
-        scaled = estimate[0] / np.array([1.0, RANGE_M, SPEED_SCALE_MPS], dtype=np.float32)
-        return np.clip(scaled, -1.0, 1.0).astype(np.float32)
+        tensors = {m: self._torch.from_numpy(getattr(frames, m)) for m in ("camera", "lidar", "radar")}
+        estimate, _ = self._gated_estimates(self.model, self.gate, tensors, self.selection, self.energies)
+        return np.clip(estimate[0] / self._scale, -1.0, 1.0).astype(np.float32)
 
 
 def make_observation(spec: ObservationSpec, frame: RoadFrame, context=None):

@@ -1,7 +1,7 @@
-"""Perception: simulated sensors, fusion and spiking models (see issue 5).
+"""Perception: simulated sensors, fusion and spiking models, and the hook the engine calls each step.
 
-For now only the hook the engine calls each step: `GroundTruth` passes the world state
-through, so controllers plan on SUMO's ground truth.
+`GroundTruth` passes the world state through (controllers plan on SUMO's ground truth);
+`cavlab.perception.loop.PerceptionLoop` replaces it with what the CAVs perceive.
 """
 
 from __future__ import annotations
@@ -16,9 +16,14 @@ class Perception(Protocol):
 
     def observe(self, world: WorldState) -> WorldState: ...
 
+    def metrics(self) -> dict: ...
+
 
 class GroundTruth:
     """Perception switched off: the estimates are the ground truth."""
 
     def observe(self, world: WorldState) -> WorldState:
         return world
+
+    def metrics(self) -> dict:
+        return {}

@@ -58,6 +58,9 @@ class SampleRecorder:
                 self.parts["time_s"].append(np.full(len(observers), world.time_s, dtype=np.float32))
         return world
 
+    def metrics(self) -> dict:
+        return {}
+
     def arrays(self, context_index: int) -> dict[str, np.ndarray]:
         shapes = self.suite.shapes()
         out = {}

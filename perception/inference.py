@@ -8,8 +8,8 @@ stores them back, and vehicles absent from a step are dropped (they left the net
 then for every configuration the gate chose, one call of its branches on the vehicles that
 chose it (`fusion.gated_estimates`). The torch backend runs on CUDA when it is available
 (pinned host memory, non-blocking copies) and on the CPU otherwise. `OrtPerception` does the
-same with the exported graphs in ONNX Runtime (the CUDA execution provider when available,
-else the CPU).
+same with the exported graphs in ONNX Runtime (the TensorRT or CUDA execution provider when
+available, else the CPU).
 """
 
 from __future__ import annotations
@@ -69,14 +69,16 @@ class BatchedPerception:
         self.selection = selection
         self.energies = energies
 
-    def estimate(self, frames: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """(N, 6, 3) estimates and the chosen configuration of each of the N frames."""
+    def estimate(self, frames: dict[str, np.ndarray], configuration: list[str] | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+        """(N, 6, 3) estimates and the configuration of each of the N frames: the gate's choice, or
+        `configuration` (one name per frame) when given."""
         cuda = self.device.type == "cuda"
         tensors = {}
         for name, array in frames.items():
             t = torch.from_numpy(array)
             tensors[name] = t.pin_memory().to(self.device, non_blocking=True) if cuda else t
-        return gated_estimates(self.model, self.gate, tensors, self.selection, self.energies)
+        return gated_estimates(self.model, self.gate, tensors, self.selection, self.energies, configuration)
 
 
 class OrtPerception:
@@ -91,7 +93,11 @@ class OrtPerception:
         from cavlab.hw.targets import get_target
 
         target = get_target("x86-cpu")
-        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
+        providers = [
+            p
+            for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+            if p in ort.get_available_providers()
+        ]
         shapes = {"camera": (2, 3, model.stems["camera"].width), "lidar": (2, 3, model.stems["lidar"].width),
                   "radar": (model.stems["radar"].returns, 4)}  # fmt: skip
 
@@ -112,12 +118,16 @@ class OrtPerception:
         self.selection = selection
         self.energies = energies
 
-    def estimate(self, frames: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """(N, 6, 3) estimates and the chosen configuration of each frame, as `BatchedPerception`."""
-        radar = self.stems["radar"].run(None, {"radar": frames["radar"]})[0]
-        predicted = self.gate.run(None, {"radar_features": radar, "camera": frames["camera"],
-                                         "lidar": frames["lidar"]})[0]  # fmt: skip
-        choice = self.selection.choose(predicted, self.energies)
+    def estimate(self, frames: dict[str, np.ndarray], configuration: list[str] | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+        """(N, 6, 3) estimates and the configuration of each frame, as `BatchedPerception`."""
+        if configuration is None:
+            radar = self.stems["radar"].run(None, {"radar": frames["radar"]})[0]
+            predicted = self.gate.run(None, {"radar_features": radar, "camera": frames["camera"],
+                                             "lidar": frames["lidar"]})[0]  # fmt: skip
+            choice = self.selection.choose(predicted, self.energies)
+        else:
+            choice = np.array([CONFIGURATIONS.index(c) for c in configuration], dtype=np.int64)
         out = np.zeros((len(choice), 6, 3), dtype=np.float32)
         for index in np.unique(choice):
             rows = np.flatnonzero(choice == index)

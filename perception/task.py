@@ -20,11 +20,11 @@ GAP_TOLERANCE_M = 5.0  # a slot estimate counts as correct within these
 SPEED_TOLERANCE_MPS = 2.0
 
 
-def neighbour_targets(world: WorldState, observers: np.ndarray) -> np.ndarray:
-    """(N, 6, 3) float32: presence, gap [m], relative speed [m/s] of each slot of each observer."""
-    out = np.zeros((len(observers), len(SLOTS), 3), dtype=np.float32)
+def neighbour_rows(world: WorldState, observers: np.ndarray) -> np.ndarray:
+    """(N, 6) int64: the world row of each slot's vehicle for each observer, −1 where the slot is absent."""
+    out = np.full((len(observers), len(SLOTS)), -1, dtype=np.int64)
     for k, row in enumerate(np.asarray(observers).tolist()):
-        x, v, length, lane = world.x_m[row], world.speed_mps[row], world.length_m[row], world.lane[row]
+        x, length, lane = world.x_m[row], world.length_m[row], world.lane[row]
         for s, (offset, ahead) in enumerate(zip(SLOT_LANE, SLOT_AHEAD, strict=True)):
             rows = np.flatnonzero((world.lane == lane + offset) & (np.arange(len(world)) != row))
             if ahead:
@@ -33,12 +33,28 @@ def neighbour_targets(world: WorldState, observers: np.ndarray) -> np.ndarray:
             else:
                 rows = rows[world.x_m[rows] <= x]
                 gaps = x - length - world.x_m[rows]
-            if not len(rows):
-                continue
-            j = int(np.argmin(gaps))
-            if gaps[j] > RANGE_M:
-                continue
-            out[k, s] = (1.0, max(float(gaps[j]), 0.0), float(world.speed_mps[rows[j]] - v))
+            if len(rows):
+                j = int(np.argmin(gaps))
+                if gaps[j] <= RANGE_M:
+                    out[k, s] = rows[j]
+    return out
+
+
+def neighbour_targets(world: WorldState, observers: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    """(N, 6, 3) float32: presence, gap [m], relative speed [m/s] of each slot of each observer
+    (`rows`: their `neighbour_rows`, if already known)."""
+    observers = np.asarray(observers)
+    rows = neighbour_rows(world, observers) if rows is None else rows
+    out = np.zeros((len(observers), len(SLOTS), 3), dtype=np.float32)
+    k, s = np.nonzero(rows >= 0)
+    j, me = rows[k, s], observers[k]
+    ahead = np.array(SLOT_AHEAD)[s]
+    gap = np.where(
+        ahead, world.x_m[j] - world.length_m[j] - world.x_m[me], world.x_m[me] - world.length_m[me] - world.x_m[j]
+    )
+    out[k, s, 0] = 1.0
+    out[k, s, 1] = np.maximum(gap, 0.0)
+    out[k, s, 2] = world.speed_mps[j] - world.speed_mps[me]
     return out
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -29,3 +31,27 @@ def zoh_simulate(u: np.ndarray, x0: float, v0: float, dt: float) -> tuple[np.nda
         x.append(x[-1] + v[-1] * dt + uk * dt * dt / 2)
         v.append(v[-1] + uk * dt)
     return np.array(x), np.array(v)
+
+
+PERCEPTION_SHAPES = {"camera": [2, 3, 24], "lidar": [2, 3, 60], "radar": [8, 4]}
+
+
+@pytest.fixture(scope="session")
+def perception_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkpoint as `cavlab perception train` writes it, with random weights (seed 0)."""
+    import torch
+
+    from cavlab.perception.fusion import DeepGate, FusionModel
+    from cavlab.perception.spiking_branch import SpikingHead
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("model")
+    head = SpikingHead(2)  # drawn first: the INT8 tolerances of test_hw were checked on these weights
+    checkpoint = {
+        "model": FusionModel(PERCEPTION_SHAPES).state_dict(), "gate": DeepGate().state_dict(),
+        "shapes": PERCEPTION_SHAPES, "knowledge_table": {"fog-day": "lidar+radar"},
+        "selection": {"gamma": 0.05, "energy_weight": 0.5},
+        "spiking": {"branch": "lidar+radar", "state": head.state_dict()},
+    }  # fmt: skip
+    torch.save(checkpoint, folder / "checkpoint.pt")
+    return folder

@@ -117,6 +117,9 @@ class Blindfold:
             **{**world.__dict__, **{k: v[:0] for k, v in world.__dict__.items() if isinstance(v, np.ndarray)}}
         )
 
+    def metrics(self) -> dict:
+        return {"blindfolded": True}
+
 
 def test_controller_commands_reach_sumo_and_perception_sits_in_between(tmp_path: Path) -> None:
     scenario = short("lane-drop", "demand.cav_share=0.5", duration_s=90, warmup_s=30)
@@ -131,5 +134,6 @@ def test_controller_commands_reach_sumo_and_perception_sits_in_between(tmp_path:
     blind = HoldSpeed(setup)
     result = run(scenario, tmp_path / "b", controller=blind, perception=Blindfold())
     assert all(len(w) == 0 for w in blind.seen)
+    assert result.metrics["blindfolded"] is True
     cav = result.trajectories.filter(pc.equal(result.trajectories["vehicle_type"], "cav"))
     assert not math.isclose(float(np.median(cav["speed_mps"].to_numpy())), 18.0, abs_tol=0.5)

@@ -356,17 +356,9 @@ def test_asking_the_planner_runs_a_maneuver_into_the_fast_lane(controller: str) 
 
 
 @pytest.mark.sumo
-def test_perception_observation_is_reproducible_and_validated(tmp_path) -> None:
-    import torch
-
-    from cavlab.perception.fusion import DeepGate, FusionModel
-
-    torch.manual_seed(0)
-    shapes = {"camera": [2, 3, 24], "lidar": [2, 3, 60], "radar": [8, 4]}
-    torch.save({"model": FusionModel(shapes).state_dict(), "gate": DeepGate().state_dict(), "shapes": shapes,
-                "knowledge_table": {}, "selection": {"gamma": 0.05, "energy_weight": 0.5}},
-               tmp_path / "checkpoint.pt")  # fmt: skip
-    options = {"observation": {"type": "perception", "model": str(tmp_path)}, "set": ["context.weather=fog"]}
+def test_perception_observation_is_reproducible_and_validated(perception_model_dir, tmp_path) -> None:
+    options = {"observation": {"type": "perception", "model": str(perception_model_dir)},
+               "set": ["context.weather=fog"]}  # fmt: skip
     env = gym.make("cavlab/LaneChange-v0", **options)
     try:
         assert env.observation_space.shape == (6, 3)

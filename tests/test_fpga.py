@@ -159,17 +159,12 @@ def test_a_comparison_that_is_not_a_spike_is_rejected() -> None:
         fpga_onnx(Clip(), torch.rand(1, 4))
 
 
-def test_export_fpga_converts_what_it_can_and_keeps_the_radar_stem_on_the_host(tmp_path: Path) -> None:
+def test_export_fpga_converts_what_it_can_and_keeps_the_radar_stem_on_the_host(
+    tmp_path: Path, perception_model_dir: Path
+) -> None:
     from cavlab.hw.fpga import export_fpga
-    from cavlab.perception.fusion import FusionModel
 
-    torch.manual_seed(0)
-    shapes = {"camera": [2, 3, 24], "lidar": [2, 3, 60], "radar": [8, 4]}
-    model_dir = tmp_path / "model"
-    model_dir.mkdir()
-    torch.save({"model": FusionModel(shapes).state_dict(), "gate": DeepGate().state_dict(), "shapes": shapes,
-                "knowledge_table": {}, "selection": {"gamma": 0.05, "energy_weight": 0.5}},
-               model_dir / "checkpoint.pt")  # fmt: skip
+    model_dir = perception_model_dir
     out = tmp_path / "fpga"
     out.mkdir()
     report = export_fpga(model_dir, out, only=["stem.radar", "head.radar", "gate"])

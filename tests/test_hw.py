@@ -17,26 +17,13 @@ from cavlab.errors import UserError
 from cavlab.hw.export import Component, check, export_onnx, load_components, parity
 from cavlab.hw.targets import get_target, targets
 from cavlab.hw.tensorrt import available as tensorrt_available
-from cavlab.perception.fusion import DeepGate, FusionModel
-from cavlab.perception.spiking_branch import SpikingHead
 
-SHAPES = {"camera": [2, 3, 24], "lidar": [2, 3, 60], "radar": [8, 4]}
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A checkpoint as `cavlab perception train` writes it (random weights)."""
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("model")
-    head = SpikingHead(2)
-    checkpoint = {
-        "model": FusionModel(SHAPES).state_dict(), "gate": DeepGate().state_dict(), "shapes": SHAPES,
-        "knowledge_table": {}, "selection": {"gamma": 0.05, "energy_weight": 0.5},
-        "spiking": {"branch": "lidar+radar", "state": head.state_dict()},
-    }  # fmt: skip
-    torch.save(checkpoint, folder / "checkpoint.pt")
-    return folder
+@pytest.fixture
+def model_dir(perception_model_dir: Path) -> Path:
+    return perception_model_dir
 
 
 def test_target_profiles_load_with_their_sources() -> None:

@@ -69,7 +69,7 @@ def test_dqn_trains_on_discrete_actions(tmp_path: Path) -> None:
             "DQN needs discrete actions",
         ),
         (["train", "cavlab/Merge-v0", "--timesteps", "0"], "need --timesteps ≥ 1 and --envs ≥ 1"),
-        (["evaluate", "cavlab/Merge-v0", "--policy", "nope/policy.zip"], "nope/policy.zip: no such policy file"),
+        (["evaluate", "cavlab/Merge-v0", "--policy", "nope/policy.zip"], "nope/policy.zip: no such policy (a"),
         (["evaluate", "cavlab/Merge-v0", "--episodes", "0"], "need --episodes ≥ 1"),
         (["evaluate", "cavlab/Merge-v0", "--env", "action.type=continuous"], "the rule-based driver uses discrete"),
     ],

@@ -219,6 +219,15 @@ def _summary_table(name: str, metrics: dict, wall_s: float, steps: int) -> None:
         ("control energy per trip ∫½u²dt", f"{metrics['control_energy_per_trip_m2ps3']:.2f} m²/s³"),
         ("wall time", f"{wall_s:.1f} s ({steps / max(wall_s, 1e-9):,.0f} steps/s)"),
     ]
+    if "perception_slot_accuracy" in metrics:
+        rows[-1:-1] = [
+            ("perception: slots right", f"{metrics['perception_slot_accuracy']:.3f}"),
+            ("perceived-state error", f"{metrics['perception_plan_position_error_m']:.2f} m, "
+                                      f"{metrics['perception_plan_speed_error_mps']:.2f} m/s"),
+            ("perception delay", f"{metrics['perception_delay_s']:.2f} s"),
+            ("perception energy", f"{metrics['perception_energy_j_per_cav_hour']:.3g} J per CAV-hour"),
+            ("least gap of controlled CAVs", f"{metrics['min_gap_controlled_m']:.1f} m"),
+        ]  # fmt: skip
     for row in rows:
         table.add_row(*row)
     out.print(table)
@@ -239,6 +248,14 @@ def plot(
         out.print(f"wrote {path}", highlight=False)
 
 
+WorkersOption = Annotated[int | None, typer.Option(help="Parallel processes (default: CPU count)")]
+DurationOption = Annotated[float, typer.Option(help="Simulated time per run [s]")]
+WarmupOption = Annotated[float, typer.Option(help="Warm-up per run [s]")]
+RayOption = Annotated[
+    str | None, typer.Option(help="Run on Ray: 'local' for a local instance, or a cluster address (host:port, auto)")
+]
+
+
 @app.command()
 @_handle_errors
 def study(
@@ -246,19 +263,19 @@ def study(
     shares: Annotated[list[float] | None, typer.Option("--cav-share", help="CAV share (repeat)")] = None,
     variants: Annotated[list[str] | None, typer.Option("--variant", help="Controller variant (repeat)")] = None,
     seeds: Annotated[int, typer.Option(help="Seeds per point")] = 10,
-    duration: Annotated[float, typer.Option(help="Simulated time per run [s]")] = 600.0,
-    warmup: Annotated[float, typer.Option(help="Warm-up per run [s]")] = 120.0,
-    workers: Annotated[int | None, typer.Option(help="Parallel processes (default: CPU count)")] = None,
-    out_dir: Annotated[Path, typer.Option("--out", help="Study directory")] = Path("runs/lane-change-study"),
+    duration: DurationOption = 600.0,
+    warmup: WarmupOption = 120.0,
+    workers: WorkersOption = None,
+    ray: RayOption = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Study directory (rerun into it to resume)")] = Path(
+        "runs/lane-change-study"
+    ),
 ) -> None:
-    """Cooperative vs selfish vs SUMO lane changing on highway-lane-change, over demand × CAV share × seeds."""
+    """Cooperative vs selfish vs SUMO lane changing on highway-lane-change, over demand × CAV share × seeds
+    (the sweep `lane-change-study` with these options; resumable)."""
     import json
 
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from cavlab.rundir import staged_run_dir
-    from cavlab.study import VARIANTS, Point, aggregate, default_workers, markdown_table, plot_study, run_study
+    from cavlab.study import VARIANTS, aggregate, markdown_table, plot_study, study_sweep
 
     variants = variants or list(VARIANTS)
     for v in variants:
@@ -271,26 +288,48 @@ def study(
         raise UserError("--cav-share must be in [0, 1]")
     if seeds < 1 or not 0 <= warmup < duration:
         raise UserError("need --seeds ≥ 1 and 0 ≤ --warmup < --duration")
-    points = [
-        Point(v, q, s, seed, duration, warmup)
-        for v in variants
-        for q in demands
-        for s in shares
-        for seed in range(seeds)
-    ]
-    with staged_run_dir(out_dir) as staging:
-        bar = Progress(TextColumn("[bold]study"), BarColumn(), TextColumn("{task.completed}/{task.total} runs"),
-                       TimeElapsedColumn(), console=err, transient=True)  # fmt: skip
-        with bar:
-            task = bar.add_task("runs", total=len(points))
-            rows = run_study(points, workers or default_workers(), progress=lambda row: bar.advance(task))
-        pq.write_table(pa.Table.from_pylist(rows), staging / "runs.parquet")
-        summary = aggregate(rows)
-        (staging / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=True) + "\n")
-        (staging / "summary.md").write_text(markdown_table(summary))
-        plot_study(summary, staging)
+    spec = study_sweep(variants, demands, shares, seeds, duration, warmup)
+    rows, _ = _run_sweep(spec, out_dir, workers, ray, "study")
+    summary = aggregate(rows)
+    (out_dir / "study.json").write_text(json.dumps(summary, indent=2, allow_nan=True) + "\n")
+    (out_dir / "study.md").write_text(markdown_table(summary))
+    plot_study(summary, out_dir)
     out.print(markdown_table(summary), highlight=False)
     out.print(f"study directory: [bold]{escape(str(out_dir))}[/]", highlight=False)
+
+
+def _run_sweep(spec: Any, out_dir: Path, workers: int | None, ray: str | None, title: str) -> tuple[list[dict], int]:
+    """Run (or resume) a sweep into `out_dir` with a progress bar; its rows and how many were there before."""
+    import json
+
+    from cavlab.sweep import default_workers, execute, execute_ray, load_rows, plan
+
+    runs = plan(spec)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"{out_dir}: is a file, not a directory; choose another --out")
+    recorded = out_dir / "sweep.json"
+    if recorded.exists() and json.loads(recorded.read_text()) != spec.model_dump(mode="json"):
+        raise UserError(f"{out_dir}: holds another sweep (its sweep.json differs); choose another --out")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    recorded.write_text(json.dumps(spec.model_dump(mode="json"), indent=2) + "\n")
+    done_before = sum((out_dir / "runs" / f"{r.run_id}.parquet").exists() for r in runs)
+    bar = Progress(TextColumn(f"[bold]{title}"), BarColumn(), TextColumn("{task.completed}/{task.total} runs"),
+                   TimeElapsedColumn(), console=err, transient=True)  # fmt: skip
+    try:
+        with bar:
+            task = bar.add_task("runs", total=len(runs), completed=done_before)
+            advance = lambda _: bar.advance(task)  # noqa: E731
+            if ray is None:
+                execute(runs, out_dir, workers or default_workers(), progress=advance)
+            else:
+                address = None if ray == "local" else ray
+                execute_ray(runs, out_dir, address, workers or default_workers(), progress=advance)
+    except KeyboardInterrupt:
+        kept = len(list((out_dir / "runs").glob("*.parquet")))
+        err.print(f"[yellow]interrupted[/]: {kept} of {len(runs)} runs kept in {escape(str(out_dir))}; rerun to resume")
+        raise typer.Exit(130) from None
+    ids = {run.run_id for run in runs}
+    return [r for r in load_rows(out_dir) if r["run_id"] in ids], done_before
 
 
 EnvOption = Annotated[
@@ -313,36 +352,65 @@ def _env_kwargs(options: list[str] | None) -> dict[str, Any]:
 @_handle_errors
 def train(
     env_id: Annotated[str, typer.Argument(help="Environment id, e.g. cavlab/LaneChange-v0")],
-    algo: Annotated[str, typer.Option(help="ppo or dqn")] = "ppo",
+    algo: Annotated[str, typer.Option(help="ppo or dqn (rllib: ppo only)")] = "ppo",
     timesteps: Annotated[int, typer.Option(help="Environment steps to train for")] = 20_000,
-    envs: Annotated[int, typer.Option("--envs", help="Parallel environments (one process each)")] = 2,
+    envs: Annotated[
+        int, typer.Option("--envs", help="Parallel environments, one process each (rllib: env runners)")
+    ] = 2,
     seed: Annotated[int, typer.Option(help="Seed of the training run")] = 0,
     env: EnvOption = None,
+    backend: Annotated[str, typer.Option(help="sb3 (Stable-Baselines3) or rllib (Ray RLlib, PPO)")] = "sb3",
+    ray: Annotated[
+        str | None,
+        typer.Option(help="rllib: 'local' for a local Ray instance (default), or a cluster address (host:port, auto)"),
+    ] = None,
     out_dir: Annotated[Path, typer.Option("--out", help="Training directory")] = Path("runs/train"),
 ) -> None:
-    """Train a policy with Stable-Baselines3; saves policy.zip, a learning curve and TensorBoard logs."""
+    """Train a policy with Stable-Baselines3 (policy.zip, TensorBoard logs) or RLlib (checkpoint/); both write
+    a learning curve and train.json."""
     import json
 
-    from cavlab.rl import train as run_training
     from cavlab.rundir import staged_run_dir
 
+    backends = ("sb3", "rllib")
+    if backend not in backends:
+        raise UserError(f"unknown backend '{backend}' (allowed: {', '.join(backends)})")
+    if backend == "rllib" and algo != "ppo":
+        raise UserError(f"--backend rllib trains PPO only, not '{algo}': use --algo ppo, or --backend sb3 for DQN")
+    if backend == "sb3" and ray is not None:
+        raise UserError("--ray needs --backend rllib")
     kwargs = _env_kwargs(env)
+    label = algo.upper() + (" (RLlib)" if backend == "rllib" else "")
     with staged_run_dir(out_dir) as staging:
-        bar = Progress(TextColumn(f"[bold]{escape(algo)}"), BarColumn(),
+        bar = Progress(TextColumn(f"[bold]{escape(label)}"), BarColumn(),
                        TextColumn("{task.completed}/{task.total} steps"), TimeElapsedColumn(), console=err,
                        transient=True)  # fmt: skip
         with bar:
             task = bar.add_task("train", total=timesteps)
-            result = run_training(env_id, algo, timesteps, envs, seed, kwargs, staging,
-                                  progress=lambda n: bar.update(task, completed=min(n, timesteps)))  # fmt: skip
-        meta = {"env_id": env_id, "algo": algo, "timesteps": result.timesteps, "envs": envs, "seed": seed,
-                "env_kwargs": kwargs, "episodes": result.episodes,
+
+            def progress(n: int) -> None:
+                bar.update(task, completed=min(n, timesteps))
+
+            if backend == "rllib":
+                from cavlab.rllib import train_rllib
+
+                address = None if ray in (None, "local") else ray
+                result = train_rllib(env_id, timesteps, envs, seed, kwargs, staging, progress, address)
+                files = "checkpoint/, learning_curve.png, learning_curve.csv"
+            else:
+                from cavlab.rl import train as run_training
+
+                result = run_training(env_id, algo, timesteps, envs, seed, kwargs, staging, progress=progress)
+                files = "policy.zip, learning_curve.png, tensorboard/"
+        meta = {"env_id": env_id, "algo": algo, "backend": backend, "timesteps": result.timesteps, "envs": envs,
+                "seed": seed, "env_kwargs": kwargs, "episodes": result.episodes,
                 "wall_time_s": round(result.wall_time_s, 1)}  # fmt: skip
+        if backend == "rllib":
+            meta |= {"ray": ray or "local", "startup_s": round(result.startup_s, 1)}
         (staging / "train.json").write_text(json.dumps(meta, indent=2) + "\n")
     out.print(
-        f"trained {algo.upper()} on {escape(env_id)}: {result.timesteps} steps, {result.episodes} episodes, "
-        f"{result.wall_time_s:.0f} s → [bold]{escape(str(out_dir))}[/] (policy.zip, learning_curve.png, "
-        f"tensorboard/)",
+        f"trained {escape(label)} on {escape(env_id)}: {result.timesteps} steps, {result.episodes} episodes, "
+        f"{result.wall_time_s:.0f} s → [bold]{escape(str(out_dir))}[/] ({files})",
         highlight=False,
     )
 
@@ -351,7 +419,10 @@ def train(
 @_handle_errors
 def evaluate(
     env_id: Annotated[str, typer.Argument(help="Environment id, e.g. cavlab/LaneChange-v0")],
-    policy: Annotated[list[Path] | None, typer.Option(help="A policy.zip from `cavlab train` (repeatable)")] = None,
+    policy: Annotated[
+        list[Path] | None,
+        typer.Option(help="A policy.zip or an RLlib checkpoint/ from `cavlab train` (repeatable)"),
+    ] = None,
     episodes: Annotated[int, typer.Option(help="Episodes per policy")] = 20,
     seed: Annotated[int, typer.Option(help="Seed of the first episode (then +1 per episode)")] = 1000,
     env: EnvOption = None,
@@ -367,7 +438,8 @@ def evaluate(
     if episodes < 1:
         raise UserError("need --episodes ≥ 1")
     kwargs = _env_kwargs(env)
-    policies: dict[str, str | Path] = {f"trained:{p.parent.name}" if p.name == "policy.zip" else p.stem: p
+    trained = ("policy.zip", "checkpoint")
+    policies: dict[str, str | Path] = {f"trained:{p.parent.name}" if p.name in trained else p.stem: p
                                        for p in policy or []}  # fmt: skip
     policies.update({name: name for name in BASELINES})
     with staged_run_dir(out_dir) as staging:
@@ -394,66 +466,29 @@ def evaluate(
 @_handle_errors
 def sweep(
     sweep_file: Annotated[
-        Path, typer.Argument(help="A sweep file (YAML): scenario, set, grid, random, seeds, metrics")
+        str,
+        typer.Argument(
+            help="A sweep file (YAML: scenario, set, grid, random, seeds, measures, metrics) "
+            "or a shipped sweep's name (lane-change-study, perception-study)"
+        ),
     ],
-    workers: Annotated[int | None, typer.Option(help="Parallel processes (default: CPU count)")] = None,
-    ray: Annotated[
-        str | None,
-        typer.Option(help="Run on Ray: 'local' for a local instance, or a cluster address (host:port, auto)"),
-    ] = None,
+    workers: WorkersOption = None,
+    ray: RayOption = None,
+    overrides: SetOption = None,
     out_dir: Annotated[Path, typer.Option("--out", help="Sweep directory (rerun into it to resume)")] = Path(
         "runs/sweep"
     ),
 ) -> None:
     """Run a scenario over a grid or random samples of its fields and seeds; resumable, one process per run."""
-    import json
 
-    from cavlab.study import default_workers
-    from cavlab.sweep import (
-        execute,
-        execute_ray,
-        load_rows,
-        load_sweep,
-        plan,
-        plot_summary,
-        summarize,
-        summary_markdown,
-    )
+    from cavlab.sweep import load_sweep, write_summary
 
     spec = load_sweep(sweep_file)
-    runs = plan(spec)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"{out_dir}: is a file, not a directory; choose another --out")
-    recorded = out_dir / "sweep.json"
-    if recorded.exists() and json.loads(recorded.read_text()) != spec.model_dump(mode="json"):
-        raise UserError(f"{out_dir}: holds another sweep (its sweep.json differs); choose another --out")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    recorded.write_text(json.dumps(spec.model_dump(mode="json"), indent=2) + "\n")
-    done_before = sum((out_dir / "runs" / f"{r.run_id}.parquet").exists() for r in runs)
-    bar = Progress(TextColumn("[bold]sweep"), BarColumn(), TextColumn("{task.completed}/{task.total} runs"),
-                   TimeElapsedColumn(), console=err, transient=True)  # fmt: skip
-    try:
-        with bar:
-            task = bar.add_task("runs", total=len(runs), completed=done_before)
-            advance = lambda _: bar.advance(task)  # noqa: E731
-            if ray is None:
-                execute(runs, out_dir, workers or default_workers(), progress=advance)
-            else:
-                address = None if ray == "local" else ray
-                execute_ray(runs, out_dir, address, workers or default_workers(), progress=advance)
-    except KeyboardInterrupt:
-        kept = len(list((out_dir / "runs").glob("*.parquet")))
-        err.print(f"[yellow]interrupted[/]: {kept} of {len(runs)} runs kept in {escape(str(out_dir))}; rerun to resume")
-        raise typer.Exit(130) from None
-    ids = {run.run_id for run in runs}
-    rows = [r for r in load_rows(out_dir) if r["run_id"] in ids]
-    summary = summarize(spec, rows)
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=True) + "\n")
-    table = summary_markdown(spec, summary)
-    (out_dir / "summary.md").write_text(table)
-    plot_summary(spec, summary, out_dir)
-    out.print(table, highlight=False)
-    out.print(f"{len(runs)} runs ({done_before} from before) → [bold]{escape(str(out_dir))}[/]", highlight=False)
+    if overrides:
+        spec = spec.model_copy(update={"set": [*spec.set, *overrides]})
+    rows, done_before = _run_sweep(spec, out_dir, workers, ray, "sweep")
+    out.print(write_summary(spec, rows, out_dir), highlight=False)
+    out.print(f"{len(rows)} runs ({done_before} from before) → [bold]{escape(str(out_dir))}[/]", highlight=False)
 
 
 perception_app = typer.Typer(help="Simulated sensors, perception datasets and models.", no_args_is_help=True)
@@ -467,7 +502,7 @@ def perception_dataset(
     weather: Annotated[list[str] | None, typer.Option(help="clear, rain, fog or snow (repeat)")] = None,
     light: Annotated[list[str] | None, typer.Option(help="day, dusk or night (repeat)")] = None,
     seeds: Annotated[int, typer.Option(help="Seeds per context")] = 2,
-    duration: Annotated[float, typer.Option(help="Simulated time per run [s]")] = 180.0,
+    duration: DurationOption = 180.0,
     warmup: Annotated[float, typer.Option(help="Warm-up per run, not sampled [s]")] = 60.0,
     every: Annotated[float, typer.Option(help="Sampling period [s]")] = 1.0,
     sensors: Annotated[Path | None, typer.Option(help="A sensor table replacing the shipped sensors.yaml")] = None,
@@ -535,6 +570,35 @@ def perception_train(
         (staging / "results.md").write_text(table)
     out.print(table, highlight=False)
     out.print(f"model directory: [bold]{escape(str(out_dir))}[/]", highlight=False)
+
+
+@perception_app.command("study")
+@_handle_errors
+def perception_study(
+    model: Annotated[Path, typer.Argument(help="A model directory from `cavlab perception train`")],
+    seeds: Annotated[int, typer.Option(help="Seeds per point")] = 3,
+    duration: DurationOption = 300.0,
+    warmup: WarmupOption = 60.0,
+    workers: WorkersOption = None,
+    ray: RayOption = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Study directory (rerun into it to resume)")] = Path(
+        "runs/perception-study"
+    ),
+) -> None:
+    """Cooperative lane change on perception vs on the ground truth: clear, rain, fog and night; gated vs all
+    branches; two edge targets (the sweep `perception-study`). Throughput, safety, perception energy."""
+
+    from cavlab.sweep import load_sweep, write_summary
+
+    if seeds < 1 or not 0 <= warmup < duration:
+        raise UserError("need --seeds ≥ 1 and 0 ≤ --warmup < --duration")
+    spec = load_sweep("perception-study")
+    sets = [*spec.set, f"simulation.duration_s={duration}", f"simulation.warmup_s={warmup}",
+            f"perception.model={model.resolve()}"]  # fmt: skip
+    spec = spec.model_copy(update={"set": sets, "seeds": seeds})
+    rows, _ = _run_sweep(spec, out_dir, workers, ray, "perception study")
+    out.print(write_summary(spec, rows, out_dir), highlight=False)
+    out.print(f"study directory: [bold]{escape(str(out_dir))}[/]", highlight=False)
 
 
 @perception_app.command("eval")

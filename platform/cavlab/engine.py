@@ -52,6 +52,15 @@ def control_setup(scenario: Scenario) -> ControlSetup:
     )
 
 
+def make_perception(scenario: Scenario) -> Perception:
+    """The scenario's perception: the ground truth, or the perception loop when it is enabled."""
+    if not scenario.perception.enabled:
+        return GroundTruth()
+    from cavlab.perception.loop import PerceptionLoop
+
+    return PerceptionLoop(scenario.perception, scenario.context, scenario.simulation)
+
+
 class Engine:
     """Runs one scenario in SUMO with a controller and a perception hook.
 
@@ -71,7 +80,7 @@ class Engine:
         self.controller = controller or make_controller(
             scenario.control.controller, scenario.control.params, control_setup(scenario)
         )
-        self.perception = perception or GroundTruth()
+        self.perception = perception or make_perception(scenario)
         self.network: Network = build_network(scenario.road)
         self.inputs = write_sumo_inputs(scenario, self.network, self.workdir)
 
@@ -103,7 +112,7 @@ class Engine:
             vehicle_ids, vehicle_types = list(backend.vehicle_ids), backend.vehicle_types
         wall = time.perf_counter() - started
         return RunResult(
-            metrics=metrics.finish(self.inputs.detector_output),
+            metrics={**metrics.finish(self.inputs.detector_output), **self.perception.metrics()},
             lane_changes=metrics.lane_changes,
             collisions=metrics.collisions,
             trajectories=recorder.table(vehicle_ids, vehicle_types) if recorder else None,

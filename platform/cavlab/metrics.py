@@ -6,7 +6,10 @@
   before the run does; free-flow time = Σ_edges length / min(speed factor · limit, v_max);
 - lane changes (a record each), collisions, hard-braking events (a vehicle starts to
   decelerate harder than its type's comfortable `decel_mps2`, by more than 0.01 m/s²);
-- control energy per trip, E = ∫ ½ u² dt (m²/s³).
+- control energy per trip, E = ∫ ½ u² dt (m²/s³);
+- safety of the vehicles a controller commands, on the true state: the least bumper-to-bumper
+  gap to the leader in the lane, and the time spent with a time to collision
+  TTC = gap / (v − v_lead) below `CRITICAL_TTC_S` (vehicle-seconds).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from cavlab.scenario import Scenario
 from cavlab.world import Collision, Departure, StepEvents, WorldState
 
 _NO_LANE = np.iinfo(np.int16).min
+CRITICAL_TTC_S = 1.5
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,8 @@ class MetricsCollector:
         self._speed_sum = 0.0
         self._vehicle_steps = 0
         self._hard_braking = 0
+        self._min_gap_controlled_m = math.inf
+        self._critical_ttc_steps = 0
 
     def _ensure(self, slots: int) -> None:
         while slots > len(self._energy):
@@ -107,7 +113,23 @@ class MetricsCollector:
                 self._hard_braking += int(np.count_nonzero(braking & ~self._braking[slot]))
             self._speed_sum += float(world.speed_mps.sum())
             self._vehicle_steps += len(world)
+            if world.controlled.any():
+                self._observe_controlled(world)
         self._braking[slot] = braking
+
+    def _observe_controlled(self, world: WorldState) -> None:
+        order = np.lexsort((world.x_m, world.lane))
+        lead = np.full(len(world), -1)
+        same = world.lane[order[1:]] == world.lane[order[:-1]]
+        lead[order[:-1][same]] = order[1:][same]
+        rows = np.flatnonzero(world.controlled & (lead >= 0))
+        if not len(rows):
+            return
+        ahead = lead[rows]
+        gap = world.x_m[ahead] - world.length_m[ahead] - world.x_m[rows]
+        closing = world.speed_mps[rows] - world.speed_mps[ahead]
+        self._min_gap_controlled_m = min(self._min_gap_controlled_m, float(gap.min()))
+        self._critical_ttc_steps += int(np.count_nonzero((closing > 0) & (gap < CRITICAL_TTC_S * closing)))
 
     def finish(self, detector_output: Path) -> dict:
         """The metrics as a JSON-ready mapping."""
@@ -140,6 +162,10 @@ class MetricsCollector:
             "lane_changes_cav": sum(c.is_cav for c in after),
             "collisions": sum(c.time_s > self.warmup_s + 1e-9 for c in self.collisions),
             "hard_braking_events": self._hard_braking,
+            "min_gap_controlled_m": self._min_gap_controlled_m
+            if math.isfinite(self._min_gap_controlled_m)
+            else math.nan,
+            "critical_ttc_controlled_s": self._critical_ttc_steps * self.dt,
             "control_energy_per_trip_m2ps3": _mean(energy),
             "control_energy_per_trip_cav_m2ps3": _mean(energy[cav]),
             "control_energy_per_trip_hdv_m2ps3": _mean(energy[~cav]),

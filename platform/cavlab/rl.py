@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from cavlab.errors import UserError
-from cavlab.study import mean_ci
+from cavlab.stats import mean_ci
 
 ALGORITHMS = ("ppo", "dqn")
 BASELINES = ("random", "rule")
@@ -133,19 +133,28 @@ def learning_curve(monitor: Path) -> list[tuple[float, float]]:
 
 def plot_learning_curve(episodes: list[tuple[float, int]], path: Path, title: str) -> None:
     """Episode return against env steps, with a moving average over 20 episodes."""
+    lines = []
+    if episodes:
+        returns = np.array([r for r, _ in episodes])
+        steps = np.cumsum([n for _, n in episodes])
+        k = min(20, len(returns))
+        smooth = np.convolve(returns, np.ones(k) / k, mode="valid")
+        lines = [(steps, returns, ".", {"alpha": 0.3, "label": "episode"}),
+                 (steps[k - 1 :], smooth, "-", {"label": f"mean of {k}"})]  # fmt: skip
+    plot_returns(lines, path, title)
+
+
+def plot_returns(lines: list[tuple[Any, Any, str, dict[str, Any]]], path: Path, title: str) -> None:
+    """Episode returns against environment steps: each line is (steps, returns, format, plot keywords)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    if episodes:
-        returns = np.array([r for r, _ in episodes])
-        steps = np.cumsum([n for _, n in episodes])
-        ax.plot(steps, returns, ".", alpha=0.3, color="tab:blue", label="episode")
-        k = min(20, len(returns))
-        smooth = np.convolve(returns, np.ones(k) / k, mode="valid")
-        ax.plot(steps[k - 1 :], smooth, color="tab:blue", label=f"mean of {k}")
+    for steps, returns, fmt, style in lines:
+        ax.plot(steps, returns, fmt, color="tab:blue", **style)
+    if lines:
         ax.legend()
     ax.set_xlabel("environment steps")
     ax.set_ylabel("episode return")
@@ -205,7 +214,7 @@ def evaluate(
     env_id: str, policies: dict[str, str | Path], episodes: int, seed: int, env_kwargs: dict[str, Any],
     progress: Callable[[], None] | None = None,
 ) -> dict[str, dict[str, Any]]:  # fmt: skip
-    """Each policy ('random', 'rule' or a saved SB3 policy) over the same `episodes` episodes,
+    """Each policy ('random', 'rule', a saved SB3 policy or an RLlib checkpoint) over the same `episodes` episodes,
     seeded seed, seed + 1, …; per policy: the returns, mean and 95 % CI, collisions, mean speed."""
     env = make_env(env_id, env_kwargs)
     results: dict[str, dict[str, Any]] = {}
@@ -241,10 +250,14 @@ def _policy(policy: str | Path, env) -> Callable[[np.ndarray], Any]:
         if not hasattr(env.action_space, "n"):
             raise UserError("the rule-based driver uses discrete meta actions: drop action.type=continuous")
         return lambda obs: rule_based_action(env)
-    lib = sb3()
     path = Path(policy)
+    if path.is_dir():  # an RLlib checkpoint
+        from cavlab.rllib import load_policy
+
+        return load_policy(path)
+    lib = sb3()
     if not path.is_file():
-        raise UserError(f"{path}: no such policy file (a policy.zip written by `cavlab train`)")
+        raise UserError(f"{path}: no such policy (a policy.zip or a checkpoint/ written by `cavlab train`)")
     try:
         meta = json.loads((path.parent / "train.json").read_text())
         algo = meta["algo"]

@@ -1,7 +1,7 @@
 """Scenario files: the schema, loading, overrides and error messages.
 
 A scenario is one YAML file with the blocks `road`, `demand`, `control`, `simulation`,
-`outputs` and `context`; docs/scenarios.md describes every field. Everything is validated
+`outputs`, `context` and `perception`; docs/scenarios.md describes every field. Everything is validated
 here, so the rest of cavlab can trust a `Scenario` object. Every way a file can be wrong
 ends in a `ScenarioError` whose one-line message names the file, the field and what is
 allowed.
@@ -318,6 +318,37 @@ class ContextSpec(_Block):
     sensor_faults: list[SensorFault] = Field(default_factory=list)
 
 
+class PerceptionSpec(_Block):
+    """Perception in the loop: controllers plan on what the CAVs' sensors and a trained fusion model
+    estimate instead of SUMO's ground truth (cavlab.perception.loop)."""
+
+    enabled: bool = Field(False, description="Off: controllers see the ground truth")
+    model: str | None = Field(None, description="A model directory from `cavlab perception train`")
+    gate: Literal["deep", "knowledge", "all"] = Field(
+        "deep", description="deep or knowledge gate (branches switched off), or all branches fused"
+    )
+    backend: Literal["torch", "onnxruntime"] = "torch"
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="torch: CUDA when available, else CPU")
+    target: str = Field("jetson-orin-nano", description="Edge target (hw/targets): latency and energy per frame")
+    latency_s: NonNegative | None = Field(
+        None, description="Measured inference latency per frame; null = the target's cost model"
+    )
+    extra_latency_s: NonNegative = Field(0.0, description="Added pipeline latency (capture, transfer)")
+    track_hold_s: NonNegative = Field(0.5, description="A vehicle no sensor sees is predicted this long")
+
+    @model_validator(mode="after")
+    def _check(self) -> PerceptionSpec:
+        if self.enabled and self.model is None:
+            raise ValueError("model: needed when enabled is true (a directory from `cavlab perception train`)")
+        if self.model is not None and not (Path(self.model) / "checkpoint.pt").is_file():
+            raise ValueError(f"model: {self.model} has no checkpoint.pt (a directory from `cavlab perception train`)")
+        from cavlab.hw.targets import targets
+
+        if self.target not in targets():
+            raise ValueError(f"target: unknown target '{self.target}' (available: {', '.join(targets())})")
+        return self
+
+
 class Scenario(_Block):
     """A complete, validated scenario."""
 
@@ -329,6 +360,7 @@ class Scenario(_Block):
     simulation: SimulationSpec = Field(default_factory=SimulationSpec)
     outputs: OutputsSpec = Field(default_factory=OutputsSpec)
     context: ContextSpec = Field(default_factory=ContextSpec)
+    perception: PerceptionSpec = Field(default_factory=PerceptionSpec)
 
     @model_validator(mode="after")
     def _check_cross_references(self) -> Scenario:

@@ -2,7 +2,8 @@
 
 Each point (controller variant × fast-lane demand q × CAV share × seed) is one run of
 `highway-lane-change` with q veh/h on the fast lane and 0.6·q on the slow lane (three
-quarters of it slow human-driven vehicles), in a fresh process. Variants:
+quarters of it slow human-driven vehicles): a sweep (`study_sweep`, run by cavlab.sweep in
+fresh processes, resumable). Variants:
 
 - `cooperative`: the cooperative controller (cavlab.controllers.cooperative);
 - `selfish`: C takes the nearest gap as fast as it can, nobody cooperates;
@@ -21,77 +22,42 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
-import tempfile
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
+from cavlab.stats import mean_ci
+from cavlab.sweep import SweepSpec
+
+SCENARIO = "highway-lane-change"
 VARIANTS = ("cooperative", "selfish", "sumo-default", "no-cooperation")
 STUCK_GAP_M = 60.0
 STUCK_SPEED_GAIN_MPS = 2.0
 
 
-@dataclass(frozen=True)
-class Point:
-    """One run of the study."""
-
-    variant: str
-    demand_vph: float
-    cav_share: float
-    seed: int
-    duration_s: float = 600.0
-    warmup_s: float = 120.0
-
-    def overrides(self) -> list[str]:
-        from cavlab.scenario import load_scenario
-
-        q = self.demand_vph
-        sets = [
-            f"demand.flows.0.vehicles_per_hour={0.45 * q}",
-            f"demand.flows.1.vehicles_per_hour={0.15 * q}",
-            f"demand.flows.2.vehicles_per_hour={q}",
-            f"demand.cav_share={self.cav_share}",
-            f"simulation.seed={self.seed}",
-            f"simulation.duration_s={self.duration_s}",
-            f"simulation.warmup_s={self.warmup_s}",
-        ]
-        controller = {"cooperative": "cooperative", "selfish": "selfish"}.get(self.variant, "sumo")
-        sets.append(f"control.controller={controller}")
-        if self.variant == "no-cooperation":
-            types = load_scenario("highway-lane-change").demand.vehicle_types
-            sets += [f"demand.vehicle_types.{name}.lane_change.cooperative=0" for name in types]
-        return sets
-
-
-def run_point(point: Point) -> dict:
-    """Run one point (in a worker process) and return its row of results."""
-    from cavlab.controllers.cooperative import CooperativeParams
-    from cavlab.engine import Engine
+def study_sweep(variants: list[str], demands_vph: list[float], cav_shares: list[float], seeds: int,
+                duration_s: float = 600.0, warmup_s: float = 120.0) -> SweepSpec:  # fmt: skip
+    """The study as a sweep: named axes `variant` and `demand_vph` (q on the fast lane, 0.45·q and
+    0.15·q on the slow lane's two flows), the CAV share, the seeds, and the lane-change measures.
+    The shipped sweep `lane-change-study` is this with the defaults of `cavlab study`."""
     from cavlab.scenario import load_scenario
 
-    scenario = load_scenario("highway-lane-change", point.overrides())
-    with tempfile.TemporaryDirectory() as tmp:
-        result = Engine(scenario, Path(tmp) / "sumo").run()
-    m = result.metrics
-    lengths = {name: spec.length_m for name, spec in scenario.demand.vehicle_types.items()}
-    changes = lane_change_measures(result.trajectories, point.warmup_s, lengths, CooperativeParams())
-    row = {
-        "variant": point.variant, "demand_vph": point.demand_vph, "cav_share": point.cav_share, "seed": point.seed,
-        "throughput_vph": m["throughput_vph"], "fast_lane_throughput_vph": m["throughput_per_lane_vph"].get("1", 0.0),
-        "mean_speed_mps": m["mean_speed_mps"], "mean_delay_s": m["mean_delay_s"],
-        "collisions": m["collisions"], "hard_braking_events": m["hard_braking_events"],
-        "energy_per_trip_cav_m2ps3": m["control_energy_per_trip_cav_m2ps3"],
-        "stuck_lane_changes": len(changes), "wall_time_s": result.wall_time_s,
-        "maneuver_time_s": float(np.mean([c[0] for c in changes])) if changes else math.nan,
-        "disruption": float(np.mean([c[1] for c in changes])) if changes else math.nan,
+    types = load_scenario(SCENARIO).demand.vehicle_types
+    overrides = {
+        "cooperative": ["control.controller=cooperative"],
+        "selfish": ["control.controller=selfish"],
+        "sumo-default": ["control.controller=sumo"],
+        "no-cooperation": ["control.controller=sumo", *(f"demand.vehicle_types.{name}.lane_change.cooperative=0"
+                                                        for name in types)],
     }  # fmt: skip
-    row.update({f"controller_{k}": v for k, v in result.controller_report.metrics.items()})
-    return row
+    demand = {q: [f"demand.flows.0.vehicles_per_hour={0.45 * q}", f"demand.flows.1.vehicles_per_hour={0.15 * q}",
+                  f"demand.flows.2.vehicles_per_hour={q}"] for q in demands_vph}  # fmt: skip
+    return SweepSpec(
+        scenario=SCENARIO, set=[f"simulation.duration_s={duration_s}", f"simulation.warmup_s={warmup_s}"],
+        grid={"variant": {v: overrides[v] for v in variants}, "demand_vph": demand, "demand.cav_share": cav_shares},
+        seeds=seeds, measures=["lane_changes"], metrics=[*METRICS, "collisions", "hard_braking_events"],
+    )  # fmt: skip
 
 
 def lane_change_measures(
@@ -147,43 +113,11 @@ def lane_change_measures(
     return out
 
 
-def run_study(points: list[Point], workers: int, progress=None) -> list[dict]:
-    """Run every point in a pool of fresh processes (libsumo allows one simulation per process)."""
-    rows = []
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), max_tasks_per_child=1) as pool:
-        futures = [pool.submit(run_point, p) for p in points]
-        for future in as_completed(futures):
-            rows.append(future.result())
-            if progress is not None:
-                progress(rows[-1])
-    return rows
-
-
-_T_975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23,
-          15: 2.13, 20: 2.09, 30: 2.04}  # fmt: skip
-
-
-def mean_ci(values: list[float]) -> tuple[float, float]:
-    """Mean and the half-width of its 95 % confidence interval (Student t)."""
-    data = np.array([v for v in values if v is not None and not math.isnan(v)])
-    if len(data) == 0:
-        return math.nan, math.nan
-    if len(data) == 1:
-        return float(data[0]), math.nan
-    df = len(data) - 1
-    t = _T_975[min(k for k in _T_975 if k >= df)] if df <= 30 else 1.96
-    return float(data.mean()), float(t * data.std(ddof=1) / math.sqrt(len(data)))
-
-
-def default_workers() -> int:
-    return max(1, os.cpu_count() or 1)
-
-
 METRICS = {
     "throughput_vph": "throughput [veh/h]",
     "maneuver_time_s": "maneuver time [s]",
     "disruption": "fast-lane disruption D",
-    "energy_per_trip_cav_m2ps3": "CAV control energy per trip [m²/s³]",
+    "control_energy_per_trip_cav_m2ps3": "CAV control energy per trip [m²/s³]",
     "mean_delay_s": "mean delay [s]",
     "stuck_lane_changes": "lane changes of stuck CAVs per run",
 }
@@ -193,7 +127,7 @@ def aggregate(rows: list[dict]) -> list[dict]:
     """Mean and 95 % CI half-width of every metric per (variant, demand, share)."""
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
-        groups.setdefault((row["variant"], row["demand_vph"], row["cav_share"]), []).append(row)
+        groups.setdefault((row["variant"], row["demand_vph"], row["demand.cav_share"]), []).append(row)
     out = []
     for (variant, demand, share), members in sorted(
         groups.items(), key=lambda kv: (VARIANTS.index(kv[0][0]), kv[0][1:])

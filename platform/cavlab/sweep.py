@@ -5,8 +5,12 @@
     grid:                                   # every combination
       demand.cav_share: [0.3, 1.0]
       control.controller: [sumo, cooperative]
+      variant:                              # a named axis: each label stands for its overrides
+        lc2013: [control.controller=sumo]
+        lc2013-selfish: [control.controller=sumo, demand.vehicle_types.cav.lane_change.cooperative=0]
     random: {samples: 4, seed: 0, fields: {demand.scale: {uniform: [0.8, 1.2]}}}   # optional
     seeds: 3                                # or a list of seeds
+    measures: [lane_changes]                # optional measures from the trajectories (MEASURES)
     metrics: [throughput_vph, mean_delay_s] # what the summary aggregates (default: all)
 
 Each run (a point of the grid × a random sample × a seed) is identified by a hash of what it
@@ -21,14 +25,16 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
+from importlib.resources import files
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -37,7 +43,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cavlab.errors import UserError, field_path
-from cavlab.study import mean_ci
+from cavlab.stats import mean_ci
 
 
 class Distribution(BaseModel):
@@ -61,6 +67,9 @@ class RandomSpec(BaseModel):
     fields: dict[str, Distribution] = Field(min_length=1)
 
 
+Cases = dict[str | int | float, list[str]]
+
+
 class SweepSpec(BaseModel):
     """A sweep file (see the module docstring)."""
 
@@ -68,9 +77,10 @@ class SweepSpec(BaseModel):
 
     scenario: str
     set: list[str] = Field(default_factory=list)
-    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    grid: dict[str, list[Any] | Cases] = Field(default_factory=dict)
     random: RandomSpec | None = None
     seeds: int | list[int] = 3
+    measures: list[Literal["lane_changes"]] = Field(default_factory=list)
     metrics: list[str] | None = None
 
     @property
@@ -79,31 +89,55 @@ class SweepSpec(BaseModel):
 
     @property
     def fields(self) -> list[str]:
+        """The columns that tell the runs apart: the swept fields and the named axes, in grid order."""
         return [*self.grid, *(self.random.fields if self.random else {})]
 
 
 @dataclass(frozen=True)
 class SweepRun:
-    """One run: the swept fields' values and a seed."""
+    """One run: the swept fields' values (`params`), the named axes' labels and their overrides, a seed."""
 
     scenario: str
     fixed: tuple[str, ...]
     params: tuple[tuple[str, Any], ...]
     seed: int
+    labels: tuple[tuple[str, Any], ...] = ()
+    label_overrides: tuple[str, ...] = ()
+    measures: tuple[str, ...] = ()
 
     @property
     def overrides(self) -> list[str]:
-        values = [f"{key}={yaml.safe_dump(value, default_flow_style=True).strip()}" for key, value in self.params]
-        return [*self.fixed, *values, f"simulation.seed={self.seed}"]
+        # a one-item flow list, unwrapped: YAML for the value without the document-end marker of scalars
+        values = [
+            f"{key}={yaml.safe_dump([value], default_flow_style=True).strip()[1:-1]}" for key, value in self.params
+        ]
+        return [*self.fixed, *self.label_overrides, *values, f"simulation.seed={self.seed}"]
 
     @property
     def run_id(self) -> str:
-        text = json.dumps([self.scenario, self.overrides], sort_keys=True, default=str)
+        text = json.dumps([self.scenario, self.overrides, self.labels, self.measures], sort_keys=True, default=str)
         return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
-def load_sweep(path: Path) -> SweepSpec:
-    """Read and validate a sweep file; every problem is a `UserError` naming the field."""
+def default_workers() -> int:
+    return max(1, os.cpu_count() or 1)
+
+
+def shipped_sweeps() -> dict[str, Path]:
+    """The sweep files shipped with cavlab, by name."""
+    folder = files("cavlab.scenarios").joinpath("sweeps")
+    return {Path(f.name).stem: Path(str(f)) for f in folder.iterdir() if f.name.endswith(".yaml")}
+
+
+def load_sweep(path: Path | str) -> SweepSpec:
+    """Read and validate a sweep file (or a shipped sweep by name); every problem is a `UserError`
+    naming the field."""
+    path = Path(path)
+    if not path.exists() and path.suffix == "" and len(path.parts) == 1:
+        shipped = shipped_sweeps()
+        if path.name not in shipped:
+            raise UserError(f"{path}: no such sweep file, and not a shipped sweep ({', '.join(sorted(shipped))})")
+        path = shipped[path.name]
     try:
         raw = yaml.safe_load(Path(path).read_text())
     except OSError as exc:
@@ -124,7 +158,9 @@ def plan(spec: SweepSpec) -> list[SweepRun]:
     """Every run of the sweep, each scenario validated (a bad field fails here, before anything runs)."""
     from cavlab.scenario import load_scenario
 
-    grid = [tuple(zip(spec.grid, values, strict=True)) for values in itertools.product(*spec.grid.values())] or [()]
+    axes = [[(key, label, tuple(sets)) for label, sets in values.items()] if isinstance(values, dict)
+            else [(key, value, None) for value in values] for key, values in spec.grid.items()]  # fmt: skip
+    grid = list(itertools.product(*axes))
     samples: list[tuple[tuple[str, Any], ...]] = [()]
     if spec.random is not None:
         rng = np.random.default_rng(spec.random.seed)
@@ -138,11 +174,16 @@ def plan(spec: SweepSpec) -> list[SweepRun]:
                     value = dist.choice[int(rng.integers(len(dist.choice)))]
                 sample.append((key, value))
             samples.append(tuple(sample))
-    runs = [SweepRun(spec.scenario, tuple(spec.set), g + s, seed)
-            for g in grid for s in samples for seed in spec.seed_list]  # fmt: skip
+    runs = [
+        SweepRun(spec.scenario, tuple(spec.set), tuple((k, v) for k, v, sets in g if sets is None) + s, seed,
+                 labels=tuple((k, v) for k, v, sets in g if sets is not None),
+                 label_overrides=tuple(o for _, _, sets in g if sets is not None for o in sets),
+                 measures=tuple(spec.measures))
+        for g in grid for s in samples for seed in spec.seed_list
+    ]  # fmt: skip
     seen: set[tuple] = set()
     for run in runs:
-        key = run.params
+        key = (run.params, run.labels)
         if key not in seen:
             seen.add(key)
             load_scenario(spec.scenario, run.overrides)
@@ -151,15 +192,20 @@ def plan(spec: SweepSpec) -> list[SweepRun]:
 
 def run_one(run: SweepRun) -> dict[str, Any]:
     """Run one scenario (in a worker process); its row: the swept values, the seed, every numeric metric."""
+    # one compute thread per run: runs share the cores (torch is imported later, and reads this)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     from cavlab.engine import Engine
     from cavlab.scenario import load_scenario
 
     scenario = load_scenario(run.scenario, run.overrides)
-    scenario = scenario.model_copy(update={"outputs": scenario.outputs.model_copy(update={"trajectories": False})})
+    if not run.measures:  # nothing needs the trajectories
+        scenario = scenario.model_copy(update={"outputs": scenario.outputs.model_copy(update={"trajectories": False})})
     with tempfile.TemporaryDirectory() as tmp:
         result = Engine(scenario, Path(tmp) / "sumo").run()
-    row: dict[str, Any] = {"run_id": run.run_id, "seed": run.seed, **{k: v for k, v in run.params}}
+    row: dict[str, Any] = {"run_id": run.run_id, "seed": run.seed, **dict(run.labels), **dict(run.params)}
     metrics = {**result.metrics, **{f"controller_{k}": v for k, v in result.controller_report.metrics.items()}}
+    for name in run.measures:
+        metrics.update(MEASURES[name](scenario, result))
     for key, value in metrics.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             row[key] = float(value)
@@ -167,6 +213,24 @@ def run_one(run: SweepRun) -> dict[str, Any]:
             row.update({f"{key}.{k}": float(v) for k, v in value.items() if isinstance(v, (int, float))})
     row["wall_time_s"] = result.wall_time_s
     return row
+
+
+def lane_change_measures(scenario, result) -> dict[str, float]:
+    """The lane-change study's measures (cavlab.study): stuck CAVs' lane changes, their mean maneuver
+    time and fast-lane disruption."""
+    from cavlab.controllers.cooperative import CooperativeParams
+    from cavlab.study import lane_change_measures as measure
+
+    lengths = {name: spec.length_m for name, spec in scenario.demand.vehicle_types.items()}
+    changes = measure(result.trajectories, scenario.simulation.warmup_s, lengths, CooperativeParams())
+    return {
+        "stuck_lane_changes": float(len(changes)),
+        "maneuver_time_s": float(np.mean([c[0] for c in changes])) if changes else math.nan,
+        "disruption": float(np.mean([c[1] for c in changes])) if changes else math.nan,
+    }
+
+
+MEASURES = {"lane_changes": lane_change_measures}
 
 
 def execute(runs: list[SweepRun], folder: Path, workers: int,
@@ -257,6 +321,16 @@ def summarize(spec: SweepSpec, rows: list[dict[str, Any]]) -> list[dict[str, Any
     return summary
 
 
+def write_summary(spec: SweepSpec, rows: list[dict[str, Any]], folder: Path) -> str:
+    """summary.json, summary.md and the plots into `folder`; the Markdown table."""
+    summary = summarize(spec, rows)
+    (Path(folder) / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=True) + "\n")
+    table = summary_markdown(spec, summary)
+    (Path(folder) / "summary.md").write_text(table)
+    plot_summary(spec, summary, folder)
+    return table
+
+
 def summary_markdown(spec: SweepSpec, summary: list[dict[str, Any]]) -> str:
     metrics = [
         k for k in (summary[0] if summary else {}) if k not in (*spec.fields, "runs") and not k.endswith("_ci95")
@@ -273,7 +347,8 @@ def summary_markdown(spec: SweepSpec, summary: list[dict[str, Any]]) -> str:
 
 
 def plot_summary(spec: SweepSpec, summary: list[dict[str, Any]], folder: Path) -> list[Path]:
-    """Per metric: mean ± CI against the first swept field, one line per value of the others."""
+    """Per metric: mean ± CI against the first swept field (lines if it is numeric, grouped bars if not),
+    one line or bar colour per value of the others."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -282,21 +357,30 @@ def plot_summary(spec: SweepSpec, summary: list[dict[str, Any]], folder: Path) -
     if not spec.fields or not summary:
         return []
     x_field, others = spec.fields[0], spec.fields[1:]
+    numeric = all(isinstance(e[x_field], (int, float)) and not isinstance(e[x_field], bool) for e in summary)
+    categories = list(dict.fromkeys(e[x_field] for e in summary))
+    series: dict[tuple, list[dict]] = {}
+    for e in summary:
+        series.setdefault(tuple(e[f] for f in others), []).append(e)
     metrics = [k for k in summary[0] if k not in (*spec.fields, "runs") and not k.endswith("_ci95")]
     paths = []
     for m in metrics:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        lines: dict[tuple, list[dict]] = {}
-        for e in summary:
-            lines.setdefault(tuple(e[f] for f in others), []).append(e)
-        for key, entries in lines.items():
-            entries = sorted(
-                entries, key=lambda e: e[x_field] if isinstance(e[x_field], (int, float)) else str(e[x_field])
-            )
-            xs = [e[x_field] for e in entries]
-            ax.errorbar(xs, [e[m] for e in entries], yerr=[0 if np.isnan(e[m + "_ci95"]) else e[m + "_ci95"]
-                                                          for e in entries], marker="o", capsize=3,
-                        label=", ".join(f"{f}={v}" for f, v in zip(others, key, strict=True)) or None)  # fmt: skip
+        fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(categories) * max(1, len(series)) / 2), 4))
+        width = 0.8 / len(series)
+        for i, (key, entries) in enumerate(series.items()):
+            label = ", ".join(f"{f}={v}" for f, v in zip(others, key, strict=True)) or None
+            if numeric:
+                entries = sorted(entries, key=lambda e: e[x_field])
+            offset = (i - (len(series) - 1) / 2) * width
+            xs = [e[x_field] if numeric else categories.index(e[x_field]) + offset for e in entries]
+            ys = [e[m] for e in entries]
+            err = [0 if np.isnan(e[m + "_ci95"]) else e[m + "_ci95"] for e in entries]
+            if numeric:
+                ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=label)
+            else:
+                ax.bar(xs, ys, width, yerr=err, capsize=2, label=label)
+        if not numeric:
+            ax.set_xticks(range(len(categories)), [str(c) for c in categories])
         ax.set_xlabel(x_field)
         ax.set_ylabel(m)
         ax.grid(alpha=0.3)

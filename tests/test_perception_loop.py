@@ -1,0 +1,175 @@
+"""Perception in the loop: the perceived world, latency in steps, tracks, ghosts, metrics, and the closed
+loop from the CLI on real SUMO (torch and ONNX Runtime)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cavlab.cli import app
+from cavlab.errors import UserError
+from cavlab.perception.loop import PerceptionLoop
+from cavlab.perception.task import neighbour_targets
+from cavlab.scenario import ContextSpec, PerceptionSpec, SimulationSpec
+from cavlab.world import WorldState
+
+DT = 0.1
+# id, CAV, lane, x at t = 0 [m], speed [m/s]
+VEHICLES = [("hdv_front", False, 0, 130.0, 20.0), ("cav_a", True, 0, 100.0, 20.0),
+            ("hdv_left", False, 1, 80.0, 25.0), ("cav_b", True, 1, 40.0, 25.0)]  # fmt: skip
+
+
+def world_at(step: int, drop: tuple[str, ...] = ()) -> WorldState:
+    """The vehicles of VEHICLES at constant speed, t = step·Δt, without those in `drop`."""
+    rows = [v for v in VEHICLES if v[0] not in drop]
+    n = len(rows)
+    return WorldState(
+        time_s=step * DT, ids=np.array([r[0] for r in rows], dtype=object),
+        slot=np.array([VEHICLES.index(r) for r in rows]), type_index=np.array([1 if r[1] else 0 for r in rows]),
+        is_cav=np.array([r[1] for r in rows]), controlled=np.zeros(n, dtype=bool), edge=np.zeros(n, dtype=np.int16),
+        lane=np.array([r[2] for r in rows], dtype=np.int16), x_m=np.array([r[3] + r[4] * step * DT for r in rows]),
+        speed_mps=np.array([r[4] for r in rows], dtype=float), accel_mps2=np.zeros(n), length_m=np.full(n, 5.0),
+        type_names=("car", "cav"), edge_names=("main",),
+    )  # fmt: skip
+
+
+class Oracle:
+    """A backend that estimates every slot exactly (the truth of the world it is pointed at), optionally
+    with a ghost in one slot: lets the tests check the loop around the model."""
+
+    def __init__(self) -> None:
+        self.world: WorldState | None = None
+        self.ghost: tuple[int, int] | None = None  # (observer index, slot)
+
+    def estimate(self, frames: dict, configuration: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        observers = np.flatnonzero(self.world.is_cav)
+        out = neighbour_targets(self.world, observers)
+        if self.ghost is not None:
+            out[self.ghost] = (1.0, 12.0, -3.0)
+        return out, np.zeros(len(observers), dtype=np.int64)
+
+
+def make_loop(model: Path, **spec) -> tuple[PerceptionLoop, Oracle]:
+    loop = PerceptionLoop(PerceptionSpec(enabled=True, model=str(model), **spec), ContextSpec(),
+                          SimulationSpec(step_length_s=DT, duration_s=10.0, warmup_s=0.0))  # fmt: skip
+    oracle = Oracle()
+    loop.backend = oracle
+    return loop, oracle
+
+
+def observe(loop: PerceptionLoop, oracle: Oracle, world: WorldState) -> WorldState:
+    oracle.world = world
+    return loop.observe(world)
+
+
+def test_the_controller_sees_cavs_exactly_and_others_after_the_latency(perception_model_dir: Path) -> None:
+    loop, oracle = make_loop(perception_model_dir, latency_s=0.25)  # ⌈0.25 / 0.1⌉ = 3 steps
+    assert loop.delay_steps.tolist() == [3] * len(loop.delay_steps)
+    seen = [observe(loop, oracle, world_at(k)) for k in range(1, 6)]
+    for perceived in seen[:3]:  # the first frame (step 1) is delivered at step 4
+        assert sorted(perceived.ids.tolist()) == ["cav_a", "cav_b"]
+    truth = world_at(4)
+    perceived = seen[3]
+    assert sorted(perceived.ids.tolist()) == sorted(truth.ids.tolist())
+    for vid in truth.ids.tolist():  # constant speeds: the prediction to the time of use is exact
+        p, t = perceived.index_of(vid), truth.index_of(vid)
+        assert perceived.x_m[p] == pytest.approx(truth.x_m[t], abs=1e-4)
+        assert perceived.speed_mps[p] == pytest.approx(truth.speed_mps[t], abs=1e-4)
+        assert perceived.lane[p] == truth.lane[t] and perceived.is_cav[p] == truth.is_cav[t]
+    order = np.lexsort((perceived.x_m, perceived.lane))
+    assert order.tolist() == list(range(len(perceived)))  # grouped by lane, by position within a lane
+    metrics = loop.metrics()
+    assert metrics["perception_slot_accuracy"] == 1.0 and metrics["perception_missed_share"] == 0.0
+    assert metrics["perception_plan_position_error_m"] == pytest.approx(0.0, abs=1e-4)
+    assert metrics["perception_delay_s"] == pytest.approx(0.3)
+    assert metrics["perception_cav_frames"] == 2 * 5
+
+
+def test_unseen_vehicles_are_held_then_dropped_and_ghosts_last_one_step(perception_model_dir: Path) -> None:
+    loop, oracle = make_loop(perception_model_dir, latency_s=0.0, track_hold_s=0.3)
+    assert loop.delay_steps.tolist() == [0] * len(loop.delay_steps)
+    observe(loop, oracle, world_at(1))
+    oracle.ghost = (0, 2)  # cav_a reports a vehicle 12 m ahead in the left lane that is not there
+    perceived = observe(loop, oracle, world_at(2))
+    (ghost,) = [vid for vid in perceived.ids.tolist() if vid.startswith("ghost:")]
+    row = perceived.index_of(ghost)
+    cav_a = world_at(2).x_m[1]
+    assert perceived.lane[row] == 1 and perceived.x_m[row] == pytest.approx(cav_a + 12.0 + 5.0)
+    assert perceived.speed_mps[row] == pytest.approx(20.0 - 3.0) and not perceived.is_cav[row]
+    oracle.ghost = None
+    # hdv_front leaves the sensors' view (gone from the world the oracle sees): held 0.3 s, then dropped
+    for k in range(3, 8):
+        perceived = observe(loop, oracle, world_at(k, drop=("hdv_front",)))
+        assert not any(vid.startswith("ghost:") for vid in perceived.ids.tolist())
+        held = perceived.index_of("hdv_front") >= 0
+        assert held == (k <= 5), k  # last seen at step 2: kept while t − 0.2 ≤ 0.3 s
+        if held:
+            assert perceived.x_m[perceived.index_of("hdv_front")] == pytest.approx(130.0 + 20.0 * k * DT)
+    assert loop.metrics()["perception_ghost_share"] > 0
+
+
+def test_costs_come_from_the_target_and_gate_modes_choose(perception_model_dir: Path) -> None:
+    fast = PerceptionLoop(PerceptionSpec(enabled=True, model=str(perception_model_dir), target="jetson-agx-orin"),
+                          ContextSpec(), SimulationSpec())  # fmt: skip
+    slow = PerceptionLoop(PerceptionSpec(enabled=True, model=str(perception_model_dir), target="zynq-zcu104"),
+                          ContextSpec(), SimulationSpec())  # fmt: skip
+    assert (slow.latency_s > fast.latency_s).all() and (fast.latency_s < DT).all()
+    assert fast.delay_steps.tolist() == [1] * len(fast.delay_steps)  # any latency below a step costs one step
+    # the all-branches configuration costs the most; the deep gate adds its own cost to every configuration
+    assert fast.energy_pj.argmax() == len(fast.energy_pj) - 1
+    plain = PerceptionLoop(PerceptionSpec(enabled=True, model=str(perception_model_dir), gate="all",
+                                          target="jetson-agx-orin"), ContextSpec(), SimulationSpec())  # fmt: skip
+    assert (plain.energy_pj < fast.energy_pj).all()
+    extra = PerceptionLoop(PerceptionSpec(enabled=True, model=str(perception_model_dir), extra_latency_s=0.3),
+                           ContextSpec(), SimulationSpec())  # fmt: skip
+    assert extra.delay_steps.tolist() == [4] * len(extra.delay_steps)
+
+
+def test_the_gpu_path_falls_back_to_the_cpu(perception_model_dir: Path) -> None:
+    loop = PerceptionLoop(PerceptionSpec(enabled=True, model=str(perception_model_dir)), ContextSpec(),
+                          SimulationSpec())  # fmt: skip
+    assert loop.backend.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match=r"perception\.device: cuda, but torch sees no CUDA device"):
+            PerceptionLoop(PerceptionSpec(enabled=True, model=str(perception_model_dir), device="cuda"),
+                           ContextSpec(), SimulationSpec())  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (["perception.enabled=true"], "perception: model: needed when enabled is true"),
+        (["perception.model=/nowhere"], "model: /nowhere has no checkpoint.pt"),
+        (["perception.target=tpu"], "unknown target 'tpu' (available: "),
+        (["perception.gate=magic"], "perception.gate"),
+    ],
+)
+def test_bad_perception_blocks_are_one_line_errors(sets: list[str], message: str) -> None:
+    args = ["validate", "highway-lane-change"] + [a for s in sets for a in ("--set", s)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.sumo
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_the_closed_loop_runs_from_the_cli(perception_model_dir: Path, tmp_path: Path, backend: str) -> None:
+    out = tmp_path / "run"
+    sets = ["demand.cav_share=1.0", "control.controller=cooperative", "simulation.warmup_s=20",
+            "perception.enabled=true", f"perception.model={perception_model_dir}", f"perception.backend={backend}",
+            "context.weather=fog"]  # fmt: skip
+    result = CliRunner().invoke(app, ["run", "highway-lane-change", "--duration", "40", "--out", str(out), "-q",
+                                      *[a for s in sets for a in ("--set", s)]])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "summary.json").read_text())["metrics"]
+    assert metrics["perception_cav_frames"] > 100
+    assert 0 <= metrics["perception_slot_accuracy"] <= 1
+    assert metrics["perception_delay_s"] == pytest.approx(0.1)  # the Orin Nano's µs latency: one step
+    assert metrics["perception_energy_j_per_cav_hour"] > 0
+    assert "perception_plan_position_error_m" in metrics  # null if this random-weight model saw no one
+    assert "min_gap_controlled_m" in metrics and "critical_ttc_controlled_s" in metrics

@@ -59,7 +59,8 @@ def main() -> None:
         )
         sensors = metrics.get("perception_sensors_ms_per_step", float("nan"))
         inference = metrics.get("perception_inference_ms_per_step", float("nan"))
-        print(f"| {name} | {cavs:.0f} | {wall:.2f} | {wall / baseline:.1f} | {sensors:.2f} | {inference:.2f} |",
+        shown = "—" if cavs != cavs else f"{cavs:.0f}"
+        print(f"| {name} | {shown} | {wall:.2f} | {wall / baseline:.1f} | {sensors:.2f} | {inference:.2f} |",
               flush=True)  # fmt: skip
 
 

@@ -173,3 +173,18 @@ def test_the_closed_loop_runs_from_the_cli(perception_model_dir: Path, tmp_path:
     assert metrics["perception_energy_j_per_cav_hour"] > 0
     assert "perception_plan_position_error_m" in metrics  # null if this random-weight model saw no one
     assert "min_gap_controlled_m" in metrics and "critical_ttc_controlled_s" in metrics
+
+
+def test_the_perception_study_plans_every_context_and_configuration(perception_model_dir: Path, tmp_path: Path) -> None:
+    from cavlab.sweep import load_sweep, plan
+
+    spec = load_sweep("perception-study")
+    runs = plan(spec.model_copy(update={"set": [*spec.set, f"perception.model={perception_model_dir}"]}))
+    assert len(runs) == 4 * 6 * 3
+    labels = {dict(r.labels)["context"] for r in runs}, {dict(r.labels)["perception"] for r in runs}
+    assert labels[0] == {"clear", "rain", "fog", "night"} and "ground-truth" in labels[1] and len(labels[1]) == 6
+    fog_all = next(r for r in runs if dict(r.labels) == {"context": "fog", "perception": "all@zcu104"})
+    assert {"context.weather=fog", "perception.gate=all", "perception.target=zynq-zcu104"} <= set(fog_all.overrides)
+    out = tmp_path / "study"
+    result = CliRunner().invoke(app, ["perception", "study", str(tmp_path / "no-model"), "--out", str(out)])
+    assert result.exit_code == 2 and "has no checkpoint.pt" in result.output and not out.exists()

@@ -159,22 +159,23 @@ class PerceptionLoop:
         estimate, choice = self.backend.estimate(arrays, configuration)
         done = time.perf_counter()
         truth_rows = neighbour_rows(world, observers)
-        frame = self._frame(world, observers, estimate, truth_rows, choice)
+        truth = neighbour_targets(world, observers, truth_rows)
+        frame = self._frame(world, observers, estimate, truth_rows, truth, choice)
         if measuring:
-            self._score_frames(world, observers, estimate, truth_rows, choice)
+            self._score_frames(observers, estimate, truth, choice)
             self.stats["sensors_s"] += sensed - started
             self.stats["inference_s"] += done - sensed
         return frame
 
     def _frame(self, world: WorldState, observers: np.ndarray, estimate: np.ndarray, truth_rows: np.ndarray,
-               choice: np.ndarray) -> Frame:  # fmt: skip
+               truth: np.ndarray, choice: np.ndarray) -> Frame:  # fmt: skip
+        """The estimates as vehicles: positions, speeds, lanes, and the vehicle each is tied to."""
         n = len(observers)
         ahead = np.array(SLOT_AHEAD)[None, :]
         x_o, v_o = world.x_m[observers][:, None], world.speed_mps[observers][:, None]
         present = estimate[..., 0] > 0.5
         gap, dv = np.maximum(estimate[..., 1], 0.0), estimate[..., 2]
-        true_gap = neighbour_targets(world, observers, truth_rows)[..., 1]
-        tied = present & (truth_rows >= 0) & (np.abs(gap - true_gap) <= ASSOCIATION_GAP_M)
+        tied = present & (truth_rows >= 0) & (np.abs(gap - truth[..., 1]) <= ASSOCIATION_GAP_M)
         rows = np.where(tied, truth_rows, 0)
         length = np.where(tied, world.length_m[rows], GHOST_LENGTH_M)
         x = np.where(ahead, x_o + gap + length, x_o - world.length_m[observers][:, None] - gap)
@@ -248,10 +249,9 @@ class PerceptionLoop:
 
     # ------------------------------------------------------------------ metrics
 
-    def _score_frames(self, world: WorldState, observers: np.ndarray, estimate: np.ndarray, truth_rows: np.ndarray,
-                      choice: np.ndarray) -> None:  # fmt: skip
+    def _score_frames(self, observers: np.ndarray, estimate: np.ndarray, target: np.ndarray, choice: np.ndarray
+                      ) -> None:  # fmt: skip
         st = self.stats
-        target = neighbour_targets(world, observers, truth_rows)
         truth, present = target[..., 0] > 0.5, estimate[..., 0] > 0.5
         both = truth & present
         st["frames"] += len(observers)

@@ -89,3 +89,11 @@ def test_sweep_runs_resumes_and_repeats_exactly(tmp_path: Path) -> None:
     sweep_file.write_text(SWEEP.replace("seeds: 2", "seeds: 3"))
     done = runner.invoke(app, ["sweep", str(sweep_file), "--out", str(first)])
     assert done.exit_code == 2 and "holds another sweep" in done.output
+
+
+def test_shipped_sweeps_load_by_name_and_unknown_names_are_listed(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert load_sweep("lane-change-study").measures == ["lane_changes"]
+    result = runner.invoke(app, ["sweep", "lane-change-studdy"])
+    assert result.exit_code == 2
+    assert "not a shipped sweep (lane-change-study, perception-study)" in " ".join(result.output.split())

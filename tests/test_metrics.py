@@ -73,3 +73,18 @@ def test_throughput_counts_vehicles_entering_after_warmup(tmp_path: Path) -> Non
     assert result["throughput_per_lane_vph"] == {"0": 210.0, "1": 210.0}
     assert result["throughput_vph"] == 420.0
     assert [p["x_m"] for p in result["detectors"]] == [1000.0, 2900.0]
+
+
+def test_safety_of_controlled_vehicles_on_the_true_state(collector: MetricsCollector) -> None:
+    """A commanded CAV closes on its leader at 10 m/s from 20 m (TTC 2 s) to 12 m (TTC 1.2 s); the
+    uncommanded car behind it, closer still, does not count; nor does the time before the warm-up."""
+
+    def step(t: float, gap_m: float) -> WorldState:
+        w = world(t, [("car", 0, "car", 0, 0.0, 30, 0), ("cav", 1, "cav", 0, 6.0, 30, 0),
+                      ("lead", 2, "car", 0, 11.0 + gap_m, 20, 0)])  # fmt: skip
+        return WorldState(**{**w.__dict__, "controlled": np.array([False, True, False])})
+
+    for t, gap in ((0.5, 5.0), (1.1, 20.0), (1.2, 16.0), (1.3, 12.0)):
+        collector.observe(step(t, gap), StepEvents())
+    assert collector._min_gap_controlled_m == 12.0
+    assert collector._critical_ttc_steps == 1  # 12 m at 10 m/s closing: 1.2 s < 1.5 s; 16 m: 1.6 s

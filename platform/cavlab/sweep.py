@@ -7,7 +7,7 @@
       control.controller: [sumo, cooperative]
       variant:                              # a named axis: each label stands for its overrides
         lc2013: [control.controller=sumo]
-        lc2013-selfish: [control.controller=sumo, demand.vehicle_types.cav.lane_change.cooperative=0]
+        lc2013-no-coop: [control.controller=sumo, demand.vehicle_types.cav.lane_change.cooperative=0]
     random: {samples: 4, seed: 0, fields: {demand.scale: {uniform: [0.8, 1.2]}}}   # optional
     seeds: 3                                # or a list of seeds
     measures: [lane_changes]                # optional measures from the trajectories (MEASURES)

@@ -373,3 +373,5 @@ def test_perception_observation_is_reproducible_and_validated(perception_model_d
         gym.make("cavlab/LaneChange-v0", observation={"type": "perception"})
     with pytest.raises(cavlab.errors.UserError, match=r"no checkpoint\.pt"):
         gym.make("cavlab/LaneChange-v0", observation={"type": "perception", "model": str(tmp_path / "none")})
+    with pytest.raises(EnvConfigError, match="the environments' controllers plan on the ground truth"):
+        gym.make("cavlab/LaneChange-v0", set=["perception.enabled=true", f"perception.model={perception_model_dir}"])

@@ -114,6 +114,11 @@ class AgentTraffic:
     def _scenario(cfg: EnvConfig) -> Scenario:
         """The scenario, run long enough for one episode, on the chosen backend."""
         scenario = load_scenario(cfg.scenario, cfg.set)
+        if scenario.perception.enabled:
+            raise EnvConfigError(
+                "perception.enabled: the environments' controllers plan on the ground truth (perception in "
+                "the loop runs in `cavlab run` and sweeps); for the agent's own view use observation.type=perception"
+            )
         step = scenario.simulation.step_length_s
         waits = max(3 * INSERT_WAIT_S, TAKEOVER_WAIT_S)
         duration = np.ceil((cfg.warmup_s + waits + cfg.episode_s + cfg.decision_period_s) / step) * step

@@ -12,6 +12,7 @@ docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import tempfile
 from pathlib import Path
@@ -54,14 +55,17 @@ def main() -> None:
             metrics = result.metrics
         wall = statistics.median(walls)
         baseline = baseline or wall
-        cavs = metrics.get("perception_cav_frames", float("nan")) / max(
-            1, round((args.duration - 20) / scenario.simulation.step_length_s)
-        )
-        sensors = metrics.get("perception_sensors_ms_per_step", float("nan"))
-        inference = metrics.get("perception_inference_ms_per_step", float("nan"))
-        shown = "—" if cavs != cavs else f"{cavs:.0f}"
-        print(f"| {name} | {shown} | {wall:.2f} | {wall / baseline:.1f} | {sensors:.2f} | {inference:.2f} |",
-              flush=True)  # fmt: skip
+        steps = round((args.duration - 20) / scenario.simulation.step_length_s)
+        cavs = metrics.get("perception_cav_frames", math.nan) / steps
+        sensors = metrics.get("perception_sensors_ms_per_step", math.nan)
+        inference = metrics.get("perception_inference_ms_per_step", math.nan)
+        cells = [name, shown(cavs, "{:.0f}"), f"{wall:.2f}", f"{wall / baseline:.1f}", shown(sensors, "{:.2f}"),
+                 shown(inference, "{:.2f}")]  # fmt: skip
+        print("| " + " | ".join(cells) + " |", flush=True)
+
+
+def shown(value: float, fmt: str) -> str:
+    return "—" if math.isnan(value) else fmt.format(value)
 
 
 if __name__ == "__main__":

@@ -21,22 +21,19 @@ SPEED_TOLERANCE_MPS = 2.0
 
 
 def neighbour_rows(world: WorldState, observers: np.ndarray) -> np.ndarray:
-    """(N, 6) int64: the world row of each slot's vehicle for each observer, −1 where the slot is absent."""
-    out = np.full((len(observers), len(SLOTS)), -1, dtype=np.int64)
-    for k, row in enumerate(np.asarray(observers).tolist()):
-        x, length, lane = world.x_m[row], world.length_m[row], world.lane[row]
-        for s, (offset, ahead) in enumerate(zip(SLOT_LANE, SLOT_AHEAD, strict=True)):
-            rows = np.flatnonzero((world.lane == lane + offset) & (np.arange(len(world)) != row))
-            if ahead:
-                rows = rows[world.x_m[rows] > x]
-                gaps = world.x_m[rows] - world.length_m[rows] - x
-            else:
-                rows = rows[world.x_m[rows] <= x]
-                gaps = x - length - world.x_m[rows]
-            if len(rows):
-                j = int(np.argmin(gaps))
-                if gaps[j] <= RANGE_M:
-                    out[k, s] = rows[j]
+    """(N, 6) int64: the world row of each slot's vehicle for each observer, −1 where the slot is absent
+    (ties: the lowest row)."""
+    o = np.asarray(observers, dtype=np.int64)[:, None]
+    others = np.arange(len(world))[None, :] != o
+    x, length = world.x_m[None, :], world.length_m[None, :]
+    x_o, length_o, lane_o = world.x_m[o], world.length_m[o], world.lane[o].astype(np.int64)
+    out = np.full((len(o), len(SLOTS)), -1, dtype=np.int64)
+    for s, (offset, ahead) in enumerate(zip(SLOT_LANE, SLOT_AHEAD, strict=True)):
+        candidates = others & (world.lane[None, :] == lane_o + offset) & ((x > x_o) if ahead else (x <= x_o))
+        gaps = np.where(candidates, (x - length - x_o) if ahead else (x_o - length_o - x), np.inf)
+        if gaps.shape[1]:
+            nearest = gaps.argmin(axis=1)
+            out[:, s] = np.where(gaps[np.arange(len(o)), nearest] <= RANGE_M, nearest, -1)
     return out
 
 

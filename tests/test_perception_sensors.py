@@ -7,12 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from cavlab.cli import app
 from cavlab.perception.dataset import load_dataset
 from cavlab.perception.sensors import SensorSuite, detection_probability, sensor_params, sensor_table
-from cavlab.perception.task import neighbour_targets, slot_correct
+from cavlab.perception.task import RANGE_M, SLOT_AHEAD, SLOT_LANE, neighbour_rows, neighbour_targets, slot_correct
 from cavlab.scenario import ContextSpec, SensorFault
 from cavlab.world import WorldState
 
@@ -149,3 +151,26 @@ def test_dataset_is_reproducible_and_bad_input_is_refused(tmp_path: Path) -> Non
         done = runner.invoke(app, ["perception", "dataset", *bad, "--out", str(tmp_path / "bad")])
         assert done.exit_code == 2 and message in " ".join(done.output.split()), done.output
         assert not (tmp_path / "bad").exists()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.floats(0, 300), st.integers(0, 2), st.floats(3, 15)), min_size=1, max_size=25),
+       st.data())  # fmt: skip
+def test_neighbour_rows_match_a_direct_search(vehicles, data) -> None:
+    """Against the definition, vehicle by vehicle: the nearest one ahead (front bumper beyond ours) or
+    behind (at or behind ours) in the slot's lane, bumper to bumper within 60 m, the lowest row on ties."""
+    x, lane, length = (np.array(c) for c in zip(*vehicles, strict=True))
+    world = world_of(x=x.tolist(), lane=lane.tolist(), v=[20.0] * len(x))
+    world = WorldState(**{**world.__dict__, "length_m": length})
+    observers = np.array(data.draw(st.lists(st.integers(0, len(x) - 1), min_size=1, max_size=5)))
+    rows = neighbour_rows(world, observers)
+    for k, o in enumerate(observers.tolist()):
+        for s, (offset, ahead) in enumerate(zip(SLOT_LANE, SLOT_AHEAD, strict=True)):
+            best, best_gap = -1, np.inf
+            for j in range(len(x)):
+                if j == o or lane[j] != lane[o] + offset or (x[j] > x[o]) != ahead:
+                    continue
+                gap = x[j] - length[j] - x[o] if ahead else x[o] - length[o] - x[j]
+                if gap < best_gap:
+                    best, best_gap = j, gap
+            assert rows[k, s] == (best if best_gap <= RANGE_M else -1), (k, s)

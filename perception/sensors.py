@@ -21,6 +21,7 @@ offset 3.2 m per lane.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 from importlib.resources import files
@@ -143,8 +144,7 @@ class SensorSuite:
         camera = np.zeros((n, *shapes["camera"]), dtype=np.float32)
         lidar = np.zeros((n, *shapes["lidar"]), dtype=np.float32)
         radar = np.zeros((n, *shapes["radar"]), dtype=np.float32)
-        for k, row in enumerate(np.asarray(observers).tolist()):
-            rel = _relative(world, row)
+        for k, rel in enumerate(_relative(world, np.asarray(observers, dtype=np.int64))):
             self._camera(rel, camera[k], rng)
             self._lidar(rel, lidar[k], rng)
             self._radar(rel, radar[k], rng)
@@ -208,33 +208,42 @@ class SensorSuite:
         out[1][occupied] += rng.normal(0.0, p.speed_noise_mps / SPEED_SCALE_MPS, int(occupied.sum()))
 
 
-def _relative(world: WorldState, row: int) -> dict[str, np.ndarray]:
-    """The other vehicles of the adjacent and own lanes as seen from `row`'s front bumper."""
-    others = np.flatnonzero((np.abs(world.lane - world.lane[row]) <= 1) & (np.arange(len(world)) != row))
-    dl = (world.lane[others] - world.lane[row]).astype(int)
-    front = world.x_m[others] - world.x_m[row]  # their front bumpers, relative
-    rear = front - world.length_m[others]
-    centre = (front + rear) / 2 + world.length_m[row] / 2
-    lateral = dl * LANE_WIDTH_M
-    r = np.hypot(centre, lateral)
-    # occlusion: per lane and direction, everything beyond the nearest vehicle
-    occluded = np.zeros(len(others), dtype=bool)
-    for lane_offset in (-1, 0, 1):
-        for sign in (1, -1):
-            idx = np.flatnonzero((dl == lane_offset) & (np.sign(centre) == sign))
-            if len(idx) > 1:
-                nearest = idx[np.argmin(np.abs(centre[idx]))]
-                occluded[idx[idx != nearest]] = True
-    return {
-        "row": dl + 1,
-        "front_m": front,
-        "rear_m": rear,
-        "centre_m": centre,
-        "r_m": r,
-        "azimuth_rad": np.arctan2(lateral, centre),
-        "dv_mps": world.speed_mps[others] - world.speed_mps[row],
-        "occluded": occluded,
-    }
+def _relative(world: WorldState, observers: np.ndarray, chunk: int = 256) -> Iterator[dict[str, np.ndarray]]:
+    """Per observer: the other vehicles of its own and adjacent lanes (in row order) as seen from its
+    front bumper; computed for `chunk` observers at a time as (observers × vehicles) arrays."""
+    n = len(world)
+    for start in range(0, len(observers), chunk):
+        o = observers[start : start + chunk, None]
+        near = (np.abs(world.lane[None, :] - world.lane[o]) <= 1) & (np.arange(n)[None, :] != o)
+        dl = (world.lane[None, :] - world.lane[o]).astype(int)
+        front = world.x_m[None, :] - world.x_m[o]  # their front bumpers, relative
+        rear = front - world.length_m[None, :]
+        centre = (front + rear) / 2 + world.length_m[o] / 2
+        lateral = dl * LANE_WIDTH_M
+        # occlusion: per lane and direction, everything beyond the nearest vehicle
+        occluded = np.zeros(near.shape, dtype=bool)
+        distance, side = np.abs(centre), np.sign(centre)
+        for lane_offset in (-1, 0, 1):
+            for sign in (1, -1):
+                group = near & (dl == lane_offset) & (side == sign)
+                nearest = np.where(group, distance, np.inf).argmin(axis=1)
+                group[np.arange(len(o)), nearest] = False
+                occluded |= group
+        azimuth = np.arctan2(lateral, centre)
+        r = np.hypot(centre, lateral)
+        dv = world.speed_mps[None, :] - world.speed_mps[o]
+        for k in range(len(o)):
+            cols = np.flatnonzero(near[k])
+            yield {
+                "row": dl[k, cols] + 1,
+                "front_m": front[k, cols],
+                "rear_m": rear[k, cols],
+                "centre_m": centre[k, cols],
+                "r_m": r[k, cols],
+                "azimuth_rad": azimuth[k, cols],
+                "dv_mps": dv[k, cols],
+                "occluded": occluded[k, cols],
+            }
 
 
 def check_table(table: dict[str, Any]) -> None:

@@ -248,6 +248,7 @@ def plot(
         out.print(f"wrote {path}", highlight=False)
 
 
+ModelArgument = Annotated[Path, typer.Argument(help="A model directory from `cavlab perception train`")]
 WorkersOption = Annotated[int | None, typer.Option(help="Parallel processes (default: CPU count)")]
 DurationOption = Annotated[float, typer.Option(help="Simulated time per run [s]")]
 WarmupOption = Annotated[float, typer.Option(help="Warm-up per run [s]")]
@@ -575,7 +576,7 @@ def perception_train(
 @perception_app.command("study")
 @_handle_errors
 def perception_study(
-    model: Annotated[Path, typer.Argument(help="A model directory from `cavlab perception train`")],
+    model: ModelArgument,
     seeds: Annotated[int, typer.Option(help="Seeds per point")] = 3,
     duration: DurationOption = 300.0,
     warmup: WarmupOption = 60.0,
@@ -587,7 +588,6 @@ def perception_study(
 ) -> None:
     """Cooperative lane change on perception vs on the ground truth: clear, rain, fog and night; gated vs all
     branches; two edge targets (the sweep `perception-study`). Throughput, safety, perception energy."""
-
     from cavlab.sweep import load_sweep, write_summary
 
     if seeds < 1 or not 0 <= warmup < duration:
@@ -604,7 +604,7 @@ def perception_study(
 @perception_app.command("eval")
 @_handle_errors
 def perception_eval(
-    model: Annotated[Path, typer.Argument(help="A model directory from `cavlab perception train`")],
+    model: ModelArgument,
     data: Annotated[Path, typer.Argument(help="A dataset directory (every frame is evaluated)")],
     out_dir: Annotated[Path, typer.Option("--out", help="Evaluation directory")] = Path("runs/perception-eval"),
 ) -> None:
@@ -625,7 +625,7 @@ def perception_eval(
 @app.command("export")
 @_handle_errors
 def export(
-    model: Annotated[Path, typer.Argument(help="A model directory from `cavlab perception train`")],
+    model: ModelArgument,
     target: Annotated[str, typer.Option(help="Target profile (hw/targets): x86-cpu, jetson-agx-orin, ...")],
     out_dir: Annotated[Path, typer.Option("--out", help="Export directory")] = Path("runs/export"),
 ) -> None:
@@ -671,7 +671,7 @@ def export(
 @app.command("profile")
 @_handle_errors
 def profile(
-    model: Annotated[Path, typer.Argument(help="A model directory from `cavlab perception train`")],
+    model: ModelArgument,
     target: Annotated[str, typer.Option(help="Target profile (hw/targets): x86-cpu, jetson-agx-orin, ...")],
     measure: Annotated[bool, typer.Option(help="Measure ONNX Runtime latency (CPU targets: this machine)")] = True,
     batch: Annotated[

@@ -36,7 +36,7 @@ DENSITY_PER_KM = 26.0  # vehicles per km of highway-lane-change once filled (mea
 
 
 def scenario_for(vehicles: int, window_s: float, backend: str = "libsumo"):
-    from cavlab.scenario import load_scenario
+    from cavlab.config.scenario import load_scenario
 
     length_m = round(1000 * vehicles / DENSITY_PER_KM / 100) * 100
     fill_s = round(length_m / SPEED_MPS * 1.25 / 10) * 10
@@ -54,7 +54,7 @@ def scenario_for(vehicles: int, window_s: float, backend: str = "libsumo"):
 
 def one_run(mode: str, vehicles: int, window_s: float) -> dict:
     """Time the last `window_s` of one run; executed in a child process."""
-    from cavlab.engine import Engine
+    from cavlab.sim.engine import Engine
 
     scenario = scenario_for(vehicles, window_s)
     sim = scenario.simulation
@@ -99,7 +99,7 @@ def read_strategies(window_steps: int = 1000) -> dict[str, float]:
     import traci.constants as tc
     from sumolib import checkBinary
 
-    from cavlab.engine import Engine
+    from cavlab.sim.engine import Engine
 
     scenario = scenario_for(500, 60)
     warm = scenario.simulation.warmup_s

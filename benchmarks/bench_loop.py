@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from cavlab.engine import Engine
-from cavlab.scenario import load_scenario
+from cavlab.config.scenario import load_scenario
+from cavlab.sim.engine import Engine
 
 CONFIGURATIONS = {
     "ground truth": ["perception.enabled=false"],

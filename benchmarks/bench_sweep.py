@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from cavlab.sweep import SweepSpec, execute, execute_ray, plan
+from cavlab.experiments.sweep import SweepSpec, execute, execute_ray, plan
 
 
 def timed(mode: str, workers: int, spec: SweepSpec) -> float:

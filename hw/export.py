@@ -89,14 +89,15 @@ def load_components(model_dir: Path) -> list[Component]:
     model, gate, ckpt = load_checkpoint(model_dir)
     shapes = ckpt["shapes"]
     batch = 3
-    frames = {m: torch.rand(batch, *shapes[m]) for m in ("camera", "lidar", "radar")}
+    gen = torch.Generator().manual_seed(0)  # example inputs: their ranges set the INT8 calibration's
+    frames = {m: torch.rand(batch, *shapes[m], generator=gen) for m in ("camera", "lidar", "radar")}
     components = [
         Component(f"stem.{m}", model.stems[m], (frames[m],), [m], ["features"]) for m in ("camera", "lidar", "radar")
     ]
     for branch, mods in BRANCHES.items():
-        x = torch.rand(batch, FEATURES * len(mods))
+        x = torch.rand(batch, FEATURES * len(mods), generator=gen)
         components.append(Component(f"head.{branch}", model.heads[branch], (x,), ["features"], ["slots"]))
-    radar = torch.rand(batch, FEATURES)
+    radar = torch.rand(batch, FEATURES, generator=gen)
     components.append(Component("gate", GateGraph(gate), (radar, frames["camera"], frames["lidar"]),
                                 ["radar_features", "camera", "lidar"], ["predicted_losses"]))  # fmt: skip
     if "spiking" in ckpt:
@@ -105,9 +106,9 @@ def load_components(model_dir: Path) -> list[Component]:
         head.load_state_dict(ckpt["spiking"]["state"])
         head.eval()
         hidden = head.w1.out_features
-        components.append(Component("spiking.input", SpikingInput(head), (torch.rand(batch, FEATURES * len(mods)),),
+        components.append(Component("spiking.input", SpikingInput(head), (torch.rand(batch, FEATURES * len(mods), generator=gen),),
                                     ["features"], ["z"]))  # fmt: skip
-        step_inputs = (torch.rand(batch, hidden) * 2, torch.rand(batch, hidden), torch.rand(batch, hidden))
+        step_inputs = tuple(torch.rand(batch, hidden, generator=gen) * s for s in (2.0, 1.0, 1.0))
         components.append(Component("spiking.step", SpikingStep(head), step_inputs, ["z", "lif1.v_in", "lif2.v_in"],
                                     ["y", "lif1.v_out", "lif2.v_out"],
                                     {"lif1.v_in": "lif1.v_out", "lif2.v_in": "lif2.v_out"}))  # fmt: skip

@@ -1,7 +1,7 @@
 """Perception: simulated sensors, fusion and spiking models, and the hook the engine calls each step.
 
 `GroundTruth` passes the world state through (controllers plan on SUMO's ground truth);
-`cavlab.perception.loop.PerceptionLoop` replaces it with what the CAVs perceive.
+`cavlab.sim.perception_loop.PerceptionLoop` replaces it with what the CAVs perceive.
 """
 
 from __future__ import annotations

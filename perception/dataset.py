@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
+from cavlab.config.scenario import ContextSpec, Scenario, load_scenario
 from cavlab.errors import UserError
 from cavlab.perception.sensors import SensorSuite, context_label, sensor_table
 from cavlab.perception.task import SLOTS, neighbour_targets
-from cavlab.scenario import ContextSpec, Scenario, load_scenario
 from cavlab.world import WorldState
 
 WEATHERS = ("clear", "rain", "fog", "snow")
@@ -119,7 +119,7 @@ def generate(
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Run every (context, seed) and write its shard into `folder`; the manifest, returned and written."""
-    from cavlab.engine import Engine
+    from cavlab.sim.engine import Engine
 
     table = table or sensor_table()
     sim = plan.scenario.simulation

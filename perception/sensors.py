@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from cavlab.config.scenario import ContextSpec
 from cavlab.errors import UserError
-from cavlab.scenario import ContextSpec
 from cavlab.world import WorldState
 
 LANE_WIDTH_M = 3.2

@@ -1,1 +1,1 @@
-"""The scenario library shipped with cavlab (YAML files, read with `cavlab.scenario`)."""
+"""The scenario library shipped with cavlab (YAML files, read with `cavlab.config.scenario`)."""

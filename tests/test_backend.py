@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cavlab.backends.base import SumoBackend
-from cavlab.engine import Engine
+from cavlab.config.scenario import parse_scenario
 from cavlab.errors import SimulationError
-from cavlab.scenario import parse_scenario
+from cavlab.sim.backends.base import SumoBackend
+from cavlab.sim.engine import Engine
 from cavlab.world import Accelerate, ChangeLane, Release, SetSpeed
 
 from .conftest import short

@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cavlab.cli import app
-from cavlab.scenario import shipped_scenarios
+from cavlab.config.scenario import shipped_scenarios
 
 runner = CliRunner()
 CAVLAB = [sys.executable, "-m", "cavlab.cli"]

@@ -10,7 +10,7 @@ import pyarrow.compute as pc
 import pytest
 
 from cavlab.controllers import Controller, ControlSetup
-from cavlab.engine import Engine, RunResult
+from cavlab.sim.engine import Engine, RunResult
 from cavlab.world import Command, SetSpeed, WorldState
 
 from .conftest import short

@@ -22,8 +22,8 @@ pytest.importorskip("hls4ml")
 pytest.importorskip("qonnx")
 
 from cavlab.errors import UserError
+from cavlab.hw.backends.hls4ml import QONNX_DOMAIN, LIFStep, csim_parity, fpga_onnx, hls_model, predict
 from cavlab.hw.export import SpikingStep
-from cavlab.hw.fpga import QONNX_DOMAIN, LIFStep, csim_parity, fpga_onnx, hls_model, predict
 from cavlab.perception.fusion import FEATURES, BranchHead, DeepGate, GridStem
 from cavlab.perception.spiking import LIF, lif_step
 from cavlab.perception.spiking_branch import SpikingHead
@@ -162,7 +162,7 @@ def test_a_comparison_that_is_not_a_spike_is_rejected() -> None:
 def test_export_fpga_converts_what_it_can_and_keeps_the_radar_stem_on_the_host(
     tmp_path: Path, perception_model_dir: Path
 ) -> None:
-    from cavlab.hw.fpga import export_fpga
+    from cavlab.hw.backends.hls4ml import export_fpga
 
     model_dir = perception_model_dir
     out = tmp_path / "fpga"

@@ -12,10 +12,10 @@ import torch
 from typer.testing import CliRunner
 
 from cavlab.cli import app
+from cavlab.config.scenario import ContextSpec, PerceptionSpec, SimulationSpec
 from cavlab.errors import UserError
-from cavlab.perception.loop import PerceptionLoop
 from cavlab.perception.task import neighbour_targets
-from cavlab.scenario import ContextSpec, PerceptionSpec, SimulationSpec
+from cavlab.sim.perception_loop import PerceptionLoop
 from cavlab.world import WorldState
 
 DT = 0.1
@@ -176,7 +176,7 @@ def test_the_closed_loop_runs_from_the_cli(perception_model_dir: Path, tmp_path:
 
 
 def test_the_perception_study_plans_every_context_and_configuration(perception_model_dir: Path, tmp_path: Path) -> None:
-    from cavlab.sweep import load_sweep, plan
+    from cavlab.experiments.sweep import load_sweep, plan
 
     spec = load_sweep("perception-study")
     runs = plan(spec.model_copy(update={"set": [*spec.set, f"perception.model={perception_model_dir}"]}))

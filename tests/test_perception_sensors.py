@@ -12,10 +12,10 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from cavlab.cli import app
+from cavlab.config.scenario import ContextSpec, SensorFault
 from cavlab.perception.dataset import load_dataset
 from cavlab.perception.sensors import SensorSuite, detection_probability, sensor_params, sensor_table
 from cavlab.perception.task import RANGE_M, SLOT_AHEAD, SLOT_LANE, neighbour_rows, neighbour_targets, slot_correct
-from cavlab.scenario import ContextSpec, SensorFault
 from cavlab.world import WorldState
 
 runner = CliRunner()

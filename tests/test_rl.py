@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from cavlab.cli import app
 from cavlab.envs.actions import LANE_LEFT, LANE_RIGHT
-from cavlab.rl import learning_curve, rule_based_action
+from cavlab.rl.sb3 import learning_curve, rule_based_action
 
 runner = CliRunner()
 

@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cavlab.cli import app
-from cavlab.rllib import load_policy, train_rllib
+from cavlab.rl.rllib import load_policy, train_rllib
 
 runner = CliRunner()
 

@@ -9,8 +9,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cavlab.config.scenario import Scenario, apply_override, load_scenario, parse_scenario, shipped_scenarios
 from cavlab.errors import ScenarioError
-from cavlab.scenario import Scenario, apply_override, load_scenario, parse_scenario, shipped_scenarios
 
 MINIMAL = """
 name: tiny

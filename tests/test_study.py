@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 
 from cavlab.cli import app
 from cavlab.controllers.cooperative import CooperativeParams
-from cavlab.stats import mean_ci
-from cavlab.study import VARIANTS, aggregate, lane_change_measures, study_sweep
-from cavlab.sweep import load_rows, load_sweep, plan
+from cavlab.experiments.study import VARIANTS, aggregate, lane_change_measures, study_sweep
+from cavlab.experiments.sweep import load_rows, load_sweep, plan
+from cavlab.runs.stats import mean_ci
 
 
 def test_mean_ci_uses_student_t() -> None:

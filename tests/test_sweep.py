@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from cavlab.cli import app
 from cavlab.errors import UserError
-from cavlab.sweep import SweepSpec, load_rows, load_sweep, plan
+from cavlab.experiments.sweep import SweepSpec, load_rows, load_sweep, plan
 
 runner = CliRunner()
 SWEEP = """

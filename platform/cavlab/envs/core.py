@@ -18,15 +18,15 @@ from typing import Any
 
 import numpy as np
 
-from cavlab.backends.base import SumoBackend, make_backend
+from cavlab.config.scenario import Scenario, load_scenario
 from cavlab.controllers import Controller, make_controller
-from cavlab.engine import control_setup
 from cavlab.envs.actions import ActionType, make_action
 from cavlab.envs.config import EgoSpec, EnvConfig, EnvConfigError
 from cavlab.envs.observations import PerceivedNeighbours, RoadFrame, make_observation
 from cavlab.errors import SimulationError
-from cavlab.network import Network, SumoInputs, build_network, write_sumo_inputs
-from cavlab.scenario import Scenario, load_scenario
+from cavlab.sim.backends.base import SumoBackend, make_backend
+from cavlab.sim.engine import control_setup
+from cavlab.sim.network import Network, SumoInputs, build_network, write_sumo_inputs
 from cavlab.world import Accelerate, ChangeLane, Command, ControlModes, Release, WorldState
 
 AGENT_MODES = ControlModes(speed_mode=32, lane_change_mode=0)

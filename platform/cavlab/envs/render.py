@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cavlab.network import Network
+from cavlab.sim.network import Network
 from cavlab.world import WorldState
 
 ROAD = np.array([60, 60, 60], dtype=np.uint8)

@@ -30,8 +30,8 @@ from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
+from cavlab.config.scenario import FlowSpec, RoadSpec, Scenario
 from cavlab.errors import SimulationError
-from cavlab.scenario import FlowSpec, RoadSpec, Scenario
 
 _BUILDER_VERSION = 2  # bump when the network layout code changes
 SEGMENT_M = 1000.0  # longest edge: one 20 km edge steps 9× slower than 1 km segments (docs/benchmarks.md)

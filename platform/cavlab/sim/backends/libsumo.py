@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from cavlab.backends.base import RawEvents, RawVehicles, SumoBackend
 from cavlab.errors import SimulationError
+from cavlab.sim.backends.base import RawEvents, RawVehicles, SumoBackend
 
 _owner: LibsumoBackend | None = None
 

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from cavlab.backends.base import SumoBackend, make_backend
+from cavlab.config.scenario import Scenario
 from cavlab.controllers import Controller, ControllerReport, ControlSetup, make_controller
-from cavlab.metrics import LaneChange, MetricsCollector
-from cavlab.network import Network, SumoInputs, build_network, write_sumo_inputs
 from cavlab.perception import GroundTruth, Perception
-from cavlab.recorder import TrajectoryRecorder
-from cavlab.scenario import Scenario
+from cavlab.sim.backends.base import SumoBackend, make_backend
+from cavlab.sim.metrics import LaneChange, MetricsCollector
+from cavlab.sim.network import Network, SumoInputs, build_network, write_sumo_inputs
+from cavlab.sim.recorder import TrajectoryRecorder
 from cavlab.world import Collision, WorldState
 
 ProgressCallback = Callable[[WorldState, int], None]
@@ -56,7 +56,7 @@ def make_perception(scenario: Scenario) -> Perception:
     """The scenario's perception: the ground truth, or the perception loop when it is enabled."""
     if not scenario.perception.enabled:
         return GroundTruth()
-    from cavlab.perception.loop import PerceptionLoop
+    from cavlab.sim.perception_loop import PerceptionLoop
 
     return PerceptionLoop(scenario.perception, scenario.context, scenario.simulation)
 

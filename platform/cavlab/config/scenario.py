@@ -320,7 +320,7 @@ class ContextSpec(_Block):
 
 class PerceptionSpec(_Block):
     """Perception in the loop: controllers plan on what the CAVs' sensors and a trained fusion model
-    estimate instead of SUMO's ground truth (cavlab.perception.loop)."""
+    estimate instead of SUMO's ground truth (cavlab.sim.perception_loop)."""
 
     enabled: bool = Field(False, description="Off: controllers see the ground truth")
     model: str | None = Field(None, description="A model directory from `cavlab perception train`")

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cavlab.network import Network
-from cavlab.scenario import Scenario
+from cavlab.config.scenario import Scenario
+from cavlab.sim.network import Network
 from cavlab.world import Collision, Departure, StepEvents, WorldState
 
 _NO_LANE = np.iinfo(np.int16).min

@@ -68,7 +68,7 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 @_handle_errors
 def list_scenarios() -> None:
     """List the shipped scenarios."""
-    from cavlab.scenario import load_scenario, shipped_scenarios
+    from cavlab.config.scenario import load_scenario, shipped_scenarios
 
     table = Table(title="Shipped scenarios")
     table.add_column("name", no_wrap=True)
@@ -97,7 +97,7 @@ def show(
     overrides: SetOption = None,
 ) -> None:
     """Print a scenario (as written, or fully resolved)."""
-    from cavlab.scenario import load_scenario, resolve_scenario_path
+    from cavlab.config.scenario import load_scenario, resolve_scenario_path
 
     loaded = load_scenario(scenario, overrides or [])
     text = loaded.to_yaml() if resolved or overrides else resolve_scenario_path(scenario).read_text()
@@ -114,7 +114,7 @@ def validate(
     overrides: SetOption = None,
 ) -> None:
     """Check a scenario file without running it."""
-    from cavlab.scenario import load_scenario
+    from cavlab.config.scenario import load_scenario
 
     s = load_scenario(scenario, overrides or [])
     out.print(
@@ -138,9 +138,9 @@ def run(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or table.")] = False,
 ) -> None:
     """Run a scenario in SUMO and write a run directory."""
-    from cavlab.engine import Engine
-    from cavlab.rundir import SUMO_SUBDIR, default_run_dir, staged_run_dir, write_run
-    from cavlab.scenario import load_scenario
+    from cavlab.config.scenario import load_scenario
+    from cavlab.runs.rundir import SUMO_SUBDIR, default_run_dir, staged_run_dir, write_run
+    from cavlab.sim.engine import Engine
 
     sets = list(overrides or [])
     for key, value in (("seed", seed), ("duration_s", duration), ("backend", backend)):
@@ -240,7 +240,7 @@ def plot(
     out_dir: Annotated[Path | None, typer.Option("--out", help="Where to write the PNGs (default RUN_DIR)")] = None,
 ) -> None:
     """Draw a time-space diagram and a speed heatmap of a run."""
-    from cavlab.plot import plot_run
+    from cavlab.runs.plot import plot_run
 
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: no such run directory")
@@ -276,7 +276,7 @@ def study(
     (the sweep `lane-change-study` with these options; resumable)."""
     import json
 
-    from cavlab.study import VARIANTS, aggregate, markdown_table, plot_study, study_sweep
+    from cavlab.experiments.study import VARIANTS, aggregate, markdown_table, plot_study, study_sweep
 
     variants = variants or list(VARIANTS)
     for v in variants:
@@ -303,7 +303,7 @@ def _run_sweep(spec: Any, out_dir: Path, workers: int | None, ray: str | None, t
     """Run (or resume) a sweep into `out_dir` with a progress bar; its rows and how many were there before."""
     import json
 
-    from cavlab.sweep import default_workers, execute, execute_ray, load_rows, plan
+    from cavlab.experiments.sweep import default_workers, execute, execute_ray, load_rows, plan
 
     runs = plan(spec)
     if out_dir.exists() and not out_dir.is_dir():
@@ -341,7 +341,7 @@ EnvOption = Annotated[
 
 def _env_kwargs(options: list[str] | None) -> dict[str, Any]:
     """Environment keyword arguments from key.path=value options (values parsed as YAML)."""
-    from cavlab.scenario import apply_override
+    from cavlab.config.scenario import apply_override
 
     kwargs: dict[str, Any] = {}
     for option in options or []:
@@ -371,7 +371,7 @@ def train(
     a learning curve and train.json."""
     import json
 
-    from cavlab.rundir import staged_run_dir
+    from cavlab.runs.rundir import staged_run_dir
 
     backends = ("sb3", "rllib")
     if backend not in backends:
@@ -393,13 +393,13 @@ def train(
                 bar.update(task, completed=min(n, timesteps))
 
             if backend == "rllib":
-                from cavlab.rllib import train_rllib
+                from cavlab.rl.rllib import train_rllib
 
                 address = None if ray in (None, "local") else ray
                 result = train_rllib(env_id, timesteps, envs, seed, kwargs, staging, progress, address)
                 files = "checkpoint/, learning_curve.png, learning_curve.csv"
             else:
-                from cavlab.rl import train as run_training
+                from cavlab.rl.sb3 import train as run_training
 
                 result = run_training(env_id, algo, timesteps, envs, seed, kwargs, staging, progress=progress)
                 files = "policy.zip, learning_curve.png, tensorboard/"
@@ -432,9 +432,9 @@ def evaluate(
     """Compare trained policies with a random policy and the rule-based driver on the same episodes."""
     import json
 
-    from cavlab.rl import BASELINES, plot_evaluation
-    from cavlab.rl import evaluate as run_evaluation
-    from cavlab.rundir import staged_run_dir
+    from cavlab.rl.sb3 import BASELINES, plot_evaluation
+    from cavlab.rl.sb3 import evaluate as run_evaluation
+    from cavlab.runs.rundir import staged_run_dir
 
     if episodes < 1:
         raise UserError("need --episodes ≥ 1")
@@ -482,7 +482,7 @@ def sweep(
 ) -> None:
     """Run a scenario over a grid or random samples of its fields and seeds; resumable, one process per run."""
 
-    from cavlab.sweep import load_sweep, write_summary
+    from cavlab.experiments.sweep import load_sweep, write_summary
 
     spec = load_sweep(sweep_file)
     if overrides:
@@ -515,7 +515,7 @@ def perception_dataset(
 
     from cavlab.perception.dataset import generate, plan_dataset
     from cavlab.perception.sensors import check_table
-    from cavlab.rundir import staged_run_dir
+    from cavlab.runs.rundir import staged_run_dir
 
     table = None
     if sensors is not None:
@@ -559,7 +559,7 @@ def perception_train(
     """Train the gated fusion model (stems, seven branches, knowledge and deep gates); evaluate on the last seed."""
     from cavlab.perception.fusion import Selection
     from cavlab.perception.training import results_markdown, train_fusion
-    from cavlab.rundir import staged_run_dir
+    from cavlab.runs.rundir import staged_run_dir
 
     if epochs < 1 or gamma < 0 or not 0 <= energy_weight <= 1:
         raise UserError("need --epochs ≥ 1, --gamma ≥ 0 and 0 ≤ --energy-weight ≤ 1")
@@ -588,7 +588,7 @@ def perception_study(
 ) -> None:
     """Cooperative lane change on perception vs on the ground truth: clear, rain, fog and night; gated vs all
     branches; two edge targets (the sweep `perception-study`). Throughput, safety, perception energy."""
-    from cavlab.sweep import load_sweep, write_summary
+    from cavlab.experiments.sweep import load_sweep, write_summary
 
     if seeds < 1 or not 0 <= warmup < duration:
         raise UserError("need --seeds ≥ 1 and 0 ≤ --warmup < --duration")
@@ -610,7 +610,7 @@ def perception_eval(
 ) -> None:
     """Evaluate a trained model on a dataset, per context: every branch, all branches, and the gates."""
     from cavlab.perception.training import evaluate, load_checkpoint, results_markdown, write_results
-    from cavlab.rundir import staged_run_dir
+    from cavlab.runs.rundir import staged_run_dir
 
     load_checkpoint(model)  # a clear error before anything is written
     with staged_run_dir(out_dir) as staging:
@@ -635,12 +635,12 @@ def export(
     from cavlab.hw.export import export_model
     from cavlab.hw.targets import get_target
     from cavlab.perception.training import load_checkpoint
-    from cavlab.rundir import staged_run_dir
+    from cavlab.runs.rundir import staged_run_dir
 
     spec = get_target(target)
     load_checkpoint(model)  # a clear error before anything is written
     if spec.runtime == "hls4ml":
-        from cavlab.hw.fpga import export_fpga
+        from cavlab.hw.backends.hls4ml import export_fpga
 
         with staged_run_dir(out_dir) as staging, err.status("converting with hls4ml and compiling the C simulations"):
             report = export_fpga(model, staging)
@@ -685,7 +685,7 @@ def profile(
     from cavlab.hw.profile import profile_markdown, profile_model
     from cavlab.hw.targets import get_target
     from cavlab.perception.training import load_checkpoint
-    from cavlab.rundir import staged_run_dir
+    from cavlab.runs.rundir import staged_run_dir
 
     spec = get_target(target)
     if batch < 1:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from cavlab.errors import UserError
-from cavlab.stats import mean_ci
+from cavlab.runs.stats import mean_ci
 
 ALGORITHMS = ("ppo", "dqn")
 BASELINES = ("random", "rule")
@@ -252,7 +252,7 @@ def _policy(policy: str | Path, env) -> Callable[[np.ndarray], Any]:
         return lambda obs: rule_based_action(env)
     path = Path(policy)
     if path.is_dir():  # an RLlib checkpoint
-        from cavlab.rllib import load_policy
+        from cavlab.rl.rllib import load_policy
 
         return load_policy(path)
     lib = sb3()

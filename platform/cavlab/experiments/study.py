@@ -2,7 +2,7 @@
 
 Each point (controller variant × fast-lane demand q × CAV share × seed) is one run of
 `highway-lane-change` with q veh/h on the fast lane and 0.6·q on the slow lane (three
-quarters of it slow human-driven vehicles): a sweep (`study_sweep`, run by cavlab.sweep in
+quarters of it slow human-driven vehicles): a sweep (`study_sweep`, run by cavlab.experiments.sweep in
 fresh processes, resumable). Variants:
 
 - `cooperative`: the cooperative controller (cavlab.controllers.cooperative);
@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from cavlab.stats import mean_ci
-from cavlab.sweep import SweepSpec
+from cavlab.experiments.sweep import SweepSpec
+from cavlab.runs.stats import mean_ci
 
 SCENARIO = "highway-lane-change"
 VARIANTS = ("cooperative", "selfish", "sumo-default", "no-cooperation")
@@ -41,7 +41,7 @@ def study_sweep(variants: list[str], demands_vph: list[float], cav_shares: list[
     """The study as a sweep: named axes `variant` and `demand_vph` (q on the fast lane, 0.45·q and
     0.15·q on the slow lane's two flows), the CAV share, the seeds, and the lane-change measures.
     The shipped sweep `lane-change-study` is this with the defaults of `cavlab study`."""
-    from cavlab.scenario import load_scenario
+    from cavlab.config.scenario import load_scenario
 
     types = load_scenario(SCENARIO).demand.vehicle_types
     overrides = {

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cavlab.config.scenario import ContextSpec, PerceptionSpec, SimulationSpec
 from cavlab.errors import UserError
 from cavlab.hw.profile import profile_model
 from cavlab.hw.targets import get_target
@@ -39,7 +40,6 @@ from cavlab.perception.inference import BatchedPerception, OrtPerception
 from cavlab.perception.sensors import SensorSuite, context_label
 from cavlab.perception.task import SLOT_AHEAD, SLOT_LANE, neighbour_rows, neighbour_targets, slot_correct
 from cavlab.perception.training import configuration_energies, load_checkpoint
-from cavlab.scenario import ContextSpec, PerceptionSpec, SimulationSpec
 from cavlab.world import WorldState
 
 ASSOCIATION_GAP_M = 10.0

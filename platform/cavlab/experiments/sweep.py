@@ -43,7 +43,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cavlab.errors import UserError, field_path
-from cavlab.stats import mean_ci
+from cavlab.runs.stats import mean_ci
 
 
 class Distribution(BaseModel):
@@ -156,7 +156,7 @@ def load_sweep(path: Path | str) -> SweepSpec:
 
 def plan(spec: SweepSpec) -> list[SweepRun]:
     """Every run of the sweep, each scenario validated (a bad field fails here, before anything runs)."""
-    from cavlab.scenario import load_scenario
+    from cavlab.config.scenario import load_scenario
 
     axes = [[(key, label, tuple(sets)) for label, sets in values.items()] if isinstance(values, dict)
             else [(key, value, None) for value in values] for key, values in spec.grid.items()]  # fmt: skip
@@ -194,8 +194,8 @@ def run_one(run: SweepRun) -> dict[str, Any]:
     """Run one scenario (in a worker process); its row: the swept values, the seed, every numeric metric."""
     # one compute thread per run: runs share the cores (torch is imported later, and reads this)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from cavlab.engine import Engine
-    from cavlab.scenario import load_scenario
+    from cavlab.config.scenario import load_scenario
+    from cavlab.sim.engine import Engine
 
     scenario = load_scenario(run.scenario, run.overrides)
     if not run.measures:  # nothing needs the trajectories
@@ -216,10 +216,10 @@ def run_one(run: SweepRun) -> dict[str, Any]:
 
 
 def lane_change_measures(scenario, result) -> dict[str, float]:
-    """The lane-change study's measures (cavlab.study): stuck CAVs' lane changes, their mean maneuver
+    """The lane-change study's measures (cavlab.experiments.study): stuck CAVs' lane changes, their mean maneuver
     time and fast-lane disruption."""
     from cavlab.controllers.cooperative import CooperativeParams
-    from cavlab.study import lane_change_measures as measure
+    from cavlab.experiments.study import lane_change_measures as measure
 
     lengths = {name: spec.length_m for name, spec in scenario.demand.vehicle_types.items()}
     changes = measure(result.trajectories, scenario.simulation.warmup_s, lengths, CooperativeParams())

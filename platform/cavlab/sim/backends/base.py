@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from cavlab.config.scenario import Scenario
 from cavlab.errors import SimulationError
-from cavlab.network import Network, SumoInputs
-from cavlab.scenario import Scenario
+from cavlab.sim.network import Network, SumoInputs
 from cavlab.world import (
     SUMO_DEFAULT_MODES,
     Accelerate,
@@ -365,9 +365,9 @@ def make_backend(scenario: Scenario, network: Network, inputs: SumoInputs) -> Su
     """The backend the scenario asks for."""
     kind = scenario.simulation.backend
     if kind == "libsumo":
-        from cavlab.backends.libsumo_backend import LibsumoBackend
+        from cavlab.sim.backends.libsumo import LibsumoBackend
 
         return LibsumoBackend(scenario, network, inputs)
-    from cavlab.backends.traci_backend import TraciBackend
+    from cavlab.sim.backends.traci import TraciBackend
 
     return TraciBackend(scenario, network, inputs, gui=kind == "gui")

@@ -32,10 +32,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from cavlab.engine import RunResult
+from cavlab.sim.engine import RunResult
 from cavlab.errors import UserError
-from cavlab.metrics import LaneChange
-from cavlab.scenario import Scenario
+from cavlab.sim.metrics import LaneChange
+from cavlab.config.scenario import Scenario
 from cavlab.world import Collision
 
 SUMO_SUBDIR = "sumo"

@@ -29,7 +29,7 @@ class RllibEnv(gym.wrappers.FlattenObservation):
     fresh process without `register_env`."""
 
     def __init__(self, config: dict[str, Any]) -> None:
-        from cavlab.rl import check_env_id
+        from cavlab.rl.sb3 import check_env_id
 
         super().__init__(gym.make(check_env_id(config["env_id"]), **dict(config.get("env_kwargs") or {})))
 
@@ -66,7 +66,7 @@ def train_rllib(
     """Train PPO until `timesteps` env steps are sampled, on `env_runners` remote env runners (one
     SUMO each); writes checkpoint/, learning_curve.csv and learning_curve.png into `out_dir`. Ray
     runs locally (address None) or joins the cluster at `address`; it is shut down on every exit path."""
-    from cavlab.rl import make_env
+    from cavlab.rl.sb3 import make_env
 
     ray = _rllib()
     from ray.rllib.algorithms.ppo import PPOConfig
@@ -150,7 +150,7 @@ def write_curve(curve: list[tuple[int, float]], path: Path) -> None:
 
 def plot_curve(curve: list[tuple[int, float]], path: Path, title: str) -> None:
     """RLlib's running mean episode return (last 100 episodes) against env steps."""
-    from cavlab.rl import plot_returns
+    from cavlab.rl.sb3 import plot_returns
 
     lines = []
     if curve:

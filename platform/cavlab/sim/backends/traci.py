@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from cavlab.backends.base import RawEvents, RawVehicles, SumoBackend
+from cavlab.sim.backends.base import RawEvents, RawVehicles, SumoBackend
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child

@@ -23,8 +23,8 @@ from pathlib import Path
 def one_run(layout: str, length_m: float, steps: int = 500) -> dict:
     import libsumo
 
-    from cavlab.sim import network
     from cavlab.config.scenario import load_scenario
+    from cavlab.sim import network
     from cavlab.sim.engine import Engine
 
     if layout == "single-edge":

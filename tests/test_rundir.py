@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cavlab.sim import engine
 from cavlab.cli import app
 from cavlab.errors import SimulationError
 from cavlab.runs.rundir import staged_run_dir
+from cavlab.sim import engine
 
 
 def test_staged_directory_is_renamed_into_place_on_success(tmp_path: Path) -> None:

@@ -106,8 +106,8 @@ def load_components(model_dir: Path) -> list[Component]:
         head.load_state_dict(ckpt["spiking"]["state"])
         head.eval()
         hidden = head.w1.out_features
-        components.append(Component("spiking.input", SpikingInput(head), (torch.rand(batch, FEATURES * len(mods), generator=gen),),
-                                    ["features"], ["z"]))  # fmt: skip
+        z_example = torch.rand(batch, FEATURES * len(mods), generator=gen)
+        components.append(Component("spiking.input", SpikingInput(head), (z_example,), ["features"], ["z"]))
         step_inputs = tuple(torch.rand(batch, hidden, generator=gen) * s for s in (2.0, 1.0, 1.0))
         components.append(Component("spiking.step", SpikingStep(head), step_inputs, ["z", "lif1.v_in", "lif2.v_in"],
                                     ["y", "lif1.v_out", "lif2.v_out"],

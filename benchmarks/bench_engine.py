@@ -36,7 +36,7 @@ DENSITY_PER_KM = 26.0  # vehicles per km of highway-lane-change once filled (mea
 
 
 def scenario_for(vehicles: int, window_s: float, backend: str = "libsumo"):
-    from cavlab.config.scenario import load_scenario
+    from cavlab.sim.resolve import load_scenario
 
     length_m = round(1000 * vehicles / DENSITY_PER_KM / 100) * 100
     fill_s = round(length_m / SPEED_MPS * 1.25 / 10) * 10

@@ -18,8 +18,9 @@ import time
 import numpy as np
 import torch
 
+from cavlab.hw.backends.onnxruntime import OrtPerception
 from cavlab.perception.fusion import DeepGate, FusionModel, Selection
-from cavlab.perception.inference import BatchedPerception, OrtPerception
+from cavlab.perception.inference import BatchedPerception
 
 SHAPES = {"camera": [2, 3, 24], "lidar": [2, 3, 60], "radar": [8, 4]}
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from cavlab.config.scenario import load_scenario
 from cavlab.sim.engine import Engine
+from cavlab.sim.resolve import load_scenario
 
 CONFIGURATIONS = {
     "ground truth": ["perception.enabled=false"],

@@ -25,9 +25,9 @@ from pathlib import Path
 
 
 def one_run(controller: str, seed: int, cav_share: float) -> dict:
-    from cavlab.config.scenario import load_scenario
     from cavlab.controllers import make_controller
     from cavlab.sim.engine import Engine, control_setup
+    from cavlab.sim.resolve import load_scenario
 
     scenario = load_scenario(
         "highway-lane-change",

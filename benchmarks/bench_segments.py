@@ -23,9 +23,9 @@ from pathlib import Path
 def one_run(layout: str, length_m: float, steps: int = 500) -> dict:
     import libsumo
 
-    from cavlab.config.scenario import load_scenario
     from cavlab.sim import network
     from cavlab.sim.engine import Engine
+    from cavlab.sim.resolve import load_scenario
 
     if layout == "single-edge":
         network.SEGMENT_M = 10 * length_m

@@ -9,6 +9,8 @@ discretised exactly (zero-order hold):
 A leader cruises: x_L(t) = x_L0 + v_L·(t − t0), and safety x_L − L_L − x_k ≥ φ·v_k + δ is
 imposed at every node. Both problems are built once per grid size N and re-solved with new
 data; a solve never raises on an infeasible or failed problem, it returns a `SolveStatus`.
+The data enter by name: `QPParameters` and `NLPParameters` hold CasADi symbols (named after
+their fields) while a problem is built and numbers when it is solved.
 
 - `FixedTimeQP`: fixed T, energy + terminal-speed penalty (convex QP). The states are
   eliminated, x_k and v_k are linear in u, and the dense QP in N unknowns is solved by DAQP
@@ -21,9 +23,10 @@ data; a solve never raises on an infeasible or failed problem, it returns a `Sol
 
 from __future__ import annotations
 
+import functools
 import time
-from dataclasses import dataclass, field
-from typing import ClassVar
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, TypeVar
 
 import casadi as ca
 import numpy as np
@@ -35,6 +38,83 @@ Leader = tuple[float, float, float]
 
 Slot = tuple[str, float] | tuple[str, float, float]
 """("front", b[, c]): x_N + c·v_N ≥ b;  ("rear", b[, c]): x_N + c·v_N ≤ b  (c = 0 if left out)."""
+
+Scalar = Any
+"""A parameter's value: a scalar CasADi symbol while a problem is built, a float when it is solved."""
+
+_P = TypeVar("_P", bound="_Parameters")
+
+
+@dataclass(frozen=True)
+class _Parameters:
+    """A named parameter set of an OCP: `symbols()` while building, numbers by name when solving."""
+
+    @classmethod
+    def symbols(cls: type[_P]) -> _P:
+        """Every field a scalar `ca.SX` symbol of its own name."""
+        return cls(**{f.name: ca.SX.sym(f.name) for f in fields(cls)})
+
+    def vector(self) -> Any:
+        """The fields in declaration order, the problem's parameter vector: a `ca.SX` column of the
+        symbols, or a list of the numbers."""
+        values = [getattr(self, name) for name in _field_names(type(self))]
+        return ca.vertcat(*values) if isinstance(values[0], ca.SX) else values
+
+
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls))
+
+
+def _model(limits: Limits, headway: Headway) -> dict[str, float]:
+    """The vehicle-model fields shared by both parameter sets, by name."""
+    return {
+        "u_min": limits.u_min_mps2, "u_max": limits.u_max_mps2, "v_min": limits.v_min_mps, "v_max": limits.v_max_mps,
+        "phi": headway.reaction_time_s, "delta": headway.standstill_m,
+    }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class QPParameters(_Parameters):
+    """The data of one `FixedTimeQP` solve; positions are relative to x0 (ξ = x − x0)."""
+
+    h: Scalar  # interval length T/N [s]
+    v0: Scalar  # initial speed [m/s]
+    v_ref: Scalar  # reference of the terminal-speed penalty [m/s]
+    beta: Scalar  # β, its weight
+    u_min: Scalar
+    u_max: Scalar
+    v_min: Scalar
+    v_max: Scalar
+    phi: Scalar  # φ, reaction time [s]
+    delta: Scalar  # δ, standstill gap [m]
+    gap0: Scalar  # leader bumper gap at t0, x_L0 − L_L − x0 [m]
+    v_lead: Scalar  # v_L, the leader's (cruising) speed
+    lead_on: Scalar  # 1 with a leader, 0 without
+    slot_b: Scalar  # b − x0 of the slot x_N + c·v_N ≷ b [m]
+    slot_side: Scalar  # +1 "front" (≥), −1 "rear" (≤), 0 no slot
+    slot_c: Scalar  # c [s]
+
+
+@dataclass(frozen=True)
+class NLPParameters(_Parameters):
+    """The data of one `FreeTimeNLP` solve; positions are relative to x0 (ξ = x − x0)."""
+
+    v0: Scalar  # initial speed [m/s]
+    v_f: Scalar  # reference of the terminal-speed penalty [m/s]
+    rho: Scalar  # ρ, the weight of time
+    beta: Scalar  # β, the weight of the terminal-speed penalty
+    u_min: Scalar
+    u_max: Scalar
+    v_min: Scalar
+    v_max: Scalar
+    phi: Scalar  # φ, reaction time [s]
+    delta: Scalar  # δ, standstill gap [m]
+    gap0: Scalar  # leader bumper gap at t0, x_L0 − L_L − x0 [m]
+    v_lead: Scalar  # v_L, the leader's (cruising) speed
+    lead_on: Scalar  # 1 with a leader, 0 without
+    t_min: Scalar  # bounds on T [s]
+    t_max: Scalar
 
 
 @dataclass(frozen=True)
@@ -204,21 +284,22 @@ class FixedTimeQP:
         i = np.arange(n)[None, :]
         speed = ca.DM((i < k).astype(float))  # v_k − v0 = h·(speed @ u)
         position = ca.DM(np.where(i < k, k - i - 0.5, 0.0))  # ξ_k − k·h·v0 = h²·(position @ u)
-        p = ca.SX.sym("p", 16)
-        h, v0, v_ref, beta, u_min, u_max, v_min, v_max = ca.vertsplit(p[:8])
-        phi, delta, gap0, v_lead, lead_on, slot_m, side, slot_c = ca.vertsplit(p[8:])
+        p = QPParameters.symbols()
+        h = p.h
         ones = np.ones(n)
-        hess = h * ca.DM.eye(n) + 2 * beta * h * h * ca.DM.ones(n, n)
-        grad = 2 * beta * h * (v0 - v_ref) * ca.DM(ones)
+        hess = h * ca.DM.eye(n) + 2 * p.beta * h * h * ca.DM.ones(n, n)
+        grad = 2 * p.beta * h * (p.v0 - p.v_ref) * ca.DM(ones)
         kh = h * ca.DM(np.arange(1, n + 1))
-        slot_row = h * h * position[n - 1, :] + slot_c * h * speed[n - 1, :]
-        rows = ca.vertcat(h * speed, h * h * position + phi * h * speed, slot_row)
+        slot_row = h * h * position[n - 1, :] + p.slot_c * h * speed[n - 1, :]
+        rows = ca.vertcat(h * speed, h * h * position + p.phi * h * speed, slot_row)
         # gap_k = gap0 + (v_L − v0)·t_k − h²·(position @ u) must cover φ·(v0 + h·(speed @ u)) + δ
-        lead_bound = ca.if_else(lead_on > 0, gap0 + (v_lead - v0) * kh - phi * v0 - delta, ca.inf * ones)
-        slot_rel = slot_m - n * h * v0 - slot_c * v0  # bound on the slot row
-        lba = ca.vertcat((v_min - v0) * ones, -ca.inf * ones, ca.if_else(side > 0, slot_rel, -ca.inf))
-        uba = ca.vertcat((v_max - v0) * ones, lead_bound, ca.if_else(side < 0, slot_rel, ca.inf))
-        self._data = ca.Function("qp_data", [p], [hess, grad, rows, lba, uba, u_min * ones, u_max * ones])
+        lead_gap = p.gap0 + (p.v_lead - p.v0) * kh - p.phi * p.v0 - p.delta
+        lead_bound = ca.if_else(p.lead_on > 0, lead_gap, ca.inf * ones)
+        slot_rel = p.slot_b - n * h * p.v0 - p.slot_c * p.v0  # bound on the slot row
+        lba = ca.vertcat((p.v_min - p.v0) * ones, -ca.inf * ones, ca.if_else(p.slot_side > 0, slot_rel, -ca.inf))
+        uba = ca.vertcat((p.v_max - p.v0) * ones, lead_bound, ca.if_else(p.slot_side < 0, slot_rel, ca.inf))
+        outputs = [hess, grad, rows, lba, uba, p.u_min * ones, p.u_max * ones]
+        self._data = ca.Function("qp_data", [p.vector()], outputs)
         self._qp = ca.conic(
             "fixed_time_qp",
             self.solver,
@@ -252,15 +333,13 @@ class FixedTimeQP:
             return None, _status(False, "unsafe_start", "leader gap below φ·v0 + δ at t0", started, self.solver)
         n = self.n_intervals
         gap0, v_lead = (leader[0] - leader[2] - x0_m, leader[1]) if leader else (0.0, 0.0)
-        slot_m, side = (slot[1] - x0_m, 1.0 if slot[0] == "front" else -1.0) if slot else (0.0, 0.0)
+        slot_b, side = (slot[1] - x0_m, 1.0 if slot[0] == "front" else -1.0) if slot else (0.0, 0.0)
         slot_c = float(slot[2]) if slot is not None and len(slot) == 3 else 0.0
-        p = [
-            duration_s / n, v0_mps, v_ref_mps, beta,
-            limits.u_min_mps2, limits.u_max_mps2, limits.v_min_mps, limits.v_max_mps,
-            headway.reaction_time_s, headway.standstill_m, gap0, v_lead, float(leader is not None), slot_m, side,
-            slot_c,
-        ]  # fmt: skip
-        hess, grad, rows, lba, uba, lbx, ubx = self._data(p)
+        p = QPParameters(
+            h=duration_s / n, v0=v0_mps, v_ref=v_ref_mps, beta=beta, **_model(limits, headway),
+            gap0=gap0, v_lead=v_lead, lead_on=float(leader is not None), slot_b=slot_b, slot_side=side, slot_c=slot_c,
+        )  # fmt: skip
+        hess, grad, rows, lba, uba, lbx, ubx = self._data(p.vector())
         sol = self._qp(h=hess, g=grad, a=rows, lba=lba, uba=uba, lbx=lbx, ubx=ubx)
         code, message = self._outcome(self._qp.stats())
         status = _status(code == "optimal", code, message, started, self.solver)
@@ -304,14 +383,12 @@ class FreeTimeNLP:
         if n_intervals < 1:
             raise ValueError(f"need at least one interval, got {n_intervals}")
         self.n_intervals = n = n_intervals
-        p = ca.SX.sym("p", 15)
-        v0, v_f, rho, beta, u_min, u_max, v_min, v_max = ca.vertsplit(p[:8])
-        phi, delta, gap0, v_lead, lead_on, t_min, t_max = ca.vertsplit(p[8:])
+        p = NLPParameters.symbols()
         states = [ca.SX.sym(f"s{k}", 3) for k in range(n + 1)]
         controls = [ca.SX.sym(f"u{k}") for k in range(n)]
-        lead_lower = ca.if_else(lead_on > 0, 0.0, -ca.inf)  # no leader: row inactive
+        lead_lower = ca.if_else(p.lead_on > 0, 0.0, -ca.inf)  # no leader: row inactive
         w, g, lbg, ubg, equality, ng = [], [], [], [], [], []
-        cost = rho * states[n][2] + beta * (states[n][1] - v_f) ** 2
+        cost = p.rho * states[n][2] + p.beta * (states[n][1] - p.v_f) ** 2
         for k in range(n + 1):
             xi, v, duration = ca.vertsplit(states[k])
             w.append(states[k])
@@ -326,20 +403,20 @@ class FreeTimeNLP:
                 equality += [True] * 3
                 cost += u * u * h / 2
             if k == 0:
-                rows += [(xi, 0.0, 0.0, True), (v, v0, v0, True), (duration, t_min, t_max, False)]
+                rows += [(xi, 0.0, 0.0, True), (v, p.v0, p.v0, True), (duration, p.t_min, p.t_max, False)]
             else:
-                slack = gap0 + v_lead * k * duration / n - xi - phi * v - delta
-                rows += [(v, v_min, v_max, False), (slack, lead_lower, ca.inf, False)]
+                slack = p.gap0 + p.v_lead * k * duration / n - xi - p.phi * v - p.delta
+                rows += [(v, p.v_min, p.v_max, False), (slack, lead_lower, ca.inf, False)]
             if k < n:
-                rows.append((controls[k], u_min, u_max, False))
+                rows.append((controls[k], p.u_min, p.u_max, False))
             for expr, lo, hi, eq in rows:
                 g.append(expr)
                 lbg.append(lo)
                 ubg.append(hi)
                 equality.append(eq)
             ng.append(len(rows))
-        self._bounds = ca.Function("nlp_bounds", [p], [ca.vertcat(*lbg), ca.vertcat(*ubg)])
-        nlp = {"x": ca.vertcat(*w), "p": p, "f": cost, "g": ca.vertcat(*g)}
+        self._bounds = ca.Function("nlp_bounds", [p.vector()], [ca.vertcat(*lbg), ca.vertcat(*ubg)])
+        nlp = {"x": ca.vertcat(*w), "p": p.vector(), "f": cost, "g": ca.vertcat(*g)}
         options = {
             "structure_detection": "manual",
             "N": n,
@@ -394,11 +471,10 @@ class FreeTimeNLP:
         duration = min(max(t_guess_s, t_min_s), t_max_s)
         u = min(max((v_f_mps - v0_mps) / duration, limits.u_min_mps2), limits.u_max_mps2)
         guess = Profile(0.0, duration / n, 0.0, v0_mps, np.full(n, u))
-        p = [
-            v0_mps, v_f_mps, rho, beta,
-            limits.u_min_mps2, limits.u_max_mps2, limits.v_min_mps, limits.v_max_mps,
-            headway.reaction_time_s, headway.standstill_m, gap0, v_lead, float(leader is not None), t_min_s, t_max_s,
-        ]  # fmt: skip
+        p = NLPParameters(
+            v0=v0_mps, v_f=v_f_mps, rho=rho, beta=beta, **_model(limits, headway),
+            gap0=gap0, v_lead=v_lead, lead_on=float(leader is not None), t_min=t_min_s, t_max=t_max_s,
+        ).vector()  # fmt: skip
         lbg, ubg = self._bounds(p)
         retried = ""
         for start, start_duration in ((guess, duration), (braking, t_min_s)):

@@ -31,6 +31,7 @@ from cavlab.hw.targets import Target
 from cavlab.perception.fusion import BRANCHES, FEATURES, DeepGate
 from cavlab.perception.spiking import lif_step
 from cavlab.perception.spiking_branch import SpikingHead
+from cavlab.perception.training import load_checkpoint
 
 
 @dataclass
@@ -84,8 +85,6 @@ class SpikingStep(nn.Module):
 
 def load_components(model_dir: Path) -> list[Component]:
     """The exportable components of a trained perception model."""
-    from cavlab.perception.training import load_checkpoint
-
     model, gate, ckpt = load_checkpoint(model_dir)
     shapes = ckpt["shapes"]
     batch = 3

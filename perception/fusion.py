@@ -42,6 +42,12 @@ CONFIGURATIONS = (*BRANCHES, "all branches")
 FEATURES = 64
 SPEED_SCALE_MPS = 30.0
 OUTPUTS = len(SLOTS) * 3  # per slot: presence logit, gap / RANGE_M, relative speed / 30 m/s
+BATCH = 256  # frames per training batch
+
+
+def frames_of(arrays: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, Tensor]:
+    """The frames of dataset rows `rows` as the model's input tensors."""
+    return {m: torch.from_numpy(arrays[m][rows]) for m in MODALITIES}
 
 
 def conv_macs(conv: nn.Conv2d, out_h: int, out_w: int) -> int:

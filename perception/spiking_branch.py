@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from cavlab.perception.fusion import BRANCHES, FEATURES, OUTPUTS, FusionModel, estimates, slot_loss
+from cavlab.perception.fusion import BATCH, BRANCHES, FEATURES, OUTPUTS, FusionModel, estimates, frames_of, slot_loss
 from cavlab.perception.spiking import LIF, TimeStepMask, energy_pj, linear_macs, synaptic_ops
 from cavlab.perception.task import SLOTS, slot_correct
 
@@ -69,8 +69,6 @@ def train_spiking_branch(
 ) -> tuple[SpikingHead, dict[str, Any]]:  # fmt: skip
     """Train a spiking head on the frozen stems of `branch`; the head, and per context its accuracy,
     firing rates, active steps and energy next to the non-spiking branch's."""
-    from cavlab.perception.training import BATCH, frames_of
-
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     mods = BRANCHES[branch]

@@ -21,6 +21,7 @@ import torch
 from cavlab.errors import UserError
 from cavlab.perception.dataset import load_dataset
 from cavlab.perception.fusion import (
+    BATCH,
     BRANCHES,
     CONFIGURATIONS,
     DeepGate,
@@ -28,17 +29,12 @@ from cavlab.perception.fusion import (
     Selection,
     energy_pj,
     estimates,
+    frames_of,
     fuse,
     slot_loss,
 )
 from cavlab.perception.spiking_branch import train_spiking_branch
 from cavlab.perception.task import slot_correct
-
-BATCH = 256
-
-
-def frames_of(arrays: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, torch.Tensor]:
-    return {m: torch.from_numpy(arrays[m][rows]) for m in ("camera", "lidar", "radar")}
 
 
 def split(arrays: dict[str, np.ndarray], seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -243,15 +239,13 @@ def evaluate(model_dir: Path, data_dir: Path, rows: np.ndarray | None = None) ->
 
 def plot_spiking(spiking: dict[str, Any], path: Path) -> None:
     """Per context: the spiking branch's firing rates, and its accuracy and energy against the ANN's."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no global state, the backend stays the user's
 
     labels = list(spiking["contexts"])
     rows = [spiking["contexts"][c] for c in labels]
     x = np.arange(len(labels))
-    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+    fig = Figure(figsize=(15, 3.8))
+    axes = fig.subplots(1, 3)
     axes[0].bar(x - 0.2, [r["rate_layer1"] for r in rows], 0.4, label="layer 1")
     axes[0].bar(x + 0.2, [r["rate_layer2"] for r in rows], 0.4, label="layer 2")
     axes[0].set_ylabel("firing rate (spikes per neuron per active step)")
@@ -269,7 +263,6 @@ def plot_spiking(spiking: dict[str, Any], path: Path) -> None:
     fig.suptitle(f"spiking {spiking['branch']} branch, T = {spiking['time_steps']} ({spiking['active_steps']} active)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def best_fusion(row: dict[str, dict[str, float]]) -> str:
@@ -280,15 +273,13 @@ def best_fusion(row: dict[str, dict[str, float]]) -> str:
 
 def plot_accuracy_energy(results: dict[str, Any], path: Path) -> None:
     """Accuracy against energy per frame, one panel per context."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     labels = list(results["contexts"])
     cols = 3
     rows = (len(labels) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
+    fig = Figure(figsize=(4.2 * cols, 3.4 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax, label in zip(axes.flat, labels, strict=False):
         for name, r in results["contexts"][label].items():
             gate = name.endswith("gate")
@@ -303,7 +294,6 @@ def plot_accuracy_energy(results: dict[str, Any], path: Path) -> None:
     axes.flat[0].legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def results_markdown(results: dict[str, Any]) -> str:

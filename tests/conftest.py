@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cavlab.config.scenario import Scenario, load_scenario
+from cavlab.config.scenario import Scenario
+from cavlab.sim.resolve import load_scenario
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -9,7 +9,7 @@ import pytest
 
 from cavlab.config.scenario import parse_scenario
 from cavlab.errors import SimulationError
-from cavlab.sim.backends.base import SumoBackend
+from cavlab.sim.backends import SumoBackend, make_backend
 from cavlab.sim.engine import Engine
 from cavlab.world import Accelerate, ChangeLane, Release, SetSpeed
 
@@ -33,7 +33,11 @@ def cavs_only(backend: str = "libsumo"):
 
 
 def open_backend(scenario, tmp_path: Path) -> SumoBackend:
-    return Engine(scenario, tmp_path / "sumo").open_backend()
+    """A started backend on the scenario's SUMO inputs (the caller closes it)."""
+    engine = Engine(scenario, tmp_path / "sumo")
+    backend = make_backend(scenario, engine.network, engine.inputs)
+    backend.start(engine.controller.modes)
+    return backend
 
 
 def step_until(backend: SumoBackend, predicate, limit: int = 1000):

@@ -375,3 +375,53 @@ def test_perception_observation_is_reproducible_and_validated(perception_model_d
         gym.make("cavlab/LaneChange-v0", observation={"type": "perception", "model": str(tmp_path / "none")})
     with pytest.raises(EnvConfigError, match="the environments' controllers plan on the ground truth"):
         gym.make("cavlab/LaneChange-v0", set=["perception.enabled=true", f"perception.model={perception_model_dir}"])
+
+
+# ----------------------------------------------------------------------------- one loop: the engine's metrics
+
+
+@pytest.mark.sumo
+def test_env_traffic_runs_the_engine_loop_of_cavlab_run(tmp_path) -> None:
+    """With no agent in the traffic, an environment's episode is `cavlab run` of the same scenario,
+    seed and duration: every run metric equal (the cooperative controller plans in both)."""
+    import math
+
+    from cavlab.envs.config import env_config
+    from cavlab.envs.core import AgentTraffic
+    from cavlab.sim.engine import Engine
+
+    config = env_config({}, {"scenario": "highway-lane-change", "warmup_s": 30.0, "episode_s": 150.0, "metrics": True,
+                             "set": ["control.controller=cooperative", "simulation.seed=11"]})  # fmt: skip
+    traffic = AgentTraffic(config)
+    try:
+        traffic.start(sumo_seed=11)
+        while traffic.world.time_s < 150.0 - 1e-9:
+            traffic.step({})  # no agents: one engine step per call
+        end_s = traffic.world.time_s
+        from_env = traffic.episode_result()
+    finally:
+        traffic.dispose()
+    sim = traffic.scenario.simulation.model_copy(update={"duration_s": end_s, "seed": 11})
+    from_run = Engine(traffic.scenario.model_copy(update={"simulation": sim}), tmp_path / "sumo").run()
+    assert from_env.steps == from_run.steps == round(end_s / sim.step_length_s)
+    assert from_run.metrics["trips_completed"] > 0 and from_run.metrics["lane_changes_cav"] > 0
+    assert from_env.metrics.keys() == from_run.metrics.keys()
+    for key, value in from_run.metrics.items():
+        got = from_env.metrics[key]
+        assert got == value or (isinstance(value, float) and math.isnan(value) and math.isnan(got)), key
+
+
+@pytest.mark.sumo
+def test_episode_metrics_in_the_last_info() -> None:
+    env = gym.make("cavlab/LaneChange-v0", episode_s=5.0, metrics=True)
+    try:
+        env.reset(seed=3)
+        done, info = False, {}
+        while not done:
+            _, _, terminated, truncated, info = env.step(IDLE)
+            done = terminated or truncated
+            assert done or "metrics" not in info
+        assert info["metrics"]["vehicle_hours"] > 0 and "throughput_vph" in info["metrics"]
+        assert env.render is not None and env.unwrapped.traffic.backend is None  # SUMO closed for the metrics
+    finally:
+        env.close()

@@ -40,7 +40,7 @@ def test_batched_estimates_equal_per_vehicle_ones_on_the_cpu_fallback() -> None:
 
 
 def test_onnx_runtime_backend_matches_torch() -> None:
-    from cavlab.perception.inference import OrtPerception
+    from cavlab.hw.backends.onnxruntime import OrtPerception
 
     torch.manual_seed(1)
     model, gate = FusionModel(SHAPES).eval(), DeepGate().eval()

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cavlab.config.scenario import load_scenario
 from cavlab.sim.metrics import MetricsCollector, throughput
 from cavlab.sim.network import build_network
+from cavlab.sim.resolve import load_scenario
 from cavlab.world import Arrival, Collision, Departure, StepEvents, WorldState
 
 SCENARIO = load_scenario("highway-lane-change", ["simulation.warmup_s=1", "simulation.duration_s=10"])

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import sumolib
 
-from cavlab.config.scenario import load_scenario
 from cavlab.sim import network as net_mod
 from cavlab.sim.network import build_network, detector_period_s, routes_xml, write_sumo_inputs
+from cavlab.sim.resolve import load_scenario
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import casadi as ca
 import numpy as np
 import pytest
 from hypothesis import assume, given, settings
@@ -229,3 +232,189 @@ def test_slot_with_a_speed_term_bounds_the_end_state(qp: FixedTimeQP) -> None:
     )  # fmt: skip
     assert status.ok
     assert bound.x_end_m + 3.9 * bound.v_end_mps == pytest.approx(b, abs=1e-6)  # active
+
+
+# ----------------------------------------------------------------------------- Opti oracle
+# An independent formulation of both problems with CasADi's Opti stack, written from the
+# equations of docs/theory.md ("The numeric QP", "The free-time NLP"): the states stay decision
+# variables (multiple shooting, not the eliminated dense QP of FixedTimeQP), the constraints are
+# stated as the math reads, and IPOPT solves both to a tight tolerance. The hand-built solvers
+# (DAQP, fatrop) must reach the same optimum on hand-built situations, each of which makes the
+# constraints named in `binding` active: dropping any one of them from the oracle moves its
+# optimum by far more than the tolerance (checked below), so a missing constraint or a wrong
+# sign in the hand-built formulation is caught.
+
+# (objective, trajectory) tolerances, relative: the objective to max(1, |J|), each of u_k, v_k, x_k − x0
+# and T to max(1, max |·|) of the oracle's. DAQP solves the convex QP exactly (an active-set method),
+# so it must agree with IPOPT to IPOPT's own accuracy; fatrop stops at its default tolerance.
+QP_TOLERANCE = (1e-9, 1e-7)
+NLP_TOLERANCE = (1e-6, 1e-4)
+
+
+@dataclass(frozen=True)
+class OracleSolution:
+    cost: float
+    duration_s: float
+    x_m: np.ndarray  # x_0..x_N
+    v_mps: np.ndarray  # v_0..v_N
+    u_mps2: np.ndarray  # u_0..u_{N−1}
+
+
+def opti_ocp(
+    n: int,
+    *,
+    x0_m: float,
+    v0_mps: float,
+    v_ref_mps: float,
+    beta: float,
+    duration_s: float | None = None,
+    rho: float = 0.0,
+    t_bounds_s: tuple[float, float] | None = None,
+    t_guess_s: float | None = None,
+    leader: tuple[float, float, float] | None = None,
+    slot: tuple | None = None,
+    limits: Limits = LIMITS,
+    headway: Headway = HEADWAY,
+    drop: frozenset[str] = frozenset(),
+) -> OracleSolution:
+    """min [ρ·T] + Σ_k ½u_k²·h + β(v_N − v_ref)²,  h = T/N, T fixed (`duration_s`) or free in `t_bounds_s`,
+    s.t. x_{k+1} = x_k + h·v_k + h²/2·u_k, v_{k+1} = v_k + h·u_k, x_0 = x0, v_0 = v0;
+         u_min ≤ u_k ≤ u_max ("u");  v_min ≤ v_k ≤ v_max, k ≥ 1 ("v");  T_min ≤ T ≤ T_max ("T");
+         x_L0 + v_L·t_k − L_L − x_k ≥ φ·v_k + δ, k ≥ 1 ("leader");  x_N + c·v_N ≥ b (front) or ≤ b (rear) ("slot").
+    `drop` leaves out the constraints of those names."""
+    opti = ca.Opti()
+    x, v, u = opti.variable(n + 1), opti.variable(n + 1), opti.variable(n)
+    T = opti.variable() if duration_s is None else duration_s
+    h = T / n
+    opti.subject_to([x[0] == x0_m, v[0] == v0_mps])
+    for k in range(n):
+        opti.subject_to(x[k + 1] == x[k] + h * v[k] + h**2 / 2 * u[k])
+        opti.subject_to(v[k + 1] == v[k] + h * u[k])
+    if "u" not in drop:
+        opti.subject_to(opti.bounded(limits.u_min_mps2, u, limits.u_max_mps2))
+    if "v" not in drop:
+        opti.subject_to(opti.bounded(limits.v_min_mps, v[1:], limits.v_max_mps))
+    if duration_s is None and "T" not in drop:
+        opti.subject_to(opti.bounded(t_bounds_s[0], T, t_bounds_s[1]))
+    if leader is not None and "leader" not in drop:
+        x_lead, v_lead, length = leader
+        for k in range(1, n + 1):
+            gap = x_lead + v_lead * k * h - length - x[k]
+            opti.subject_to(gap >= headway.reaction_time_s * v[k] + headway.standstill_m)
+    if slot is not None and "slot" not in drop:
+        side, b, *c = slot
+        end = x[n] + (c[0] if c else 0.0) * v[n]
+        opti.subject_to(end >= b if side == "front" else end <= b)
+    cost = rho * T + ca.sumsqr(u) * h / 2 + beta * (v[n] - v_ref_mps) ** 2
+    opti.minimize(cost)
+    # start: constant acceleration toward v_ref over T (or the guess of T)
+    t_start = duration_s if duration_s is not None else t_guess_s
+    u_start = min(max((v_ref_mps - v0_mps) / t_start, limits.u_min_mps2), limits.u_max_mps2)
+    tk = t_start / n * np.arange(n + 1)
+    opti.set_initial(u, u_start)
+    opti.set_initial(v, v0_mps + u_start * tk)
+    opti.set_initial(x, x0_m + v0_mps * tk + u_start * tk**2 / 2)
+    if duration_s is None:
+        opti.set_initial(T, t_start)
+    # bound_relax_factor 0: IPOPT would otherwise relax every inequality by 1e-8·|bound| (3 µm on a
+    # 300 m slot), enough to shift the objective by more than the tolerance
+    ipopt = {"print_level": 0, "sb": "yes", "tol": 1e-12, "bound_relax_factor": 0.0}
+    opti.solver("ipopt", {"print_time": False}, ipopt)
+    sol = opti.solve()  # raises unless IPOPT converged
+    duration = float(sol.value(T)) if duration_s is None else duration_s
+    return OracleSolution(float(sol.value(cost)), duration, *(np.ravel(sol.value(a)) for a in (x, v, u)))
+
+
+def oracle_mismatch(
+    profile: Profile, cost: float, oracle: OracleSolution, tolerance: tuple[float, float]
+) -> dict[str, float]:
+    """Each quantity's deviation from the oracle over its tolerance (≤ 1 everywhere: the optima agree)."""
+    cost_rel, traj_rel = tolerance
+
+    def rel(a, b):
+        return float(np.max(np.abs(np.asarray(a) - b)) / (traj_rel * max(1.0, float(np.max(np.abs(b))))))
+
+    x0 = oracle.x_m[0]
+    return {
+        "cost": abs(cost - oracle.cost) / (cost_rel * max(1.0, abs(oracle.cost))),
+        "T": rel(profile.duration_s, oracle.duration_s),
+        "u": rel(profile.accel_mps2, oracle.u_mps2),
+        "v": rel(profile.v_nodes_mps, oracle.v_mps),
+        "x": rel(profile.x_nodes_m - x0, oracle.x_m - x0),
+    }
+
+
+# (hand-built solve's arguments, the constraints active at the optimum); x0 = 100 m, t0 = 3 s throughout
+QP_CASES = {
+    "unconstrained": (dict(v0_mps=24.0, duration_s=7.0, v_ref_mps=29.0, beta=0.8), ()),
+    "leader": (
+        dict(v0_mps=28.0, duration_s=8.0, v_ref_mps=30.0, beta=1.0, leader=(140.0, 22.0, 5.0)),
+        ("leader", "u"),
+    ),
+    "slow leader, hard braking": (
+        dict(v0_mps=30.0, duration_s=6.0, v_ref_mps=30.0, beta=1.0, leader=(175.0, 12.0, 5.0)),
+        ("leader", "u"),
+    ),
+    "front slot": (dict(v0_mps=25.0, duration_s=8.0, v_ref_mps=25.0, beta=1.0, slot=("front", 330.0)), ("slot",)),
+    "far front slot at u_max": (
+        dict(v0_mps=20.0, duration_s=5.0, v_ref_mps=20.0, beta=0.5, slot=("front", 232.0)),
+        ("slot", "u"),
+    ),
+    "rear slot with speed term": (
+        dict(v0_mps=25.0, duration_s=5.0, v_ref_mps=30.0, beta=10.0, slot=("rear", 300.0, 3.9)),
+        ("slot", "u"),
+    ),
+    "rear slot down to v_min": (
+        dict(v0_mps=28.0, duration_s=8.0, v_ref_mps=32.0, beta=10.0, slot=("rear", 300.0, 3.9)),
+        ("slot", "u", "v"),
+    ),
+    "speed cap": (dict(v0_mps=33.0, duration_s=6.0, v_ref_mps=40.0, beta=5.0), ("v",)),
+    "leader and front slot": (
+        dict(v0_mps=25.0, duration_s=8.0, v_ref_mps=28.0, beta=1.0, leader=(150.0, 22.0, 5.0), slot=("front", 295.0)),
+        ("leader", "slot"),
+    ),
+}
+
+NLP_CASES = {
+    "unconstrained, speeding up": (dict(v0_mps=22.0, v_f_mps=30.0, rho=0.5, beta=10.0, t_guess_s=5.0), ()),
+    "unconstrained, slowing down": (dict(v0_mps=31.0, v_f_mps=24.0, rho=1.0, beta=5.0, t_guess_s=5.0), ()),
+    "close slow leader": (
+        dict(v0_mps=25.0, v_f_mps=32.0, rho=0.5, beta=10.0, t_guess_s=5.0, leader=(145.0, 24.0, 5.0)),
+        ("leader", "u"),
+    ),
+    "time-hungry, u_max": (dict(v0_mps=20.0, v_f_mps=30.0, rho=8.0, beta=10.0, t_guess_s=3.0), ("u",)),
+    "speed cap": (dict(v0_mps=30.0, v_f_mps=40.0, rho=0.5, beta=10.0, t_guess_s=5.0), ("v",)),
+    "T_min": (dict(v0_mps=25.0, v_f_mps=26.0, rho=2.0, beta=10.0, t_guess_s=5.0, t_min_s=4.0), ("T",)),
+    "T_max": (dict(v0_mps=22.0, v_f_mps=30.0, rho=0.01, beta=10.0, t_guess_s=10.0), ("T",)),
+}
+
+
+@pytest.mark.parametrize("case", QP_CASES)
+def test_fixed_time_qp_reaches_the_opti_optimum(qp: FixedTimeQP, case: str) -> None:
+    kw, binding = QP_CASES[case]
+    profile, status = qp.solve(t0_s=3.0, x0_m=100.0, limits=LIMITS, headway=HEADWAY, **kw)
+    assert status.ok, status
+    cost = profile.energy_m2ps3 + kw["beta"] * (profile.v_end_mps - kw["v_ref_mps"]) ** 2
+    args = dict(x0_m=100.0, v0_mps=kw["v0_mps"], v_ref_mps=kw["v_ref_mps"], beta=kw["beta"],
+                duration_s=kw["duration_s"], leader=kw.get("leader"), slot=kw.get("slot"))  # fmt: skip
+    mismatch = oracle_mismatch(profile, cost, opti_ocp(N, **args), QP_TOLERANCE)
+    assert max(mismatch.values()) <= 1.0, mismatch
+    for name in binding:  # the case exercises the constraint: without it the optimum is another one
+        dropped = opti_ocp(N, **args, drop=frozenset({name}))
+        assert max(oracle_mismatch(profile, cost, dropped, QP_TOLERANCE).values()) > 100, name
+
+
+@pytest.mark.parametrize("case", NLP_CASES)
+def test_free_time_nlp_reaches_the_opti_optimum(nlp: FreeTimeNLP, case: str) -> None:
+    kw, binding = NLP_CASES[case]
+    kw = dict(t_min_s=0.5, t_max_s=15.0, leader=None) | kw
+    profile, status = nlp.solve(t0_s=3.0, x0_m=100.0, limits=LIMITS, headway=HEADWAY, **kw)
+    assert status.ok, status
+    cost = kw["rho"] * profile.duration_s + profile.energy_m2ps3 + kw["beta"] * (profile.v_end_mps - kw["v_f_mps"]) ** 2
+    args = dict(x0_m=100.0, v0_mps=kw["v0_mps"], v_ref_mps=kw["v_f_mps"], beta=kw["beta"], rho=kw["rho"],
+                t_bounds_s=(kw["t_min_s"], kw["t_max_s"]), t_guess_s=kw["t_guess_s"], leader=kw["leader"])  # fmt: skip
+    mismatch = oracle_mismatch(profile, cost, opti_ocp(N, **args), NLP_TOLERANCE)
+    assert max(mismatch.values()) <= 1.0, mismatch
+    for name in binding:
+        dropped = opti_ocp(N, **args, drop=frozenset({name}))
+        assert max(oracle_mismatch(profile, cost, dropped, NLP_TOLERANCE).values()) > 100, name

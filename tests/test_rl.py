@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 from cavlab.cli import app
 from cavlab.envs.actions import LANE_LEFT, LANE_RIGHT
-from cavlab.rl.sb3 import learning_curve, rule_based_action
+from cavlab.rl.baselines import rule_based_action
+from cavlab.rl.sb3 import learning_curve
 
 runner = CliRunner()
 
@@ -26,6 +27,16 @@ def test_learning_curve_reads_every_monitor_file_in_time_order(tmp_path: Path) -
     (tmp_path / "0.monitor.csv").write_text(header + "1.5,10,3.0\n2.5,20,9.0\n")
     (tmp_path / "1.monitor.csv").write_text(header + "-4.0,5,4.5\n")
     assert learning_curve(tmp_path) == [(1.5, 10), (-4.0, 5), (2.5, 20)]
+
+
+def test_learning_curve_orders_episodes_by_wall_time_across_files(tmp_path: Path) -> None:
+    """SB3's load_results: each file's times count from its own start (t_start), so they are shifted by it."""
+    assert learning_curve(tmp_path) == [] and learning_curve(tmp_path / "missing") == []
+    (tmp_path / "0.monitor.csv").write_text('#{"t_start": 100.0, "env_id": "x"}\nr,l,t\n')
+    assert learning_curve(tmp_path) == []  # a header, no episode yet
+    (tmp_path / "0.monitor.csv").write_text('#{"t_start": 100.0, "env_id": "x"}\nr,l,t\n1.0,10,3.0\n2.0,20,9.0\n')
+    (tmp_path / "1.monitor.csv").write_text('#{"t_start": 105.0, "env_id": "x"}\nr,l,t\n3.0,30,1.0\n')
+    assert learning_curve(tmp_path) == [(1.0, 10), (3.0, 30), (2.0, 20)]  # at 103, 106 and 109 s
 
 
 @pytest.mark.sumo

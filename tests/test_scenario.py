@@ -9,8 +9,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cavlab.config.scenario import Scenario, apply_override, load_scenario, parse_scenario, shipped_scenarios
+from cavlab.config.scenario import Scenario, apply_override, parse_scenario, shipped_scenarios
 from cavlab.errors import ScenarioError
+from cavlab.sim.resolve import load_scenario, resolve_scenario
 
 MINIMAL = """
 name: tiny
@@ -73,7 +74,7 @@ def test_bad_overrides_name_the_problem(override: str, message: str) -> None:
 
 def _error(text: str, *overrides: str) -> str:
     with pytest.raises(ScenarioError) as info:
-        parse_scenario(text, source="s.yaml", overrides=overrides)
+        resolve_scenario(parse_scenario(text, source="s.yaml", overrides=overrides), "s.yaml")
     message = str(info.value)
     assert "\n" not in message, "errors are one line"
     assert message.startswith("s.yaml")
@@ -170,7 +171,7 @@ def test_fuzzed_scenarios_validate_or_raise_scenario_error(edits: list[tuple[str
     try:
         for key, value in edits:
             apply_override(raw, f"{key}={yaml.safe_dump(value, default_flow_style=True).strip()}")
-        result = parse_scenario(yaml.safe_dump(raw), source="fuzz.yaml")
+        result = resolve_scenario(parse_scenario(yaml.safe_dump(raw), source="fuzz.yaml"), "fuzz.yaml")
     except ScenarioError as exc:
         assert str(exc) and "\n" not in str(exc)
     else:

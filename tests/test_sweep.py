@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import math
+import os
+import subprocess
+import sys
+from multiprocessing import get_context
 from pathlib import Path
 
 import pytest
@@ -11,7 +16,8 @@ from typer.testing import CliRunner
 
 from cavlab.cli import app
 from cavlab.errors import UserError
-from cavlab.experiments.sweep import SweepSpec, load_rows, load_sweep, plan
+from cavlab.experiments import sweep
+from cavlab.experiments.sweep import SweepSpec, get_measure, load_rows, load_sweep, plan, registered_measures
 
 runner = CliRunner()
 SWEEP = """
@@ -97,3 +103,66 @@ def test_shipped_sweeps_load_by_name_and_unknown_names_are_listed(tmp_path: Path
     result = runner.invoke(app, ["sweep", "lane-change-studdy"])
     assert result.exit_code == 2
     assert "not a shipped sweep (lane-change-study, perception-study)" in " ".join(result.output.split())
+
+
+def test_measures_come_from_the_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "sweep.yaml"
+    path.write_text("scenario: lane-drop\nmeasures: [lane_chanegs]\n")
+    with pytest.raises(UserError, match=r"measures: unknown measure 'lane_chanegs' \(registered: lane_changes\)$"):
+        load_sweep(path)
+    with pytest.raises(UserError, match=r"^unknown measure 'nope' \(registered: lane_changes\)$"):
+        get_measure("nope")
+    monkeypatch.setitem(sweep.MEASURES, "zero", lambda scenario, result: {"zero": 0.0})
+    decorated = sweep.register_measure("one")(lambda scenario, result: {"one": 1.0})
+    monkeypatch.setitem(sweep.MEASURES, "one", decorated)  # undone after the test
+    path.write_text("scenario: lane-drop\nmeasures: [one, lane_changes]\n")
+    assert load_sweep(path).measures == ["one", "lane_changes"] and get_measure("one") is decorated
+    assert registered_measures() == "lane_changes, one, zero"
+
+
+def test_sweep_imports_no_study_and_workers_see_the_registered_measures() -> None:
+    tree = ast.parse(Path(sweep.__file__).read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not [m for m in imported if "study" in m or "controllers" in m], imported
+    code = "import sys; from cavlab.experiments import sweep; print(sorted(sweep.MEASURES))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['lane_changes']"
+    with get_context("spawn").Pool(1) as pool:  # as sweep workers start
+        assert pool.apply(registered_measures) == "lane_changes"
+
+
+PLOTS = """
+import json, math, sys
+from pathlib import Path
+import numpy as np, pyarrow as pa, pyarrow.parquet as pq
+import matplotlib
+from cavlab.experiments import study, sweep
+from cavlab.rl import evaluation, sb3
+from cavlab.runs.plot import plot_run
+out = Path(sys.argv[1])
+spec = sweep.SweepSpec(scenario="lane-drop", grid={"demand.scale": [0.5, 1.0]})
+paths = sweep.plot_summary(spec, [{"demand.scale": s, "runs": 2, "m": s, "m_ci95": 0.1} for s in (0.5, 1.0)], out)
+e = {"variant": "cooperative", "demand_vph": 800.0, "cav_share": 1.0, "runs": 2}
+e |= {k: v for m in study.METRICS for k, v in ((m, 1.0), (m + "_ci95", math.nan))}
+paths += study.plot_study([e], out)
+sb3.plot_learning_curve([(1.0, 10), (2.0, 12)], out / "curve.png", "t")
+evaluation.plot_evaluation({"random": {"mean_return": 1.0, "ci95": 0.5}}, out / "returns.png", "t")
+run = out / "run"
+run.mkdir()
+pq.write_table(pa.table({"t_s": [0.0, 1.0], "lane": [0, 1], "x_m": [0.0, 20.0], "speed_mps": [10.0, 20.0]}),
+               run / "trajectories.parquet")
+(run / "summary.json").write_text(json.dumps({"scenario": "s", "seed": 0, "controller": "sumo"}))
+paths += plot_run(run)
+paths += [out / "curve.png", out / "returns.png"]
+assert all(p.read_bytes()[:4] == b"\\x89PNG" for p in paths), paths
+print(len(paths), "matplotlib.pyplot" in sys.modules, matplotlib.rcParams._get("backend"))
+"""
+
+
+def test_plots_leave_pyplot_and_the_backend_alone(tmp_path: Path) -> None:
+    """Figures through matplotlib's object API: no pyplot imported, the user's backend (here svg) kept."""
+    done = subprocess.run([sys.executable, "-c", PLOTS, str(tmp_path)], capture_output=True, text=True,
+                          env={**os.environ, "MPLBACKEND": "svg"})  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["11", "False", "svg"]

@@ -41,6 +41,8 @@ from onnx import helper, numpy_helper
 from torch import Tensor, nn
 
 from cavlab.errors import UserError
+from cavlab.hw.export import load_components
+from cavlab.hw.targets import get_target
 from cavlab.perception.spiking import LIF, lif_step
 
 if TYPE_CHECKING:
@@ -137,8 +139,6 @@ def check_operators(model: onnx.ModelProto) -> None:
     """A `UserError` naming the operators hls4ml's ONNX front end cannot convert, or a Quant
     rounding mode it lacks (it takes ROUND and FLOOR)."""
     hls4ml = _require("hls4ml")
-    from cavlab.hw.targets import get_target
-
     supported = {*hls4ml.converters.get_supported_onnx_layers(), *HLS4ML_SKIPS}
     rejected = sorted({node.op_type for node in model.graph.node} - supported)
     if rejected:
@@ -246,8 +246,6 @@ def export_fpga(
 
     The default `precision` keeps 10 integer bits: trained heads output logits up to ~40, which
     fixed<16,6> saturates at 32 (errors 0.07 against 0.004 at fixed<24,10>)."""
-    from cavlab.hw.export import load_components
-
     report: dict[str, dict] = {}
     gen = torch.Generator().manual_seed(0)
     for component in load_components(model_dir):

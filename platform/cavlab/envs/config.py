@@ -143,6 +143,9 @@ class EnvConfig(_Block):
     decision_period_s: Positive = 1.0
     episode_s: Positive = 40.0
     warmup_s: NonNegative = Field(20.0, description="Traffic simulated before the ego enters")
+    metrics: bool = Field(
+        False, description="Read every step and report the episode's run metrics (as `cavlab run`) in the last info"
+    )
     target_lane: int | None = Field(None, description="The lane the ego should reach (rewarded)")
     goal_x_m: NonNegative | None = Field(
         None, description="Reaching it ends the episode; null: 50 m before the road end"

@@ -1,9 +1,11 @@
 """`AgentTraffic`: the SUMO side shared by the single- and the multi-agent environments.
 
-It runs a scenario's traffic on the engine's backend and lets agents drive some of its
-vehicles: every decision period each agent's action becomes a lane request and an
-acceleration law, applied at every SUMO step of the period while the scenario's controller
-drives the rest (it sees the agents as human-driven vehicles and never commands them).
+It runs a scenario's traffic on the engine (`cavlab.sim.engine.Engine.step`, the loop `cavlab run`
+uses) and lets agents drive some of its vehicles: every decision period each agent's action
+becomes a lane request and an acceleration law, injected into every engine step of the period
+while the scenario's controller drives the rest (it sees the agents as human-driven vehicles
+and never commands them). With the option `metrics`, every step is read and the episode's run
+metrics are gathered as in `cavlab run`.
 """
 
 from __future__ import annotations
@@ -18,15 +20,17 @@ from typing import Any
 
 import numpy as np
 
-from cavlab.config.scenario import Scenario, load_scenario
+from cavlab.config.scenario import Scenario
 from cavlab.controllers import Controller, make_controller
+from cavlab.controllers.cooperative import CooperativeLaneChange, CooperativeParams
 from cavlab.envs.actions import ActionType, make_action
 from cavlab.envs.config import EgoSpec, EnvConfig, EnvConfigError
 from cavlab.envs.observations import PerceivedNeighbours, RoadFrame, make_observation
 from cavlab.errors import SimulationError
-from cavlab.sim.backends.base import SumoBackend, make_backend
-from cavlab.sim.engine import control_setup
-from cavlab.sim.network import Network, SumoInputs, build_network, write_sumo_inputs
+from cavlab.sim.backends import SumoBackend
+from cavlab.sim.engine import Engine, RunResult, control_setup
+from cavlab.sim.network import Network
+from cavlab.sim.resolve import load_scenario
 from cavlab.world import Accelerate, ChangeLane, Command, ControlModes, Release, WorldState
 
 AGENT_MODES = ControlModes(speed_mode=32, lane_change_mode=0)
@@ -103,9 +107,7 @@ class AgentTraffic:
         self.observation_type = make_observation(config.observation, self.frame, self.scenario.context)
         self.goal_x_m = config.goal_x_m if config.goal_x_m is not None else road.length_m - 50.0
         self.agents: dict[str, Agent] = {}
-        self.backend: SumoBackend | None = None
-        self.network: Network | None = None
-        self._inputs: SumoInputs | None = None
+        self.engine: Engine | None = None
         self._cleanup: weakref.finalize | None = None
 
     # ------------------------------------------------------------------ setup
@@ -124,19 +126,30 @@ class AgentTraffic:
         duration = np.ceil((cfg.warmup_s + waits + cfg.episode_s + cfg.decision_period_s) / step) * step
         sim = scenario.simulation.model_copy(update={"duration_s": float(duration), "warmup_s": 0.0,
                                                      "backend": cfg.backend})  # fmt: skip
-        return scenario.model_copy(update={"simulation": sim})
+        # an episode ends at any step: with metrics, the loops' counts must cover it to its last step
+        outputs = scenario.outputs.model_copy(update={"detector_period_s": step if cfg.metrics else None})
+        return scenario.model_copy(update={"simulation": sim, "outputs": outputs})
 
     def _prepare(self) -> None:
-        """Build the network and write SUMO's inputs, once (lazily: constructing an env stays cheap)."""
-        if self._inputs is not None:
+        """Build the engine (network, SUMO's inputs), once (lazily: constructing an env stays cheap)."""
+        if self.engine is not None:
             return
-        self.network = build_network(self.scenario.road)
         workdir = Path(tempfile.mkdtemp(prefix="cavlab-env-"))
         self._cleanup = weakref.finalize(self, shutil.rmtree, workdir, True)
-        self._inputs = write_sumo_inputs(self.scenario, self.network, workdir)
+        self.controller = self._controller(self.scenario.simulation.seed)
+        self.engine = Engine(self.scenario, workdir, _TrafficController(self), collect_metrics=self.config.metrics)
         self._edge_lanes = np.array([e.lanes for e in self.network.edges])
         self._edge_offset = np.array([e.lane_offset for e in self.network.edges])
         self._lane_end_x = lane_ends(self.network)
+
+    @property
+    def network(self) -> Network | None:
+        return self.engine.network if self.engine is not None else None
+
+    @property
+    def backend(self) -> SumoBackend | None:
+        """The running SUMO (None before `start` and after `close`)."""
+        return self.engine.backend if self.engine is not None else None
 
     def make_action(self) -> ActionType:
         return make_action(self.config.action, self.accel_mps2, self.decel_mps2)
@@ -148,41 +161,41 @@ class AgentTraffic:
         self._prepare()
         self.close()
         self.agents = {}
-        self.controller: Controller = make_controller(
-            self.scenario.control.controller, self.scenario.control.params, control_setup(self.scenario)
-        )
-        if self.planner_actions:
-            self.controller = self._planner(self.controller)
+        self.controller = self._controller(sumo_seed)
+        self.engine.controller = _TrafficController(self)
         if isinstance(self.observation_type, PerceivedNeighbours):  # the sensor noise follows the seed
             self.observation_type.reset(np.random.default_rng([sumo_seed, 1]))
-        backend = make_backend(self.scenario, self.network, self._inputs)
-        backend.start(self.controller.modes, extra_args=("--seed", str(sumo_seed)))
-        self.backend = backend
-        self.world, self.events = backend.step()
+        self.engine.start(extra_args=("--seed", str(sumo_seed)))
+        self.world, self.events = self.engine.step()
         self._world_fresh = True
         for _ in range(round(self.config.warmup_s / self.step_length_s)):
             self._advance([], read_world=False)
         self._refresh()
         return self.world
 
-    def _planner(self, controller: Controller) -> Controller:
-        """The cooperative controller that serves the agents' requests: the scenario's own if it is one,
-        else one that starts maneuvers only on request and leaves the CAVs' idle driving as it was
-        (a controller that issues commands of its own would conflict with it: `sumo` issues none)."""
-        from cavlab.controllers.cooperative import CooperativeLaneChange, CooperativeParams
-
-        if isinstance(controller, CooperativeLaneChange):
+    def _controller(self, seed: int) -> Controller:
+        """A fresh scenario controller, seeded with the episode's SUMO seed; with planner actions, the
+        cooperative controller that serves the agents' requests: the scenario's own if it is one, else
+        one that starts maneuvers only on request and leaves the CAVs' idle driving as it was (a
+        controller that issues commands of its own would conflict with it: `sumo` issues none)."""
+        setup = dataclasses.replace(control_setup(self.scenario), seed=seed)
+        controller = make_controller(self.scenario.control.controller, self.scenario.control.params, setup)
+        if not self.planner_actions or isinstance(controller, CooperativeLaneChange):
             return controller
-        planner = CooperativeLaneChange(CooperativeParams(), control_setup(self.scenario))
+        planner = CooperativeLaneChange(CooperativeParams(), setup)
         planner.autonomous = False
         planner.modes = dataclasses.replace(planner.modes, idle_speed_mode=controller.modes.idle_speed_mode,
                                             idle_lane_change_mode=controller.modes.idle_lane_change_mode)  # fmt: skip
         return planner
 
     def close(self) -> None:
-        if self.backend is not None:
-            backend, self.backend = self.backend, None
-            backend.close()
+        if self.engine is not None:
+            self.engine.close()
+
+    def episode_result(self) -> RunResult:
+        """The run metrics of the episode so far, as `cavlab run` computes them (option `metrics`);
+        closes SUMO (its detector output is complete only then)."""
+        return self.engine.result()
 
     def dispose(self) -> None:
         """Close SUMO and delete the SUMO inputs."""
@@ -340,17 +353,10 @@ class AgentTraffic:
         return release
 
     def _advance(self, agent_commands: list[Command], read_world: bool = True) -> None:
-        """Apply the agents' commands and the scenario controller's, then step SUMO once. A
-        controller that issues commands sees every step; otherwise the world is read only when
-        `read_world` (the events always)."""
-        commands: list[Command] = []
-        if self.controller.issues_commands:
-            commands = [c for c in self.controller.step(self._seen(self.world)) if self._from_controller(c)]
-            if self.planner_actions:
-                self._end_maneuvers()
-            read_world = True
-        self.backend.apply(commands + agent_commands)
-        world, self.events = self.backend.step(read_world)
+        """One engine step with the agents' commands after the scenario controller's. The world is
+        read only when `read_world`, unless the engine needs every step (a controller that issues
+        commands, or metrics); the events always."""
+        world, self.events = self.engine.step(agent_commands, read_world)
         self._world_fresh = world is not None
         if world is not None:
             self.world = world
@@ -399,7 +405,7 @@ class AgentTraffic:
     def _refresh(self) -> None:
         """Read the world if the last step was not read."""
         if not self._world_fresh:
-            self.world = self.backend.read()
+            self.world = self.engine.read()
             self._world_fresh = True
 
     # ------------------------------------------------------------------ results
@@ -461,6 +467,30 @@ class AgentTraffic:
         near = (world.lane == world.lane[row]) & (dx > 0) & (dx <= self.config.reward.disruption_range_m)
         rows = np.flatnonzero(near)
         return {int(world.slot[r]): (float(world.x_m[r]), float(world.speed_mps[r])) for r in rows}
+
+
+class _TrafficController(Controller):
+    """The scenario's controller as the engine runs it beside the agents: it sees them as human-driven
+    vehicles, its commands for them are dropped (but for a planner maneuver's), and agents whose
+    maneuver is over go back to following."""
+
+    def __init__(self, traffic: AgentTraffic) -> None:
+        self.traffic = traffic
+        self.inner = traffic.controller
+        self.modes = self.inner.modes
+        self.issues_commands = self.inner.issues_commands
+
+    def step(self, world: WorldState) -> list[Command]:
+        traffic = self.traffic
+        if not self.issues_commands:
+            return []
+        commands = [c for c in self.inner.step(traffic._seen(world)) if traffic._from_controller(c)]
+        if traffic.planner_actions:
+            traffic._end_maneuvers()
+        return commands
+
+    def report(self):
+        return self.inner.report()
 
 
 def lane_ends(network: Network) -> dict[tuple[int, int], float]:

@@ -40,7 +40,9 @@ class TrafficEnv(gym.Env):
       collision    −1 on a collision or on running out of lane (an acceleration lane's end)
     `terminated` on a collision, running out of lane, or reaching `goal_x_m`; `truncated`
     after `episode_s`. `info`: time, the ego's x, speed and lane, the unweighted reward
-    terms, and `outcome` (collision, lane_end, goal) when the episode ends.
+    terms, and `outcome` (collision, lane_end, goal) when the episode ends; with the option
+    `metrics`, the last info also holds `metrics`: the episode's run metrics, as `cavlab run`'s
+    summary.json has them (every step is then read: slower).
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array", "human"], "render_fps": 10}
@@ -78,6 +80,8 @@ class TrafficEnv(gym.Env):
         result = self.traffic.transition(self.ego)
         elapsed = self.traffic.world.time_s - self.start_time_s
         truncated = not result.terminated and elapsed >= self.config.episode_s - 1e-9
+        if self.config.metrics and (result.terminated or truncated):
+            result.info["metrics"] = self.traffic.episode_result().metrics
         if self.render_mode == "human":
             self.render()
         return result.observation, result.reward, result.terminated, truncated, result.info
@@ -86,7 +90,7 @@ class TrafficEnv(gym.Env):
         if self.render_mode is None:
             gym.logger.warn("render() without a render_mode: pass render_mode='rgb_array' or 'human' to the env")
             return None
-        if self.ego is None or self.traffic.backend is None:
+        if self.ego is None:
             raise gym.error.ResetNeeded("call reset() before render()")
         traffic = self.traffic
         if self._renderer is None:

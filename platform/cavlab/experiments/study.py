@@ -20,15 +20,16 @@ front and rear neighbours over that time, D = Σ γ_x(x(t_c) − x(t_s) − v(t_
 
 from __future__ import annotations
 
-import itertools
 import math
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
-from cavlab.experiments.sweep import SweepSpec
+from cavlab.controllers.cooperative import CooperativeParams, disruption_parts
+from cavlab.experiments.sweep import SweepSpec, register_measure
 from cavlab.runs.stats import mean_ci
+from cavlab.sim.resolve import load_scenario
 
 SCENARIO = "highway-lane-change"
 VARIANTS = ("cooperative", "selfish", "sumo-default", "no-cooperation")
@@ -41,8 +42,6 @@ def study_sweep(variants: list[str], demands_vph: list[float], cav_shares: list[
     """The study as a sweep: named axes `variant` and `demand_vph` (q on the fast lane, 0.45·q and
     0.15·q on the slow lane's two flows), the CAV share, the seeds, and the lane-change measures.
     The shipped sweep `lane-change-study` is this with the defaults of `cavlab study`."""
-    from cavlab.config.scenario import load_scenario
-
     types = load_scenario(SCENARIO).demand.vehicle_types
     overrides = {
         "cooperative": ["control.controller=cooperative"],
@@ -63,16 +62,17 @@ def study_sweep(variants: list[str], demands_vph: list[float], cav_shares: list[
 def lane_change_measures(
     trajectories: pa.Table, warmup_s: float, lengths: dict[str, float], params
 ) -> list[tuple[float, float]]:
-    """(maneuver time, fast-lane disruption) of every stuck CAV's move from lane 0 to lane 1."""
-    from cavlab.controllers.cooperative import disruption_parts
+    """(maneuver time, fast-lane disruption) of every stuck CAV's move from lane 0 to lane 1, CAV by CAV
+    (in the order they first appear), each CAV's moves in time order."""
+    def numbers(name: str, dtype: type) -> np.ndarray:
+        return np.asarray(trajectories.column(name).to_numpy(), dtype=dtype)
 
-    t = trajectories.to_pydict()
-    time_s, lane = np.array(t["t_s"]), np.array(t["lane"])
-    x, v = np.array(t["x_m"]), np.array(t["speed_mps"])
-    ids = np.array(t["vehicle_id"], dtype=object)
-    types = np.array(t["vehicle_type"], dtype=object)
-    is_cav = types == "cav"
-    length = np.array([lengths[name] for name in types.tolist()])
+    time_s, lane = numbers("t_s", np.float64), numbers("lane", np.int64)
+    x, v = numbers("x_m", np.float64), numbers("speed_mps", np.float64)
+    ids, _ = _codes(trajectories.column("vehicle_id"))  # vehicle ids as integer codes
+    types, type_names = _codes(trajectories.column("vehicle_type"))
+    is_cav = np.array([name == "cav" for name in type_names], dtype=bool)[types]
+    length = np.array([lengths[name] for name in type_names], dtype=np.float64)[types]
     order = np.lexsort((x, lane, time_s))  # by time, lane, position
     time_s, lane, x, v, ids, is_cav, length = (a[order] for a in (time_s, lane, x, v, ids, is_cav, length))
     same_group = (time_s[1:] == time_s[:-1]) & (lane[1:] == lane[:-1])
@@ -87,30 +87,69 @@ def lane_change_measures(
     fast_mean = np.where(counts > 0, sums / np.maximum(counts, 1), np.inf)
     stuck = (lane == 0) & (leader_gap <= STUCK_GAP_M)
     stuck &= leader_speed <= fast_mean[step_index] - STUCK_SPEED_GAIN_MPS
-    rows_of: dict[str, np.ndarray] = {}
-    for row in np.flatnonzero(is_cav):
-        rows_of.setdefault(ids[row], []).append(row)
-    state_at = {(ids[r], time_s[r]): (x[r], v[r]) for r in range(len(x)) if lane[r] == 1}
+    # every CAV's rows in time order, the CAVs in the order they first appear
+    cav_rows = np.flatnonzero(is_cav)
+    first_row = np.full(int(ids.max(initial=-1)) + 1, len(x))
+    np.minimum.at(first_row, ids[cav_rows], cav_rows)
+    seq = cav_rows[np.argsort(first_row[ids[cav_rows]], kind="stable")]
+    same_vehicle = ids[seq][1:] == ids[seq][:-1]
+    # where each CAV's stuck period began: the latest row of the same CAV, stuck, after one that is not
+    stuck_seq = stuck[seq]
+    begins = stuck_seq & ~np.concatenate(([False], same_vehicle & stuck_seq[:-1]))
+    began = np.maximum.accumulate(np.where(begins, np.arange(len(seq)), 0))
+    a, b = seq[:-1], seq[1:]
+    moves = np.flatnonzero(same_vehicle & (lane[a] == 0) & (lane[b] == 1) & (time_s[b] > warmup_s) & stuck[a])
+    # a (time step, lane) group is a contiguous run of rows: found by bisection on a sorted key
+    lane_span = int(lane.max(initial=0)) - int(lane.min(initial=0)) + 1
+    group_key = step_index * lane_span + (lane - lane.min(initial=0))
+    # (vehicle, time step) -> its row on lane 1 (the last one, were there several)
+    on_fast = np.flatnonzero(fast)[::-1]
+    state_keys, last = np.unique(ids[on_fast] * len(steps) + step_index[on_fast], return_index=True)
+    state_rows = on_fast[last]
+
+    def state(vehicle: int, step: int) -> int | None:
+        key = vehicle * len(steps) + step
+        i = int(np.searchsorted(state_keys, key))
+        return int(state_rows[i]) if i < len(state_keys) and state_keys[i] == key else None
+
     out = []
-    for _vid, rows in rows_of.items():
-        rows = np.array(rows)  # in time order
-        for a, b in itertools.pairwise(rows):
-            if not (lane[a] == 0 and lane[b] == 1 and time_s[b] > warmup_s and stuck[a]):
-                continue
-            k = int(np.flatnonzero(rows == a)[0])
-            while k > 0 and stuck[rows[k - 1]] and lane[rows[k - 1]] == 0:
-                k -= 1
-            t_s, t_c = time_s[rows[k]], time_s[b]
-            group = np.flatnonzero((time_s == t_c) & (lane == 1))
-            position = int(np.searchsorted(x[group], x[b]))
-            neighbours = [ids[group[j]] for j in (position - 1, position + 1) if 0 <= j < len(group)]
-            d = 0.0
-            for n in neighbours:
-                if (n, t_s) in state_at and (n, t_c) in state_at:
-                    (x0, v0), (x1, v1) = state_at[(n, t_s)], state_at[(n, t_c)]
-                    d += sum(disruption_parts(x0, v0, x1, v1, t_c - t_s, params))
-            out.append((t_c - t_s, d))
+    for i in moves:
+        start, change = seq[began[i]], seq[i + 1]
+        t_s, t_c = time_s[start], time_s[change]
+        key = group_key[change]  # (t_c, lane 1): the fast lane at the change
+        lo, hi = np.searchsorted(group_key, key, "left"), np.searchsorted(group_key, key, "right")
+        position = int(np.searchsorted(x[lo:hi], x[change]))
+        neighbours = [ids[lo + j] for j in (position - 1, position + 1) if 0 <= j < hi - lo]
+        d = 0.0
+        for n in neighbours:
+            r0, r1 = state(n, step_index[start]), state(n, step_index[change])
+            if r0 is not None and r1 is not None:
+                d += sum(disruption_parts(x[r0], v[r0], x[r1], v[r1], t_c - t_s, params))
+        out.append((t_c - t_s, d))
     return out
+
+
+def _codes(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, list]:
+    """A column as integer codes into its distinct values, and those values (in order of appearance)."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if pa.types.is_dictionary(column.type):
+        column = column.dictionary_decode()  # the values it holds, not every value of its dictionary
+    encoded = column.dictionary_encode()
+    return encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64), encoded.dictionary.to_pylist()
+
+
+@register_measure("lane_changes")
+def lane_changes(scenario, result) -> dict[str, float]:
+    """The sweep measure `lane_changes`: stuck CAVs' lane changes per run, their mean maneuver time and mean
+    fast-lane disruption (`lane_change_measures` on the run's trajectories)."""
+    lengths = {name: spec.length_m for name, spec in scenario.demand.vehicle_types.items()}
+    changes = lane_change_measures(result.trajectories, scenario.simulation.warmup_s, lengths, CooperativeParams())
+    return {
+        "stuck_lane_changes": float(len(changes)),
+        "maneuver_time_s": float(np.mean([c[0] for c in changes])) if changes else math.nan,
+        "disruption": float(np.mean([c[1] for c in changes])) if changes else math.nan,
+    }
 
 
 METRICS = {
@@ -142,15 +181,13 @@ def aggregate(rows: list[dict]) -> list[dict]:
 
 def plot_study(summary: list[dict], out_dir: Path) -> list[Path]:
     """One figure per metric: the metric against demand, a panel per CAV share, a line per variant."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no global state, the backend stays the user's
 
     shares = sorted({e["cav_share"] for e in summary})
     paths = []
     for metric, label in METRICS.items():
-        fig, axes = plt.subplots(1, len(shares), figsize=(4.2 * len(shares), 3.6), sharey=True, squeeze=False)
+        fig = Figure(figsize=(4.2 * len(shares), 3.6))
+        axes = fig.subplots(1, len(shares), sharey=True, squeeze=False)
         for ax, share in zip(axes[0], shares, strict=True):
             for variant in VARIANTS:
                 points = sorted((e for e in summary if e["variant"] == variant and e["cav_share"] == share),
@@ -169,7 +206,6 @@ def plot_study(summary: list[dict], out_dir: Path) -> list[Path]:
         fig.tight_layout()
         path = out_dir / f"{metric}.png"
         fig.savefig(path, dpi=110)
-        plt.close(fig)
         paths.append(path)
     return paths
 

@@ -10,7 +10,7 @@
         lc2013-no-coop: [control.controller=sumo, demand.vehicle_types.cav.lane_change.cooperative=0]
     random: {samples: 4, seed: 0, fields: {demand.scale: {uniform: [0.8, 1.2]}}}   # optional
     seeds: 3                                # or a list of seeds
-    measures: [lane_changes]                # optional measures from the trajectories (MEASURES)
+    measures: [lane_changes]                # optional measures from the trajectories (registered in MEASURES)
     metrics: [throughput_vph, mean_delay_s] # what the summary aggregates (default: all)
 
 Each run (a point of the grid × a random sample × a seed) is identified by a hash of what it
@@ -18,6 +18,11 @@ runs, executes in a fresh process (one SUMO per process, nothing leaks between r
 its results are written as soon as it ends to `<out>/runs/<id>.parquet` (atomically). A rerun
 of the same sweep into the same folder skips the runs already there, so an interrupted sweep
 loses only the runs that were in flight.
+
+A measure is a function (scenario, run result) -> {name: value} registered under its name with
+`register_measure`; the studies register theirs (cavlab.experiments.study: `lane_changes`) and
+`cavlab.experiments` imports them, so the registry is filled wherever this module is imported,
+in the worker processes too. This module imports no study.
 """
 
 from __future__ import annotations
@@ -25,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -34,16 +38,18 @@ from dataclasses import dataclass
 from importlib.resources import files
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cavlab.errors import UserError, field_path
 from cavlab.runs.stats import mean_ci
+from cavlab.sim.engine import Engine
+from cavlab.sim.resolve import load_scenario
 
 
 class Distribution(BaseModel):
@@ -69,6 +75,32 @@ class RandomSpec(BaseModel):
 
 Cases = dict[str | int | float, list[str]]
 
+Measure = Callable[[Any, Any], dict[str, float]]
+MEASURES: dict[str, Measure] = {}
+"""The measures a sweep may name in `measures:`, by name (filled by `register_measure`)."""
+
+
+def register_measure(name: str) -> Callable[[Measure], Measure]:
+    """Decorator: make `fn(scenario, result) -> {name: value}` (result: the `RunResult` of a run that recorded
+    its trajectories) the sweep measure `name`."""
+
+    def register(fn: Measure) -> Measure:
+        MEASURES[name] = fn
+        return fn
+
+    return register
+
+
+def registered_measures() -> str:
+    return ", ".join(sorted(MEASURES)) or "none"
+
+
+def get_measure(name: str) -> Measure:
+    """The measure registered as `name`; a `UserError` listing the registered ones if there is none."""
+    if name not in MEASURES:
+        raise UserError(f"unknown measure '{name}' (registered: {registered_measures()})")
+    return MEASURES[name]
+
 
 class SweepSpec(BaseModel):
     """A sweep file (see the module docstring)."""
@@ -80,8 +112,16 @@ class SweepSpec(BaseModel):
     grid: dict[str, list[Any] | Cases] = Field(default_factory=dict)
     random: RandomSpec | None = None
     seeds: int | list[int] = 3
-    measures: list[Literal["lane_changes"]] = Field(default_factory=list)
+    measures: list[str] = Field(default_factory=list)
     metrics: list[str] | None = None
+
+    @field_validator("measures")
+    @classmethod
+    def _registered(cls, measures: list[str]) -> list[str]:
+        for name in measures:
+            if name not in MEASURES:
+                raise ValueError(f"unknown measure '{name}' (registered: {registered_measures()})")
+        return measures
 
     @property
     def seed_list(self) -> list[int]:
@@ -156,8 +196,6 @@ def load_sweep(path: Path | str) -> SweepSpec:
 
 def plan(spec: SweepSpec) -> list[SweepRun]:
     """Every run of the sweep, each scenario validated (a bad field fails here, before anything runs)."""
-    from cavlab.config.scenario import load_scenario
-
     axes = [[(key, label, tuple(sets)) for label, sets in values.items()] if isinstance(values, dict)
             else [(key, value, None) for value in values] for key, values in spec.grid.items()]  # fmt: skip
     grid = list(itertools.product(*axes))
@@ -194,18 +232,16 @@ def run_one(run: SweepRun) -> dict[str, Any]:
     """Run one scenario (in a worker process); its row: the swept values, the seed, every numeric metric."""
     # one compute thread per run: runs share the cores (torch is imported later, and reads this)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from cavlab.config.scenario import load_scenario
-    from cavlab.sim.engine import Engine
-
     scenario = load_scenario(run.scenario, run.overrides)
-    if not run.measures:  # nothing needs the trajectories
+    measures = [get_measure(name) for name in run.measures]  # an unknown one fails before the run, not after
+    if not measures:  # nothing needs the trajectories
         scenario = scenario.model_copy(update={"outputs": scenario.outputs.model_copy(update={"trajectories": False})})
     with tempfile.TemporaryDirectory() as tmp:
         result = Engine(scenario, Path(tmp) / "sumo").run()
     row: dict[str, Any] = {"run_id": run.run_id, "seed": run.seed, **dict(run.labels), **dict(run.params)}
     metrics = {**result.metrics, **{f"controller_{k}": v for k, v in result.controller_report.metrics.items()}}
-    for name in run.measures:
-        metrics.update(MEASURES[name](scenario, result))
+    for measure in measures:
+        metrics.update(measure(scenario, result))
     for key, value in metrics.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             row[key] = float(value)
@@ -213,24 +249,6 @@ def run_one(run: SweepRun) -> dict[str, Any]:
             row.update({f"{key}.{k}": float(v) for k, v in value.items() if isinstance(v, (int, float))})
     row["wall_time_s"] = result.wall_time_s
     return row
-
-
-def lane_change_measures(scenario, result) -> dict[str, float]:
-    """The lane-change study's measures (cavlab.experiments.study): stuck CAVs' lane changes, their mean maneuver
-    time and fast-lane disruption."""
-    from cavlab.controllers.cooperative import CooperativeParams
-    from cavlab.experiments.study import lane_change_measures as measure
-
-    lengths = {name: spec.length_m for name, spec in scenario.demand.vehicle_types.items()}
-    changes = measure(result.trajectories, scenario.simulation.warmup_s, lengths, CooperativeParams())
-    return {
-        "stuck_lane_changes": float(len(changes)),
-        "maneuver_time_s": float(np.mean([c[0] for c in changes])) if changes else math.nan,
-        "disruption": float(np.mean([c[1] for c in changes])) if changes else math.nan,
-    }
-
-
-MEASURES = {"lane_changes": lane_change_measures}
 
 
 def execute(runs: list[SweepRun], folder: Path, workers: int,
@@ -349,10 +367,7 @@ def summary_markdown(spec: SweepSpec, summary: list[dict[str, Any]]) -> str:
 def plot_summary(spec: SweepSpec, summary: list[dict[str, Any]], folder: Path) -> list[Path]:
     """Per metric: mean ± CI against the first swept field (lines if it is numeric, grouped bars if not),
     one line or bar colour per value of the others."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no global state, the backend stays the user's
 
     if not spec.fields or not summary:
         return []
@@ -365,7 +380,8 @@ def plot_summary(spec: SweepSpec, summary: list[dict[str, Any]], folder: Path) -
     metrics = [k for k in summary[0] if k not in (*spec.fields, "runs") and not k.endswith("_ci95")]
     paths = []
     for m in metrics:
-        fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(categories) * max(1, len(series)) / 2), 4))
+        fig = Figure(figsize=(max(6, 0.9 * len(categories) * max(1, len(series)) / 2), 4))
+        ax = fig.subplots()
         width = 0.8 / len(series)
         for i, (key, entries) in enumerate(series.items()):
             label = ", ".join(f"{f}={v}" for f, v in zip(others, key, strict=True)) or None
@@ -389,6 +405,5 @@ def plot_summary(spec: SweepSpec, summary: list[dict[str, Any]], folder: Path) -
         fig.tight_layout()
         path = Path(folder) / f"{m.replace('/', '_')}.png"
         fig.savefig(path, dpi=110)
-        plt.close(fig)
         paths.append(path)
     return paths

@@ -19,6 +19,7 @@ import gymnasium as gym
 import numpy as np
 
 from cavlab.errors import UserError
+from cavlab.rl.common import check_env_id, make_env, plot_returns
 
 RLMODULE_SUBDIR = Path("learner_group", "learner", "rl_module", "default_policy")
 
@@ -29,8 +30,6 @@ class RllibEnv(gym.wrappers.FlattenObservation):
     fresh process without `register_env`."""
 
     def __init__(self, config: dict[str, Any]) -> None:
-        from cavlab.rl.sb3 import check_env_id
-
         super().__init__(gym.make(check_env_id(config["env_id"]), **dict(config.get("env_kwargs") or {})))
 
 
@@ -66,7 +65,6 @@ def train_rllib(
     """Train PPO until `timesteps` env steps are sampled, on `env_runners` remote env runners (one
     SUMO each); writes checkpoint/, learning_curve.csv and learning_curve.png into `out_dir`. Ray
     runs locally (address None) or joins the cluster at `address`; it is shut down on every exit path."""
-    from cavlab.rl.sb3 import make_env
 
     ray = _rllib()
     from ray.rllib.algorithms.ppo import PPOConfig
@@ -150,7 +148,6 @@ def write_curve(curve: list[tuple[int, float]], path: Path) -> None:
 
 def plot_curve(curve: list[tuple[int, float]], path: Path, title: str) -> None:
     """RLlib's running mean episode return (last 100 episodes) against env steps."""
-    from cavlab.rl.sb3 import plot_returns
 
     lines = []
     if curve:

@@ -5,12 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import pyarrow.parquet as pq
+from matplotlib.figure import Figure
 
 from cavlab.errors import UserError
 
@@ -47,7 +44,8 @@ def plot_run(run_dir: Path, out_dir: Path | None = None, max_points: int = 400_0
 
 def _time_space(data: dict[str, np.ndarray], title: str, out_dir: Path, max_points: int) -> Path:
     lanes = sorted(set(data["lane"].tolist()), reverse=True)
-    fig, axes = plt.subplots(len(lanes), 1, figsize=(11, 2.6 * len(lanes)), sharex=True, squeeze=False)
+    fig = Figure(figsize=(11, 2.6 * len(lanes)))  # no pyplot: no global state, the backend stays the user's
+    axes = fig.subplots(len(lanes), 1, sharex=True, squeeze=False)
     vmax = float(np.percentile(data["speed_mps"], 99.5)) if len(data["speed_mps"]) else 1.0
     for ax, lane in zip(axes[:, 0], lanes, strict=True):
         rows = np.flatnonzero(data["lane"] == lane)
@@ -64,7 +62,6 @@ def _time_space(data: dict[str, np.ndarray], title: str, out_dir: Path, max_poin
     fig.suptitle(f"Time-space diagram — {title}")
     path = out_dir / "time_space.png"
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
@@ -72,7 +69,8 @@ def _heatmap(
     data: dict[str, np.ndarray], title: str, out_dir: Path, cell_s: float = 10.0, cell_m: float = 50.0
 ) -> Path:
     t, x, v = data["t_s"], data["x_m"], data["speed_mps"]
-    fig, ax = plt.subplots(figsize=(11, 4.5))
+    fig = Figure(figsize=(11, 4.5))
+    ax = fig.subplots()
     if len(t):
         t_edges = np.arange(0, t.max() + cell_s, cell_s)
         x_edges = np.arange(min(0.0, x.min()), x.max() + cell_m, cell_m)
@@ -89,5 +87,4 @@ def _heatmap(
     fig.tight_layout()
     path = out_dir / "speed_heatmap.png"
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path

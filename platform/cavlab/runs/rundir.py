@@ -32,10 +32,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from cavlab.sim.engine import RunResult
-from cavlab.errors import UserError
-from cavlab.sim.metrics import LaneChange
 from cavlab.config.scenario import Scenario
+from cavlab.errors import UserError
+from cavlab.sim.engine import RunResult
+from cavlab.sim.metrics import LaneChange
 from cavlab.world import Collision
 
 SUMO_SUBDIR = "sumo"

@@ -1,13 +1,13 @@
-"""The step loop: SUMO → world state → perception → controller → commands → SUMO.
+"""The step loop: SUMO → world state → metrics → perception → controller → commands → SUMO.
 
-The engine owns the loop and nothing else; the CLI and the Gymnasium environments are thin
-faces on it. SUMO is closed on every exit path (exception, Ctrl-C).
+The engine owns the loop and nothing else; `cavlab run`, sweeps and the Gymnasium environments
+all step through `Engine.step`. SUMO is closed on every exit path (exception, Ctrl-C).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,11 +16,11 @@ import pyarrow as pa
 from cavlab.config.scenario import Scenario
 from cavlab.controllers import Controller, ControllerReport, ControlSetup, make_controller
 from cavlab.perception import GroundTruth, Perception
-from cavlab.sim.backends.base import SumoBackend, make_backend
+from cavlab.sim.backends import SumoBackend, make_backend
 from cavlab.sim.metrics import LaneChange, MetricsCollector
 from cavlab.sim.network import Network, SumoInputs, build_network, write_sumo_inputs
 from cavlab.sim.recorder import TrajectoryRecorder
-from cavlab.world import Collision, WorldState
+from cavlab.world import Collision, Command, StepEvents, WorldState
 
 ProgressCallback = Callable[[WorldState, int], None]
 
@@ -62,10 +62,14 @@ def make_perception(scenario: Scenario) -> Perception:
 
 
 class Engine:
-    """Runs one scenario in SUMO with a controller and a perception hook.
+    """Runs one scenario in SUMO with a controller and a perception hook: `step()` is one simulation
+    step, `run()` the whole scenario; the Gymnasium environments drive the same `step()` with their
+    agents' commands injected.
 
     `workdir` receives the SUMO inputs (network copy, routes, detectors, .sumocfg) and SUMO's
-    own outputs (log, detector readings).
+    own outputs (log, detector readings). With `collect_metrics=False` (the environments' default)
+    no metrics or trajectories are gathered, and steps may go unread when the controller issues no
+    commands.
     """
 
     def __init__(
@@ -74,6 +78,7 @@ class Engine:
         workdir: Path,
         controller: Controller | None = None,
         perception: Perception | None = None,
+        collect_metrics: bool = True,
     ) -> None:
         self.scenario = scenario
         self.workdir = Path(workdir)
@@ -81,44 +86,105 @@ class Engine:
             scenario.control.controller, scenario.control.params, control_setup(scenario)
         )
         self.perception = perception or make_perception(scenario)
+        self.collect_metrics = collect_metrics
         self.network: Network = build_network(scenario.road)
         self.inputs = write_sumo_inputs(scenario, self.network, self.workdir)
+        self.backend: SumoBackend | None = None
+        self.world: WorldState | None = None
+        self.events: StepEvents | None = None
 
-    def open_backend(self) -> SumoBackend:
-        """A started backend (the caller closes it)."""
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self, extra_args: tuple[str, ...] = ()) -> None:
+        """Start SUMO (closing a simulation this engine still holds); `extra_args` override the
+        .sumocfg (e.g. `("--seed", "7")`)."""
+        self.close()
+        sim, out = self.scenario.simulation, self.scenario.outputs
+        self.metrics = MetricsCollector(self.scenario, self.network) if self.collect_metrics else None
+        every = round((out.trajectory_period_s or sim.step_length_s) / sim.step_length_s)
+        self.recorder = TrajectoryRecorder(every) if out.trajectories and self.collect_metrics else None
+        self._reads_every_step = self.collect_metrics or self.controller.issues_commands
+        self._plan = False  # whether self.world is this simulation's last step, read
+        self.world = None
+        self.steps = 0
+        self.vehicle_steps = 0
+        self._started = time.perf_counter()
         backend = make_backend(self.scenario, self.network, self.inputs)
-        backend.start(self.controller.modes)
-        return backend
+        backend.start(self.controller.modes, extra_args)
+        self.backend = backend
+
+    def close(self) -> None:
+        """Stop SUMO; safe to call twice."""
+        if self.backend is not None:
+            backend, self.backend = self.backend, None
+            self._vehicle_ids, self._vehicle_types = list(backend.vehicle_ids), backend.vehicle_types
+            self._wall_s = time.perf_counter() - self._started
+            backend.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ stepping
+
+    def step(self, commands: Sequence[Command] = (), read_world: bool = True) -> tuple[WorldState | None, StepEvents]:
+        """One simulation step: read, perceive, control, apply, observe. The controller plans on what
+        perception makes of the last world read, its commands and then `commands` (an agent's) go to
+        SUMO, SUMO advances, and the new world is read and observed (metrics, trajectories).
+
+        Returns the new world (None when the step went unread) and the step's events. A step goes
+        unread only when `read_world` is false and nothing needs every step: no metrics, and a
+        controller that issues no commands."""
+        backend = self.backend
+        planned = self.controller.step(self.perception.observe(self.world)) if self._plan else []
+        backend.apply([*planned, *commands] if commands else planned)
+        world, events = backend.step(read_world or self._reads_every_step)
+        self.steps += 1
+        self.events = events
+        self._plan = world is not None
+        if world is not None:
+            self.world = world
+            self.vehicle_steps += len(world)
+            if self.metrics is not None:
+                self.metrics.observe(world, events)
+                if self.recorder is not None:
+                    self.recorder.observe(world)
+        return world, events
+
+    def read(self) -> WorldState:
+        """The world now, read afresh (after unread steps)."""
+        self.world = self.backend.read()
+        self._plan = True
+        return self.world
+
+    def result(self) -> RunResult:
+        """What the run produced up to now; closes SUMO (its detector output is complete only then)."""
+        end_s = self.backend.time_s if self.backend is not None else self._end_s
+        self._end_s = end_s
+        self.close()
+        return RunResult(
+            metrics={**self.metrics.finish(self.inputs.detector_output, end_s), **self.perception.metrics()},
+            lane_changes=self.metrics.lane_changes,
+            collisions=self.metrics.collisions,
+            trajectories=self.recorder.table(self._vehicle_ids, self._vehicle_types) if self.recorder else None,
+            controller_report=self.controller.report(),
+            steps=self.steps,
+            vehicle_steps=self.vehicle_steps,
+            wall_time_s=self._wall_s,
+            inputs=self.inputs,
+        )
 
     def run(self, progress: ProgressCallback | None = None, progress_every: int = 50) -> RunResult:
         """Run the scenario to its end; `progress(world, step)` is called every `progress_every` steps."""
-        sim, out = self.scenario.simulation, self.scenario.outputs
-        steps = sim.steps
-        metrics = MetricsCollector(self.scenario, self.network)
-        every = round((out.trajectory_period_s or sim.step_length_s) / sim.step_length_s)
-        recorder = TrajectoryRecorder(every) if out.trajectories else None
-        vehicle_steps = 0
-        started = time.perf_counter()
-        with self.open_backend() as backend:
+        steps = self.scenario.simulation.steps
+        self.start()
+        try:
             for k in range(1, steps + 1):
-                world, events = backend.step()
-                vehicle_steps += len(world)
-                metrics.observe(world, events)
-                if recorder is not None:
-                    recorder.observe(world)
-                backend.apply(self.controller.step(self.perception.observe(world)))
+                self.step()
                 if progress is not None and (k % progress_every == 0 or k == steps):
-                    progress(world, k)
-            vehicle_ids, vehicle_types = list(backend.vehicle_ids), backend.vehicle_types
-        wall = time.perf_counter() - started
-        return RunResult(
-            metrics={**metrics.finish(self.inputs.detector_output), **self.perception.metrics()},
-            lane_changes=metrics.lane_changes,
-            collisions=metrics.collisions,
-            trajectories=recorder.table(vehicle_ids, vehicle_types) if recorder else None,
-            controller_report=self.controller.report(),
-            steps=steps,
-            vehicle_steps=vehicle_steps,
-            wall_time_s=wall,
-            inputs=self.inputs,
-        )
+                    progress(self.world, k)
+            return self.result()
+        finally:
+            self.close()

@@ -131,9 +131,8 @@ class MetricsCollector:
         self._min_gap_controlled_m = min(self._min_gap_controlled_m, float(gap.min()))
         self._critical_ttc_steps += int(np.count_nonzero((closing > 0) & (gap < CRITICAL_TTC_S * closing)))
 
-    def finish(self, detector_output: Path) -> dict:
-        """The metrics as a JSON-ready mapping."""
-        end_s = self.scenario.simulation.duration_s
+    def finish(self, detector_output: Path, end_s: float) -> dict:
+        """The metrics of the run up to `end_s` (the time of its last step), as a JSON-ready mapping."""
         window_s = end_s - self.warmup_s
         specs = self.scenario.demand.vehicle_types
         collided = {c.collider for c in self.collisions} | {c.victim for c in self.collisions}

@@ -348,7 +348,10 @@ def _mix(flow: FlowSpec, cav_share: float, cav_type: str) -> tuple[list[str], li
 
 
 def detector_period_s(scenario: Scenario) -> float:
-    """The E1 aggregation period: the largest divisor of warm-up and duration up to 60 s."""
+    """The E1 aggregation period: `outputs.detector_period_s`, else the largest divisor of warm-up and
+    duration up to 60 s (SUMO writes no partial interval: a run's metrics need its end on a boundary)."""
+    if scenario.outputs.detector_period_s is not None:
+        return scenario.outputs.detector_period_s
     step = scenario.simulation.step_length_s
     n = [round(scenario.simulation.warmup_s / step), round(scenario.simulation.duration_s / step)]
     k = math.gcd(*n) if n[0] else n[1]

@@ -33,10 +33,11 @@ import torch
 
 from cavlab.config.scenario import ContextSpec, PerceptionSpec, SimulationSpec
 from cavlab.errors import UserError
+from cavlab.hw.backends.onnxruntime import OrtPerception
 from cavlab.hw.profile import profile_model
 from cavlab.hw.targets import get_target
 from cavlab.perception.fusion import BRANCHES, CONFIGURATIONS, MODALITIES, Selection
-from cavlab.perception.inference import BatchedPerception, OrtPerception
+from cavlab.perception.inference import BatchedPerception
 from cavlab.perception.sensors import SensorSuite, context_label
 from cavlab.perception.task import SLOT_AHEAD, SLOT_LANE, neighbour_rows, neighbour_targets, slot_correct
 from cavlab.perception.training import configuration_energies, load_checkpoint

@@ -359,15 +359,3 @@ class SumoBackend(ABC):
             return ""
         errors = [ln for ln in text if ln.startswith("Error")] or text[-lines:]
         return (" — SUMO log: " + " | ".join(errors[-lines:])) if errors else ""
-
-
-def make_backend(scenario: Scenario, network: Network, inputs: SumoInputs) -> SumoBackend:
-    """The backend the scenario asks for."""
-    kind = scenario.simulation.backend
-    if kind == "libsumo":
-        from cavlab.sim.backends.libsumo import LibsumoBackend
-
-        return LibsumoBackend(scenario, network, inputs)
-    from cavlab.sim.backends.traci import TraciBackend
-
-    return TraciBackend(scenario, network, inputs, gui=kind == "gui")

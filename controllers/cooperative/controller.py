@@ -1,0 +1,178 @@
+"""The controllers: `CooperativeLaneChange` (serves stuck CAVs, plans, runs the maneuvers, reports)
+and its `SelfishLaneChange` baseline."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, fields
+
+import numpy as np
+
+from cavlab.controllers.base import Controller, ControllerReport, ControlSetup, Table
+from cavlab.controllers.cooperative.maneuver import Maneuver, ManeuverRecord
+from cavlab.controllers.cooperative.params import CooperativeParams
+from cavlab.controllers.cooperative.planner import Planner
+from cavlab.controllers.cooperative.snapshot import Lanes
+from cavlab.world import Command, ControlModes, WorldState
+
+
+class CooperativeLaneChange(Controller):
+    """Cooperative, minimally disruptive lane changes of CAVs stuck behind slower leaders."""
+
+    Params = CooperativeParams
+    # CAVs keep their lane unless told (strategic changes only); commanded ones obey exactly
+    modes = ControlModes(speed_mode=32, lane_change_mode=0, idle_speed_mode=31, idle_lane_change_mode=257)
+    cooperation = True
+
+    def __init__(self, params: CooperativeParams, setup: ControlSetup) -> None:
+        super().__init__(params, setup)
+        self.planner = Planner(params, setup, cooperation=self.cooperation)
+        self.active: list[Maneuver] = []
+        self.records: list[ManeuverRecord] = []
+        self.autonomous = True  # serve stuck CAVs on its own; if not, only `request` starts maneuvers
+        self._next_scan_s = 0.0
+        self._retry_at: dict[str, float] = {}
+
+    def step(self, world: WorldState) -> list[Command]:
+        if not len(world):
+            return []
+        lanes = Lanes(world)
+        commands: list[Command] = []
+        for m in self.active:
+            commands += m.step(world, lanes)
+            if m.phase == "done":
+                self.records.append(m.record)
+        self.active = [m for m in self.active if m.phase != "done"]
+        if self.autonomous and world.time_s >= self._next_scan_s - 1e-9:
+            self._next_scan_s = world.time_s + self.params.scan_period_s
+            commands += self._serve_requests(world, lanes)
+        return commands
+
+    def maneuvering(self, vehicle_id: str) -> bool:
+        """Whether a maneuver of this controller commands the vehicle now."""
+        return any(vehicle_id in m.vehicles for m in self.active)
+
+    def request(self, world: WorldState, vehicle_id: str, target_lane: int) -> tuple[ManeuverRecord, list[Command]]:
+        """Plan a lane change of `vehicle_id` into `target_lane` now (for vehicles that ask rather than
+        wait for the scan, e.g. an RL agent); the record says whether a maneuver started, and why not."""
+        lanes = Lanes(world)
+        row = lanes.row_of[vehicle_id]
+        lead = lanes.leader(row)
+        why = ""
+        if vehicle_id in self._busy():
+            why = "the vehicle is in a maneuver already"
+        elif lead is None:
+            why = "no leader ahead (the planner plans behind one)"
+        elif world.x_m[lead] - world.length_m[lead] - world.x_m[row] < self.params.headway.gap_m(world.speed_mps[row]):
+            why = "not at a safe distance behind the leader"
+        elif str(world.ids[lead]) in self._busy():
+            why = "the leader is in a maneuver"
+        if why:
+            record = ManeuverRecord(world.time_s, vehicle_id, str(world.ids[lead]) if lead is not None else "",
+                                    target_lane, "infeasible", why)  # fmt: skip
+            self.records.append(record)
+            return record, []
+        record, _, commands = self._start(world, lanes, row, lead, target_lane)
+        return record, commands
+
+    def _busy(self) -> set[str]:
+        return {
+            vid
+            for m in self.active
+            for vid in (
+                *m.vehicles,
+                m.plan.front.vehicle.id if m.plan.front else "",
+                m.plan.rear.vehicle.id if m.plan.rear else "",
+            )
+        } - {""}
+
+    def _serve_requests(self, world: WorldState, lanes: Lanes) -> list[Command]:
+        p, t = self.params, world.time_s
+        commands: list[Command] = []
+        top_lane = self.setup.lanes - 1
+        eligible = world.is_cav & (world.lane >= 0) & (world.lane < top_lane) & (world.x_m >= p.request_after_m)
+        for row in np.flatnonzero(eligible).tolist():
+            vid = str(world.ids[row])
+            if vid in self._busy() or self._retry_at.get(vid, -math.inf) > t:
+                continue
+            lead = lanes.leader(row)
+            if lead is None:
+                continue
+            gap = world.x_m[lead] - world.length_m[lead] - world.x_m[row]
+            target = int(world.lane[row]) + 1
+            flow = lanes.mean_speed(target, world.x_m[row] - p.search_behind_m, world.x_m[row] + p.search_ahead_m)
+            flow = min(self.setup.speed_limit_mps if flow is None else flow, p.v_max_mps)
+            if gap > p.request_gap_m or flow - world.speed_mps[lead] < p.request_speed_gain_mps:
+                continue
+            if gap < p.headway.gap_m(world.speed_mps[row]):
+                continue  # not yet at a safe distance behind U (a cut-in): wait until it is
+            if str(world.ids[lead]) in self._busy():
+                continue  # U is in a maneuver of its own: it will not cruise as predicted
+            _, maneuver, started = self._start(world, lanes, row, lead, target)
+            if maneuver is None:
+                self._retry_at[vid] = t + p.retry_after_s
+            commands += started
+        return commands
+
+    def _start(
+        self, world: WorldState, lanes: Lanes, row: int, lead: int, target: int
+    ) -> tuple[ManeuverRecord, Maneuver | None, list[Command]]:
+        """Plan a request and start its maneuver if there is a plan; the request is recorded either way."""
+        p = self.params
+        outcome = self.planner.plan(lanes, row, lead, target, self._busy())
+        record = ManeuverRecord(
+            request_time_s=world.time_s, vehicle_id=str(world.ids[row]), leader_id=str(world.ids[lead]),
+            target_lane=target, status=outcome.status, reason=outcome.reason, candidates=outcome.candidates,
+            solve_time_changer_s=outcome.solve_time_changer_s, solve_time_slots_s=outcome.solve_time_slots_s,
+        )  # fmt: skip
+        if outcome.plan is None:
+            self.records.append(record)
+            return record, None, []
+        plan = outcome.plan
+        dx, dv = plan.disruption
+        record.front_id = plan.front.vehicle.id if plan.front else ""
+        record.rear_id = plan.rear.vehicle.id if plan.rear else ""
+        record.cooperators = len(plan.cooperators)
+        record.relaxations = plan.relaxations
+        record.longitudinal_time_s = plan.duration_s
+        record.disruption_position_planned, record.disruption_speed_planned = dx, dv
+        record.disruption_planned = dx + dv
+        record.energy_planned_m2ps3 = plan.changer_plan.energy_m2ps3 + sum(
+            c.plan.energy_m2ps3 for c in plan.cooperators
+        )
+        record.min_slack_planned_m = plan.min_slack_m
+        maneuver = Maneuver(plan, record, p, self.setup)
+        self.active.append(maneuver)
+        return record, maneuver, maneuver.step(world, lanes)
+
+    def report(self) -> ControllerReport:
+        records = [*self.records, *(m.record for m in self.active)]
+        for m in self.active:  # still running when the simulation ended (not those falling back after an abort)
+            if m.record.status == "planned":
+                m.record.status, m.record.reason = "unfinished", "the simulation ended first"
+        rows = [asdict(r) for r in records]
+        done = [r for r in records if r.status == "completed"]
+        metrics = {
+            "requests": len(records),
+            "maneuvers_completed": len(done),
+            "maneuvers_aborted": sum(r.status == "aborted" for r in records),
+            "requests_infeasible": sum(r.status == "infeasible" for r in records),
+            "mean_maneuver_time_s": _mean([r.maneuver_time_s for r in done]),
+            "mean_disruption_planned": _mean([r.disruption_planned for r in done]),
+            "mean_disruption_executed": _mean([r.disruption_executed for r in done]),
+            "mean_relaxations": _mean([r.relaxations for r in done]),
+            "min_slack_executed_m": min((r.min_slack_executed_m for r in done), default=math.nan),
+        }
+        columns = [f.name for f in fields(ManeuverRecord)]
+        return ControllerReport(tables={"maneuvers": Table(columns, rows)}, metrics=metrics)
+
+
+class SelfishLaneChange(CooperativeLaneChange):
+    """Baseline: C takes the nearest gap as fast as it can; nobody cooperates."""
+
+    cooperation = False
+
+
+def _mean(values: list[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return float(np.mean(finite)) if finite else math.nan

@@ -1,0 +1,191 @@
+"""Executing a `LaneChangePlan` step by step: tracking, certification of the slot, the lane change,
+hand-back, and the fallback behind U after an abort; `ManeuverRecord` is what becomes of a request."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from cavlab.controllers.base import ControlSetup
+from cavlab.controllers.cooperative.params import CooperativeParams
+from cavlab.controllers.cooperative.planner import LaneChangePlan, Plan, disruption_parts
+from cavlab.controllers.cooperative.safety import safe_accel
+from cavlab.controllers.cooperative.snapshot import Lanes
+from cavlab.world import Accelerate, ChangeLane, Command, Release, WorldState
+
+
+@dataclass
+class ManeuverRecord:
+    """One lane-change request and what became of it (a row of maneuvers.csv)."""
+
+    request_time_s: float
+    vehicle_id: str
+    leader_id: str
+    target_lane: int
+    status: str  # completed | aborted | infeasible
+    reason: str = ""
+    front_id: str = ""
+    rear_id: str = ""
+    cooperators: int = 0
+    candidates: int = 0
+    relaxations: int = 0
+    longitudinal_time_s: float = (
+        math.nan
+    )  # planned T; the lane change is commanded at T (or up to certify_timeout_s later)
+    maneuver_time_s: float = math.nan  # request to the end of the lateral phase
+    disruption_planned: float = math.nan
+    disruption_position_planned: float = math.nan
+    disruption_speed_planned: float = math.nan
+    disruption_executed: float = math.nan
+    disruption_position_executed: float = math.nan
+    disruption_speed_executed: float = math.nan
+    energy_planned_m2ps3: float = math.nan  # ∫½u² of C and the cooperators, planned
+    energy_executed_m2ps3: float = math.nan
+    min_slack_planned_m: float = math.nan
+    min_slack_executed_m: float = math.nan
+    solve_time_changer_s: float = 0.0
+    solve_time_slots_s: float = 0.0
+
+
+class Maneuver:
+    """Executes one `LaneChangePlan` step by step."""
+
+    def __init__(self, plan: LaneChangePlan, record: ManeuverRecord, params: CooperativeParams, setup: ControlSetup):
+        self.plan = plan
+        self.record = record
+        self.p = params
+        self.dt = setup.step_length_s
+        self.t_lat = setup.lane_change_duration_s
+        self.phase: Literal["longitudinal", "certify", "lateral", "fallback", "done"] = "longitudinal"
+        self.t_abort: float | None = None
+        self.t_lane_change: float | None = None
+        self.energy = 0.0
+        self.min_slack = math.inf
+        self.tracked: dict[str, Plan] = {plan.changer.id: plan.changer_plan}
+        for coop in plan.cooperators:
+            self.tracked[coop.vehicle.id] = coop.plan
+
+    @property
+    def vehicles(self) -> list[str]:
+        return list(self.tracked)
+
+    def step(self, world: WorldState, lanes: Lanes) -> list[Command]:
+        """Commands for this step; sets `phase` to "done" and fills the record when finished."""
+        t, p, c_id = world.time_s, self.plan, self.plan.changer.id
+        if any(vid not in lanes.row_of for vid in self.tracked):
+            if self.phase == "fallback":
+                self.phase = "done"
+                return []
+            return self._finish("aborted", "a vehicle of the maneuver left the network")
+        c_row = lanes.row_of[c_id]
+        if self.phase == "fallback":
+            return self._fall_back(world, lanes, c_row)
+        self._account(world, lanes)
+        t_f = p.t0_s + p.duration_s
+        if self.phase == "longitudinal" and t >= t_f - 1e-9:
+            self._record_executed(world, lanes)
+            self.phase = "certify"
+        commands: list[Command] = []
+        if self.phase == "certify":
+            if self._certified(world, lanes):
+                commands.append(ChangeLane(c_id, p.target_lane, hold_s=self.t_lat + self.p.certify_timeout_s + 1.0))
+                self.phase, self.t_lane_change = "lateral", t
+            elif t > t_f + self.p.certify_timeout_s:
+                return self._finish("aborted", "slot not certified on the measured state")
+        if self.phase == "lateral" and self.t_lane_change is not None:
+            if world.lane[c_row] == p.target_lane and t >= self.t_lane_change + self.t_lat - 1e-9:
+                self.record.maneuver_time_s = t - p.t0_s
+                return self._finish("completed", "")
+            if t > self.t_lane_change + self.t_lat + self.p.certify_timeout_s:
+                return self._finish("aborted", "the lane change did not complete")
+        for vid, arc in self.tracked.items():
+            u = arc.mean_accel(t, self.dt) if self.phase == "longitudinal" else 0.0
+            commands.append(Accelerate(vid, self._safe(u, lanes.row_of[vid], world, lanes)))
+        return commands
+
+    def _safe(self, u: float, row: int, world: WorldState, lanes: Lanes) -> float:
+        """The plan's u, unless the measured leader (which need not behave as predicted) is too
+        close: see `safe_accel`."""
+        return min(u, safe_accel(row, world, lanes, self.p))
+
+    def _certified(self, world: WorldState, lanes: Lanes) -> bool:
+        """Safe gaps to the target lane's actual neighbours now and, at constant speeds, through the
+        lateral phase (a gap that changes linearly: both ends suffice)."""
+        c_row = lanes.row_of[self.plan.changer.id]
+        x_c, v_c, l_c = (float(a[c_row]) for a in (world.x_m, world.speed_mps, world.length_m))
+        rows = lanes.in_lane(self.plan.target_lane)
+        xs = world.x_m[rows]
+        k = int(np.searchsorted(xs, x_c))
+        hw = self.p.headway
+        for horizon in (0.0, self.t_lat):
+            if k < len(rows):  # front neighbour
+                f = rows[k]
+                gap = (world.x_m[f] + world.speed_mps[f] * horizon) - world.length_m[f] - (x_c + v_c * horizon)
+                if gap < hw.gap_m(v_c):
+                    return False
+            if k > 0:  # rear neighbour
+                r = rows[k - 1]
+                gap = (x_c + v_c * horizon) - l_c - (world.x_m[r] + world.speed_mps[r] * horizon)
+                if gap < hw.gap_m(float(world.speed_mps[r])):
+                    return False
+        return True
+
+    def _account(self, world: WorldState, lanes: Lanes) -> None:
+        for vid in self.tracked:
+            row = lanes.row_of[vid]
+            self.energy += 0.5 * float(world.accel_mps2[row]) ** 2 * self.dt
+            lead = lanes.leader(row)
+            if lead is not None:
+                gap = world.x_m[lead] - world.length_m[lead] - world.x_m[row]
+                self.min_slack = min(self.min_slack, float(gap - self.p.headway.gap_m(world.speed_mps[row])))
+
+    def _record_executed(self, world: WorldState, lanes: Lanes) -> None:
+        dx = dv = 0.0
+        for coop in self.plan.cooperators:
+            row = lanes.row_of[coop.vehicle.id]
+            parts = disruption_parts(
+                coop.vehicle.x_m, coop.vehicle.v_mps, float(world.x_m[row]), float(world.speed_mps[row]),
+                world.time_s - self.plan.t0_s, self.p,
+            )  # fmt: skip
+            dx, dv = dx + parts[0], dv + parts[1]
+        self.record.disruption_position_executed = dx
+        self.record.disruption_speed_executed = dv
+        self.record.disruption_executed = dx + dv
+
+    def _finish(self, status: str, reason: str) -> list[Command]:
+        self.record.status, self.record.reason = status, reason
+        self.record.energy_executed_m2ps3 = self.energy
+        self.record.min_slack_executed_m = self.min_slack
+        c_id = self.plan.changer.id
+        if status == "aborted" and self.phase in ("longitudinal", "certify"):
+            # C may be closing in on U for the lane change that will not happen: it falls back
+            # behind U under control and is handed back to SUMO only once that is done
+            self.phase = "fallback"
+            released = [vid for vid in self.tracked if vid != c_id]
+            self.tracked = {c_id: self.tracked[c_id]}
+            return [Release(vid) for vid in released]
+        self.phase = "done"
+        return [Release(vid) for vid in self.tracked]
+
+    def _fall_back(self, world: WorldState, lanes: Lanes, c_row: int) -> list[Command]:
+        """Follow the actual leader, u = k_g·(gap − φv − δ) + k_v·(v_lead − v), until C is no faster
+        than it and at a safe distance (or for 10 s at most), then release C."""
+        c_id = self.plan.changer.id
+        if self.t_abort is None:
+            self.t_abort = world.time_s
+        lead = lanes.leader(c_row)
+        v = float(world.speed_mps[c_row])
+        if lead is None:
+            self.phase = "done"
+            return [Release(c_id)]
+        gap = float(world.x_m[lead] - world.length_m[lead] - world.x_m[c_row])
+        slack = gap - self.p.headway.gap_m(v)
+        v_lead = float(world.speed_mps[lead])
+        if (slack >= 0 and v <= v_lead + 0.3) or world.time_s > self.t_abort + 10.0:
+            self.phase = "done"
+            return [Release(c_id)]
+        u = min(self.p.u_max_mps2, max(self.p.u_min_mps2, 0.25 * slack + 0.8 * (v_lead - v)))
+        return [Accelerate(c_id, min(u, safe_accel(c_row, world, lanes, self.p)))]

@@ -1,0 +1,73 @@
+"""`CooperativeParams`: the parameters of the cooperative and selfish lane-change controllers."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from cavlab.controllers.longitudinal import Headway, Limits
+
+Positive = Annotated[float, Field(gt=0)]
+
+
+class CooperativeParams(BaseModel):
+    """Parameters of the cooperative lane-change controller (scenario `control.params`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    u_min_mps2: Annotated[float, Field(lt=0)] = -4.0
+    u_max_mps2: Positive = 2.5
+    v_min_mps: Annotated[float, Field(ge=0)] = 10.0
+    v_max_mps: Positive = 35.0
+    reaction_time_s: Annotated[float, Field(ge=0)] = 0.9
+    standstill_gap_m: Annotated[float, Field(ge=0)] = 3.0
+    planning_margin_m: Annotated[float, Field(ge=0)] = Field(1.0, description="Extra gap planned for")
+    time_weight: Annotated[float, Field(gt=0, lt=1)] = Field(
+        0.5, description="α in ρ = α·max(u²)/(2(1−α)), the weight of time against energy for C"
+    )
+    terminal_speed_weight: Annotated[float, Field(ge=0)] = Field(
+        1.0, description="β of the cooperators' terminal-speed term"
+    )
+    changer_speed_weight: Positive = Field(10.0, description="β_C of C's terminal-speed term")
+    disruption_gamma: Annotated[float, Field(ge=0, le=1)] = Field(0.5, description="Weight of position vs speed")
+    disruption_time_s: Positive = Field(8.0, description="t_avg normalising the position part")
+    max_disruption: Annotated[float, Field(ge=0)] = Field(0.05, description="D_th")
+    relaxation_factor: Annotated[float, Field(gt=1)] = Field(1.15, description="λ in T ← λT")
+    max_relaxations: Annotated[int, Field(ge=0, le=30)] = 7
+    min_maneuver_s: Positive = Field(4.0, description="Shortest longitudinal phase")
+    max_maneuver_s: Positive = Field(20.0, description="Longest longitudinal phase (T_max)")
+    search_ahead_m: Positive = Field(150.0, description="L_f: slots up to this far ahead of C at T")
+    search_behind_m: Positive = Field(150.0, description="L_r: slots up to this far behind C at T")
+    request_gap_m: Positive = Field(60.0, description="C asks when its gap to U is below this")
+    request_after_m: Annotated[float, Field(ge=0)] = Field(
+        200.0, description="No requests nearer the road start: vehicles appear there unannounced"
+    )
+    request_speed_gain_mps: Annotated[float, Field(ge=0)] = Field(
+        2.0, description="... and the target lane flows at least this much faster than U"
+    )
+    scan_period_s: Positive = Field(0.5, description="How often CAVs are checked for requests")
+    retry_after_s: Positive = Field(3.0, description="Wait before a refused request is tried again")
+    certify_timeout_s: Annotated[float, Field(ge=0)] = Field(2.0, description="Wait for a certifiable slot")
+
+    @model_validator(mode="after")
+    def _check(self) -> CooperativeParams:
+        if self.v_min_mps >= self.v_max_mps:
+            raise ValueError(f"v_min_mps = {self.v_min_mps:g} must be below v_max_mps = {self.v_max_mps:g}")
+        if self.min_maneuver_s > self.max_maneuver_s:
+            raise ValueError("min_maneuver_s must not exceed max_maneuver_s")
+        return self
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(self.u_min_mps2, self.u_max_mps2, self.v_min_mps, self.v_max_mps)
+
+    @property
+    def headway(self) -> Headway:
+        return Headway(self.reaction_time_s, self.standstill_gap_m)
+
+    @property
+    def rho(self) -> float:
+        """ρ = α·max(u_min², u_max²) / (2(1 − α))."""
+        umax2 = max(self.u_min_mps2**2, self.u_max_mps2**2)
+        return self.time_weight * umax2 / (2 * (1 - self.time_weight))

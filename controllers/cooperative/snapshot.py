@@ -1,0 +1,62 @@
+"""The planner's view of the world at the planning time: `Vehicle` states and `Lanes`, the vehicles
+of each road lane sorted by position for neighbour queries."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from cavlab.controllers.longitudinal import Arc
+from cavlab.world import WorldState
+
+
+@dataclass(frozen=True)
+class Vehicle:
+    """One vehicle's state at the planning time."""
+
+    id: str
+    x_m: float
+    v_mps: float
+    length_m: float
+    lane: int
+    is_cav: bool
+
+    def cruise(self, t0_s: float) -> Arc:
+        return Arc.cruise(t0_s, self.x_m, self.v_mps)
+
+
+class Lanes:
+    """The vehicles of each road lane, sorted by position, for neighbour queries."""
+
+    def __init__(self, world: WorldState) -> None:
+        self.world = world
+        order = np.lexsort((world.x_m, world.lane))
+        lanes = world.lane[order]
+        cuts = np.flatnonzero(np.diff(lanes)) + 1
+        self.rows = {int(world.lane[g[0]]): g for g in np.split(order, cuts) if len(g)}
+        self.position = np.empty(len(world), dtype=np.int64)  # index of each row within its lane
+        for rows in self.rows.values():
+            self.position[rows] = np.arange(len(rows))
+        self.row_of = {vid: i for i, vid in enumerate(world.ids.tolist())}
+
+    def vehicle(self, row: int) -> Vehicle:
+        w = self.world
+        return Vehicle(
+            str(w.ids[row]), float(w.x_m[row]), float(w.speed_mps[row]), float(w.length_m[row]),
+            int(w.lane[row]), bool(w.is_cav[row]),
+        )  # fmt: skip
+
+    def leader(self, row: int) -> int | None:
+        rows = self.rows[int(self.world.lane[row])]
+        k = self.position[row] + 1
+        return int(rows[k]) if k < len(rows) else None
+
+    def in_lane(self, lane: int) -> np.ndarray:
+        return self.rows.get(lane, np.zeros(0, dtype=np.int64))
+
+    def mean_speed(self, lane: int, x_from: float, x_to: float) -> float | None:
+        rows = self.in_lane(lane)
+        x = self.world.x_m[rows]
+        near = rows[(x >= x_from) & (x <= x_to)]
+        return float(self.world.speed_mps[near].mean()) if len(near) else None

@@ -1,0 +1,114 @@
+"""Experiment commands: study and sweep, and the resumable sweep runner they (and `perception study`) share."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+
+from cavlab.cli.common import (
+    DurationOption,
+    ProgressBar,
+    RayOption,
+    SetOption,
+    WarmupOption,
+    WorkersOption,
+    err,
+    out,
+)
+from cavlab.errors import UserError
+from cavlab.experiments.study import VARIANTS, aggregate, markdown_table, plot_study, study_sweep
+from cavlab.experiments.sweep import default_workers, execute, execute_ray, load_rows, load_sweep, plan, write_summary
+
+
+def study(
+    demands: Annotated[list[float] | None, typer.Option("--demand", help="Fast-lane demand [veh/h] (repeat)")] = None,
+    shares: Annotated[list[float] | None, typer.Option("--cav-share", help="CAV share (repeat)")] = None,
+    variants: Annotated[list[str] | None, typer.Option("--variant", help="Controller variant (repeat)")] = None,
+    seeds: Annotated[int, typer.Option(help="Seeds per point")] = 10,
+    duration: DurationOption = 600.0,
+    warmup: WarmupOption = 120.0,
+    workers: WorkersOption = None,
+    ray: RayOption = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Study directory (rerun into it to resume)")] = Path(
+        "runs/lane-change-study"
+    ),
+) -> None:
+    """Cooperative vs selfish vs SUMO lane changing on highway-lane-change, over demand × CAV share × seeds
+    (the sweep `lane-change-study` with these options; resumable)."""
+    variants = variants or list(VARIANTS)
+    for v in variants:
+        if v not in VARIANTS:
+            raise UserError(f"unknown variant '{v}' (allowed: {', '.join(VARIANTS)})")
+    demands, shares = demands or [800.0, 1200.0, 1600.0, 2000.0], shares or [0.3, 1.0]
+    if any(q <= 0 or q > 4000 for q in demands):
+        raise UserError("--demand must be in (0, 4000] veh/h")
+    if any(not 0 <= s <= 1 for s in shares):
+        raise UserError("--cav-share must be in [0, 1]")
+    if seeds < 1 or not 0 <= warmup < duration:
+        raise UserError("need --seeds ≥ 1 and 0 ≤ --warmup < --duration")
+    spec = study_sweep(variants, demands, shares, seeds, duration, warmup)
+    rows, _ = run_sweep(spec, out_dir, workers, ray, "study")
+    summary = aggregate(rows)
+    (out_dir / "study.json").write_text(json.dumps(summary, indent=2, allow_nan=True) + "\n")
+    (out_dir / "study.md").write_text(markdown_table(summary))
+    plot_study(summary, out_dir)
+    out.print(markdown_table(summary), highlight=False)
+    out.print(f"study directory: [bold]{escape(str(out_dir))}[/]", highlight=False)
+
+
+def sweep(
+    sweep_file: Annotated[
+        str,
+        typer.Argument(
+            help="A sweep file (YAML: scenario, set, grid, random, seeds, measures, metrics) "
+            "or a shipped sweep's name (lane-change-study, perception-study)"
+        ),
+    ],
+    workers: WorkersOption = None,
+    ray: RayOption = None,
+    overrides: SetOption = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Sweep directory (rerun into it to resume)")] = Path(
+        "runs/sweep"
+    ),
+) -> None:
+    """Run a scenario over a grid or random samples of its fields and seeds; resumable, one process per run."""
+    spec = load_sweep(sweep_file)
+    if overrides:
+        spec = spec.model_copy(update={"set": [*spec.set, *overrides]})
+    rows, done_before = run_sweep(spec, out_dir, workers, ray, "sweep")
+    out.print(write_summary(spec, rows, out_dir), highlight=False)
+    out.print(f"{len(rows)} runs ({done_before} from before) → [bold]{escape(str(out_dir))}[/]", highlight=False)
+
+
+def run_sweep(spec: Any, out_dir: Path, workers: int | None, ray: str | None, title: str) -> tuple[list[dict], int]:
+    """Run (or resume) a sweep into `out_dir` with a progress bar; its rows and how many were there before."""
+    runs = plan(spec)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"{out_dir}: is a file, not a directory; choose another --out")
+    recorded = out_dir / "sweep.json"
+    if recorded.exists() and json.loads(recorded.read_text()) != spec.model_dump(mode="json"):
+        raise UserError(f"{out_dir}: holds another sweep (its sweep.json differs); choose another --out")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    recorded.write_text(json.dumps(spec.model_dump(mode="json"), indent=2) + "\n")
+    done_before = sum((out_dir / "runs" / f"{r.run_id}.parquet").exists() for r in runs)
+    try:
+        with ProgressBar(title, len(runs), "runs", completed=done_before) as bar:
+
+            def advance(_run: Any) -> None:
+                bar.advance()
+
+            if ray is None:
+                execute(runs, out_dir, workers or default_workers(), progress=advance)
+            else:
+                address = None if ray == "local" else ray
+                execute_ray(runs, out_dir, address, workers or default_workers(), progress=advance)
+    except KeyboardInterrupt:
+        kept = len(list((out_dir / "runs").glob("*.parquet")))
+        err.print(f"[yellow]interrupted[/]: {kept} of {len(runs)} runs kept in {escape(str(out_dir))}; rerun to resume")
+        raise typer.Exit(130) from None
+    ids = {run.run_id for run in runs}
+    return [r for r in load_rows(out_dir) if r["run_id"] in ids], done_before

@@ -1,0 +1,50 @@
+"""A scenario as a run uses it: the pure schema (`cavlab.config`) checked against the parts it names.
+
+`load_scenario` reads a scenario and resolves it: the controller must exist and its parameters
+validate against the controller's own `Params` model (defaults filled in, so a run's
+scenario.yaml records every value used); the perception model directory must hold a
+checkpoint and the edge target must exist. Failures are one-line `ScenarioError`s naming the
+file and the field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cavlab.config.scenario import Scenario, read_scenario, resolve_scenario_path
+from cavlab.controllers import CONTROLLERS, controller_params
+from cavlab.errors import ScenarioError
+from cavlab.hw.targets import targets
+
+
+def resolve_scenario(scenario: Scenario, source: str = "<scenario>") -> Scenario:
+    """`scenario` with its controller's parameters checked and completed, its files and target checked."""
+    control = scenario.control
+    if control.controller not in CONTROLLERS:
+        raise ScenarioError(
+            f"{source}: control.controller: unknown controller '{control.controller}' "
+            f"(available: {', '.join(sorted(CONTROLLERS))})"
+        )
+    try:
+        params = controller_params(control.controller, control.params).model_dump(mode="json")
+    except ScenarioError as exc:
+        raise ScenarioError(f"{source}: {exc}") from None
+    perception = scenario.perception
+    if perception.model is not None and not (Path(perception.model) / "checkpoint.pt").is_file():
+        raise ScenarioError(
+            f"{source}: perception.model: {perception.model} has no checkpoint.pt "
+            f"(a directory from `cavlab perception train`)"
+        )
+    known = targets()
+    if perception.target not in known:
+        raise ScenarioError(
+            f"{source}: perception.target: unknown target '{perception.target}' (available: {', '.join(known)})"
+        )
+    return scenario.model_copy(update={"control": control.model_copy(update={"params": params})})
+
+
+def load_scenario(name_or_path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Scenario:
+    """Read a shipped scenario (by name) or a YAML file, apply `key.path=value` overrides, validate
+    and resolve it; every failure is a `ScenarioError`."""
+    path = resolve_scenario_path(str(name_or_path))
+    return resolve_scenario(read_scenario(path, overrides), str(path))

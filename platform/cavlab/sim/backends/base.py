@@ -73,7 +73,8 @@ class SumoBackend(ABC):
         self._type_index = {name: i for i, name in enumerate(types)}
         self._type_is_cav = np.array([t.kind == "cav" for t in types.values()])
         self._type_length = np.array([t.length_m for t in types.values()])
-        self._lane_edge = network.lane_edge_index
+        # index arrays are intp: numpy's fancy indexing with int16 indices is several times slower
+        self._lane_edge = network.lane_edge_index.astype(np.intp)
         self._lane_road = network.lane_road_index
         self._edge_start = network.edge_start_m
         self._edge_offset = network.edge_lane_offset
@@ -87,8 +88,10 @@ class SumoBackend(ABC):
         self._fresh_accel: dict[int, float] = {}  # vehicles that entered in the last step
         self._lane_rows = np.arange(len(network.lane_ids))
         self._inv_dt = 1.0 / self.step_length_s
-        self._slot_type = np.zeros(capacity, dtype=np.int16)
-        self._slot_edge = np.zeros(capacity, dtype=np.int16)
+        self._slot_type = np.zeros(capacity, dtype=np.intp)
+        self._slot_is_cav = np.zeros(capacity, dtype=bool)
+        self._slot_length = np.zeros(capacity)
+        self._slot_edge = np.zeros(capacity, dtype=np.intp)
         self._controlled = np.zeros(capacity, dtype=bool)
         self._modes = ControlModes()
         self._modes_idle_differ = False
@@ -210,15 +213,20 @@ class SumoBackend(ABC):
         self._slot_of[vid] = slot
         self._slot_ids.append(vid)
         type_name = v.getTypeID(vid)
-        self._slot_type[slot] = self._type_index[type_name]
-        if self._type_is_cav[self._slot_type[slot]] and self._modes_idle_differ:
+        self._set_type(slot, type_name)
+        if self._slot_is_cav[slot] and self._modes_idle_differ:
             v.setSpeedMode(vid, self._modes.idle_speed_mode)
             v.setLaneChangeMode(vid, self._modes.idle_lane_change_mode)
         self._fresh_accel[slot] = v.getAcceleration(vid)
         return Departure(vid, slot, type_name, v.getRouteID(vid), v.getSpeedFactor(vid), time_s)
 
+    def _set_type(self, slot: int, type_name: str) -> None:
+        k = self._slot_type[slot] = self._type_index[type_name]
+        self._slot_is_cav[slot] = self._type_is_cav[k]
+        self._slot_length[slot] = self._type_length[k]
+
     def _grow(self) -> None:
-        for name in ("_prev_speed", "_slot_type", "_slot_edge", "_controlled"):
+        for name in ("_prev_speed", "_slot_type", "_slot_is_cav", "_slot_length", "_slot_edge", "_controlled"):
             old = getattr(self, name)
             new = np.zeros(2 * len(old), old.dtype)
             new[: len(old)] = old
@@ -226,7 +234,7 @@ class SumoBackend(ABC):
 
     def _assemble(self, raw: RawVehicles) -> WorldState:
         n = len(raw.ids)
-        slot = np.fromiter(map(self._slot_of.__getitem__, raw.ids), dtype=np.int64, count=n)
+        slot = np.fromiter(map(self._slot_of.__getitem__, raw.ids), dtype=np.intp, count=n)
         lane_row = np.repeat(self._lane_rows, raw.lane_counts)
         edge = self._lane_edge[lane_row]
         if self._speeds_stale:  # the last step was not read: take SUMO's values
@@ -236,25 +244,24 @@ class SumoBackend(ABC):
         else:
             accel = (raw.speed_mps - self._prev_speed[slot]) * self._inv_dt
         if self._fresh_accel:  # no previous speed: take SUMO's value
-            rows = np.flatnonzero(np.isin(slot, list(self._fresh_accel)))
-            accel[rows] = [self._fresh_accel[s] for s in slot[rows].tolist()]
+            for s, a in self._fresh_accel.items():
+                accel[slot == s] = a
             self._fresh_accel.clear()
         self._prev_speed[slot] = raw.speed_mps
         self._slot_edge[slot] = edge
-        type_index = self._slot_type[slot]
         return WorldState(
             time_s=self._time_s,
             ids=np.array(raw.ids, dtype=object),
             slot=slot,
-            type_index=type_index,
-            is_cav=self._type_is_cav[type_index],
+            type_index=self._slot_type[slot],
+            is_cav=self._slot_is_cav[slot],
             controlled=self._controlled[slot],
             edge=edge,
             lane=self._lane_road[lane_row],
             x_m=raw.lane_pos_m + self._edge_start[edge],
             speed_mps=raw.speed_mps,
             accel_mps2=accel,
-            length_m=self._type_length[type_index],
+            length_m=self._slot_length[slot],
             type_names=self._type_names,
             edge_names=self._edge_names,
         )
@@ -271,7 +278,7 @@ class SumoBackend(ABC):
                 continue
             if isinstance(cmd, Release):
                 if self._controlled[slot]:
-                    idle = self._modes if self._type_is_cav[self._slot_type[slot]] else SUMO_DEFAULT_MODES
+                    idle = self._modes if self._slot_is_cav[slot] else SUMO_DEFAULT_MODES
                     v.setSpeed(vid, -1)
                     v.setSpeedMode(vid, idle.idle_speed_mode)
                     v.setLaneChangeMode(vid, idle.idle_lane_change_mode)
@@ -323,7 +330,7 @@ class SumoBackend(ABC):
     def set_vehicle_type(self, vehicle_id: str, type_name: str) -> None:
         """Give a vehicle in the network another of the scenario's vehicle types."""
         self.api.vehicle.setType(vehicle_id, type_name)
-        self._slot_type[self._slot_of[vehicle_id]] = self._type_index[type_name]
+        self._set_type(self._slot_of[vehicle_id], type_name)
 
     # -------------------------------------------------------------- inserting vehicles
 

@@ -2,6 +2,7 @@
 
     pip install -e ".[bench]"
     python benchmarks/bench_envs.py [--runs 5] [--steps 400]
+    python benchmarks/bench_envs.py --against DIR [--runs 5] [--steps 400]
 
 Each measurement runs in a fresh process: `--steps` policy steps with random actions from
 `reset(seed=run)`, resetting whenever an episode ends (resets are part of the cost, as in
@@ -9,12 +10,18 @@ training). The envs alternate within each run, so machine-load drift hits all of
 Also reported: the vehicles in the simulation (mean over the steps), so that the traffic
 can be compared. Then AsyncVectorEnv scaling of cavlab/LaneChange-v0 (one process per env).
 Prints Markdown tables for docs/benchmarks.md.
+
+`--against DIR` instead compares cavlab's environments with another cavlab checkout (an older
+commit, say), laid out as a wheel would install it in DIR (`DIR/cavlab/...`, e.g. with
+`tests/test_layers.py`'s `lay_out`): in every run each environment is measured with this
+checkout and with DIR's (on PYTHONPATH, which precedes the editable install), alternating.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -79,9 +86,30 @@ def vector_run(num_envs: int, steps: int, seed: int) -> dict:
     return {"num_envs": num_envs, "env_steps_per_s": num_envs * steps / wall}
 
 
-def child(args: list[str]) -> dict:
-    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, check=True)
+def child(args: list[str], pythonpath: str | None = None) -> dict:
+    env = {**os.environ, "PYTHONPATH": pythonpath} if pythonpath else None
+    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def against(other: str, runs: int, steps: int) -> None:
+    """This checkout's environments side by side with those of the checkout laid out in `other`."""
+    labels = [label for label in ENVS if label.startswith("cavlab/")]
+    here: dict[str, list[dict]] = {label: [] for label in labels}
+    there: dict[str, list[dict]] = {label: [] for label in labels}
+    for run in range(runs):
+        for label in labels:
+            here[label].append(child(["--one", label, str(steps), str(run)]))
+            there[label].append(child(["--one", label, str(steps), str(run)], pythonpath=other))
+    print(f"command: python benchmarks/bench_envs.py --against {other} --runs {runs} --steps {steps}")
+    print("\n| env | runs | steps/s, this checkout (median) | steps/s, the other (median) "
+          "| this / other (median of paired runs) |")  # fmt: skip
+    print("|---|---|---|---|---|")
+    for label in labels:
+        a, b = here[label], there[label]
+        ratio = statistics.median(x["steps_per_s"] / y["steps_per_s"] for x, y in zip(a, b, strict=True))
+        print(f"| `{label}` | {runs} | {statistics.median(x['steps_per_s'] for x in a):.1f} | "
+              f"{statistics.median(y['steps_per_s'] for y in b):.1f} | {ratio:.2f}× |")  # fmt: skip
 
 
 def main() -> None:
@@ -91,7 +119,11 @@ def main() -> None:
     parser.add_argument("--vector-envs", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--one", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--vector", nargs=3, type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--against", metavar="DIR", help="compare with the cavlab package laid out in DIR")
     args = parser.parse_args()
+    if args.against:
+        against(args.against, args.runs, args.steps)
+        return
     if args.one:
         print(json.dumps(one_run(args.one[0], int(args.one[1]), int(args.one[2]))))
         return

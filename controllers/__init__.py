@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from cavlab.controllers.base import Controller, ControllerReport, ControlSetup
-from cavlab.errors import ScenarioError, field_path
+from cavlab.errors import ScenarioError, validation_message
 
 CONTROLLERS: dict[str, str] = {
     "sumo": "cavlab.controllers.sumo_driver:SumoDriver",
@@ -32,17 +32,16 @@ def controller_class(name: str) -> type[Controller]:
 
 def controller_params(name: str, params: dict[str, Any]) -> BaseModel:
     """Validate a controller's parameters against its `Params` model."""
+    model = controller_class(name).Params
     try:
-        return controller_class(name).Params.model_validate(params)
+        return model.model_validate(params)
     except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
-        field = field_path(err["loc"])
-        allowed = ", ".join(sorted(controller_class(name).Params.model_fields)) or "none"
-        if err["type"] == "extra_forbidden":
-            raise ScenarioError(
-                f"control.params.{field}: unknown parameter of controller '{name}' (allowed: {allowed})"
-            ) from None
-        raise ScenarioError(f"control.params.{field}: {err['msg']}") from None
+        unknown = "control.params.{field}: unknown parameter of controller '{name}' (allowed: {allowed})"
+        message = validation_message(
+            exc, model, unknown=unknown, unknown_none_allowed=unknown.replace("{allowed}", "none"),
+            invalid="control.params.{field}: {msg}", strip_value_error=False, values={"name": name},
+        )  # fmt: skip
+        raise ScenarioError(message) from None
 
 
 def make_controller(name: str, params: dict[str, Any], setup: ControlSetup) -> Controller:

@@ -1,1 +1,1 @@
-"""Edge deployment: ONNX export, edge targets and hardware cost models (see issue 6)."""
+"""Edge deployment of the perception models: targets, ONNX export, cost model, one backend per runtime."""

@@ -16,7 +16,7 @@ A vehicle is detected with probability p(r)·(1 − dropout), p(r) = 1/(1 + (r/r
 centre-to-centre distance; camera and lidar do not see a vehicle hidden behind the nearest
 one in the same lane and direction (the camera never, the lidar with probability 0.1), the
 radar sees it with probability 0.5. Geometry: longitudinal offsets along the road, lateral
-offset 3.2 m per lane.
+offset one lane width per lane (the scenario's `road.lane_width_m`, 3.2 m by default).
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ from cavlab.config.scenario import ContextSpec
 from cavlab.errors import UserError
 from cavlab.world import WorldState
 
-LANE_WIDTH_M = 3.2
 SPEED_SCALE_MPS = 30.0  # relative speeds are divided by this in the frames
 SENSORS = ("camera", "lidar", "radar")
 ROWS = 3  # right, own, left lane
@@ -114,9 +113,11 @@ class Frames:
 
 
 class SensorSuite:
-    """The three sensors of every CAV under one context."""
+    """The three sensors of every CAV under one context, on a road with lanes `lane_width_m` wide (the
+    scenario's `road.lane_width_m`)."""
 
-    def __init__(self, context: ContextSpec, table: dict[str, Any] | None = None) -> None:
+    def __init__(self, context: ContextSpec, table: dict[str, Any] | None = None, *, lane_width_m: float) -> None:
+        self.lane_width_m = float(lane_width_m)
         self.table = table or sensor_table()
         self.params = sensor_params(context, self.table)
         self.label = context_label(context)
@@ -144,7 +145,7 @@ class SensorSuite:
         camera = np.zeros((n, *shapes["camera"]), dtype=np.float32)
         lidar = np.zeros((n, *shapes["lidar"]), dtype=np.float32)
         radar = np.zeros((n, *shapes["radar"]), dtype=np.float32)
-        for k, rel in enumerate(_relative(world, np.asarray(observers, dtype=np.int64))):
+        for k, rel in enumerate(_relative(world, np.asarray(observers, dtype=np.int64), self.lane_width_m)):
             self._camera(rel, camera[k], rng)
             self._lidar(rel, lidar[k], rng)
             self._radar(rel, radar[k], rng)
@@ -208,9 +209,11 @@ class SensorSuite:
         out[1][occupied] += rng.normal(0.0, p.speed_noise_mps / SPEED_SCALE_MPS, int(occupied.sum()))
 
 
-def _relative(world: WorldState, observers: np.ndarray, chunk: int = 256) -> Iterator[dict[str, np.ndarray]]:
+def _relative(world: WorldState, observers: np.ndarray, lane_width_m: float, chunk: int = 256
+              ) -> Iterator[dict[str, np.ndarray]]:  # fmt: skip
     """Per observer: the other vehicles of its own and adjacent lanes (in row order) as seen from its
-    front bumper; computed for `chunk` observers at a time as (observers × vehicles) arrays."""
+    front bumper, lanes `lane_width_m` apart; computed for `chunk` observers at a time as (observers ×
+    vehicles) arrays."""
     n = len(world)
     for start in range(0, len(observers), chunk):
         o = observers[start : start + chunk, None]
@@ -219,7 +222,7 @@ def _relative(world: WorldState, observers: np.ndarray, chunk: int = 256) -> Ite
         front = world.x_m[None, :] - world.x_m[o]  # their front bumpers, relative
         rear = front - world.length_m[None, :]
         centre = (front + rear) / 2 + world.length_m[o] / 2
-        lateral = dl * LANE_WIDTH_M
+        lateral = dl * lane_width_m
         # occlusion: per lane and direction, everything beyond the nearest vehicle
         occluded = np.zeros(near.shape, dtype=bool)
         distance, side = np.abs(centre), np.sign(centre)

@@ -42,7 +42,7 @@ def world_of(x, lane, v, cav=None, length=5.0, accel=0.0) -> WorldState:
 
 def test_kinematics_rows_are_ego_then_nearest_relative_and_normalised() -> None:
     spec = ObservationSpec(vehicles_count=3, features=("presence", "x", "y", "vx", "lane", "cav"), range_m=100)
-    obs = Kinematics(spec, RoadFrame(0, 1, 30.0))
+    obs = Kinematics(spec, RoadFrame(0, 1, 30.0, lane_width_m=3.2))
     world = world_of(x=[100, 180, 130, 95, 400], lane=[0, 1, 0, 1, 0], v=[20, 30, 15, 21, 30], cav=[1, 0, 1, 0, 0])
     out = obs.observe(world, ego=0)
     assert out.shape == (3, 6) and out.dtype == np.float32
@@ -56,17 +56,20 @@ def test_kinematics_rows_are_ego_then_nearest_relative_and_normalised() -> None:
 
 def test_kinematics_pads_absent_rows_and_clips() -> None:
     spec = ObservationSpec(vehicles_count=4, range_m=50)
-    obs = Kinematics(spec, RoadFrame(0, 2, 30.0))
+    obs = Kinematics(spec, RoadFrame(0, 2, 30.0, lane_width_m=3.2))
     out = obs.observe(world_of(x=[0, 40], lane=[0, 0], v=[10, 90]), ego=0)
     assert out[1, 3] == 1.0  # Δv = 80 m/s clipped
     assert not out[2:].any()
-    raw = Kinematics(ObservationSpec(vehicles_count=2, range_m=50, normalize=False), RoadFrame(0, 2, 30.0))
+    raw_spec = ObservationSpec(vehicles_count=2, range_m=50, normalize=False)
+    raw = Kinematics(raw_spec, RoadFrame(0, 2, 30.0, lane_width_m=3.2))
     np.testing.assert_allclose(raw.observe(world_of(x=[0, 40], lane=[0, 2], v=[10, 90]), ego=0)[1], [1, 40, 6.4, 80])
+    wide = Kinematics(raw_spec, RoadFrame(0, 2, 30.0, lane_width_m=4.0))  # y follows the road's lane width
+    np.testing.assert_allclose(wide.observe(world_of(x=[0, 40], lane=[0, 2], v=[10, 90]), ego=0)[1], [1, 40, 8.0, 80])
 
 
 def test_occupancy_grid_marks_each_body_cell() -> None:
     spec = ObservationSpec(type="occupancy_grid", range_m=20, grid_step_m=5)
-    grid = OccupancyGrid(spec, RoadFrame(-1, 1, 30.0))
+    grid = OccupancyGrid(spec, RoadFrame(-1, 1, 30.0, lane_width_m=3.2))
     out = grid.observe(world_of(x=[0, 12, -3], lane=[0, 1, -1], v=[20, 26, 20], length=4.0), ego=0)
     assert out.shape == (2, 3, 8)
     # ego [−4, 0] → cells 3 and 4 (cell k covers [−20 + 5k, −15 + 5k)); lane 0 is row 1

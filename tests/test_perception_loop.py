@@ -56,7 +56,8 @@ class Oracle:
 
 def make_loop(model: Path, **spec) -> tuple[PerceptionLoop, Oracle]:
     loop = PerceptionLoop(PerceptionSpec(enabled=True, model=str(model), **spec), ContextSpec(),
-                          SimulationSpec(step_length_s=DT, duration_s=10.0, warmup_s=0.0))  # fmt: skip
+                          SimulationSpec(step_length_s=DT, duration_s=10.0, warmup_s=0.0),
+                          lane_width_m=3.2)  # fmt: skip
     oracle = Oracle()
     loop.backend = oracle
     return loop, oracle
@@ -115,29 +116,30 @@ def test_unseen_vehicles_are_held_then_dropped_and_ghosts_last_one_step(percepti
 
 def test_costs_come_from_the_target_and_gate_modes_choose(perception_model_dir: Path) -> None:
     fast = PerceptionLoop(PerceptionSpec(enabled=True, model=str(perception_model_dir), target="jetson-agx-orin"),
-                          ContextSpec(), SimulationSpec())  # fmt: skip
+                          ContextSpec(), SimulationSpec(), lane_width_m=3.2)  # fmt: skip
     slow = PerceptionLoop(PerceptionSpec(enabled=True, model=str(perception_model_dir), target="zynq-zcu104"),
-                          ContextSpec(), SimulationSpec())  # fmt: skip
+                          ContextSpec(), SimulationSpec(), lane_width_m=3.2)  # fmt: skip
     assert (slow.latency_s > fast.latency_s).all() and (fast.latency_s < DT).all()
     assert fast.delay_steps.tolist() == [1] * len(fast.delay_steps)  # any latency below a step costs one step
     # the all-branches configuration costs the most; the deep gate adds its own cost to every configuration
     assert fast.energy_pj.argmax() == len(fast.energy_pj) - 1
     plain = PerceptionLoop(PerceptionSpec(enabled=True, model=str(perception_model_dir), gate="all",
-                                          target="jetson-agx-orin"), ContextSpec(), SimulationSpec())  # fmt: skip
+                                          target="jetson-agx-orin"), ContextSpec(), SimulationSpec(),
+                           lane_width_m=3.2)  # fmt: skip
     assert (plain.energy_pj < fast.energy_pj).all()
     extra = PerceptionLoop(PerceptionSpec(enabled=True, model=str(perception_model_dir), extra_latency_s=0.3),
-                           ContextSpec(), SimulationSpec())  # fmt: skip
+                           ContextSpec(), SimulationSpec(), lane_width_m=3.2)  # fmt: skip
     assert extra.delay_steps.tolist() == [4] * len(extra.delay_steps)
 
 
 def test_the_gpu_path_falls_back_to_the_cpu(perception_model_dir: Path) -> None:
     loop = PerceptionLoop(PerceptionSpec(enabled=True, model=str(perception_model_dir)), ContextSpec(),
-                          SimulationSpec())  # fmt: skip
+                          SimulationSpec(), lane_width_m=3.2)  # fmt: skip
     assert loop.backend.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match=r"perception\.device: cuda, but torch sees no CUDA device"):
             PerceptionLoop(PerceptionSpec(enabled=True, model=str(perception_model_dir), device="cuda"),
-                           ContextSpec(), SimulationSpec())  # fmt: skip
+                           ContextSpec(), SimulationSpec(), lane_width_m=3.2)  # fmt: skip
 
 
 @pytest.mark.parametrize(

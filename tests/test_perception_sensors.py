@@ -60,7 +60,7 @@ def test_detection_probability_is_half_at_the_range_and_falls_with_distance() ->
 def detection_rate(context: ContextSpec, world: WorldState, draws: int = 2000) -> dict[str, float]:
     """How often the observer (row 0) sees the vehicle ahead in its lane (row 1, body 35–40 m ahead), per
     sensor: camera bins and lidar cells over that body only."""
-    suite = SensorSuite(context)
+    suite = SensorSuite(context, lane_width_m=3.2)
     frames = suite.observe(world, np.zeros(draws, dtype=int), np.random.default_rng(0))
     edges = suite.camera_edges
     bins = (edges[1:] > 35) & (edges[:-1] < 40)
@@ -90,7 +90,7 @@ def test_occlusion_fov_and_blackout() -> None:
     table = copy.deepcopy(sensor_table())
     for name in ("camera", "lidar", "radar"):
         table[name].update(noise=0.0, dropout=0.0, clutter=0.0)
-    suite = SensorSuite(ContextSpec(), table)
+    suite = SensorSuite(ContextSpec(), table, lane_width_m=3.2)
     frames = suite.observe(world, np.zeros(400, dtype=int), np.random.default_rng(1))
     edges = suite.camera_edges
     far_bins = (edges[1:] > 40) & (edges[:-1] < 45)
@@ -102,16 +102,20 @@ def test_occlusion_fov_and_blackout() -> None:
     assert 0.03 < lidar_far < 0.2  # seen through with probability 0.1
     returns = frames.radar[:, :, 0].sum(axis=1)
     assert returns.min() == 2 and returns.mean() == pytest.approx(2.5, abs=0.1)  # the hidden one half the time
-    blind = SensorSuite(ContextSpec(sensor_faults=[SensorFault(sensor="camera", kind="blackout", severity=1.0)]))
+    blind = SensorSuite(
+        ContextSpec(sensor_faults=[SensorFault(sensor="camera", kind="blackout", severity=1.0)]), lane_width_m=3.2
+    )
     assert not blind.observe(world, np.zeros(5, dtype=int), np.random.default_rng(0)).camera.any()
 
 
-def test_radar_measures_range_azimuth_and_range_rate() -> None:
+@pytest.mark.parametrize("lane_width_m", [3.2, 4.0])
+def test_radar_measures_range_azimuth_and_range_rate(lane_width_m: float) -> None:
     world = world_of(x=[0.0, 35.0], lane=[0, 1], v=[20.0, 26.0])
     table = copy.deepcopy(sensor_table())
     table["radar"].update(noise=0.0, dropout=0.0)
-    frames = SensorSuite(ContextSpec(), table).observe(world, np.array([0]), np.random.default_rng(0))
-    centre, lateral = 35.0, 3.2  # centre to centre: 32.5 − (−2.5) = 35 m; one lane to the left
+    suite = SensorSuite(ContextSpec(), table, lane_width_m=lane_width_m)
+    frames = suite.observe(world, np.array([0]), np.random.default_rng(0))
+    centre, lateral = 35.0, lane_width_m  # centre to centre: 32.5 − (−2.5) = 35 m; one lane to the left
     r, az = np.hypot(centre, lateral), np.arctan2(lateral, centre)
     np.testing.assert_allclose(frames.radar[0, 0], [1.0, r / 160, az / np.pi, 6.0 * np.cos(az) / 30], rtol=1e-5)
     assert not frames.radar[0, 1:].any()

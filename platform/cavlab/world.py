@@ -9,6 +9,7 @@ on-ramp or acceleration lane. Controllers and perception see only these types, n
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -45,6 +46,51 @@ class WorldState:
         """Row of a vehicle, or −1 if it is not in the network."""
         hits = np.flatnonzero(self.ids == vehicle_id)
         return int(hits[0]) if len(hits) else -1
+
+    # --------------------------------------------------------------------- leaders (computed once per world)
+    # `cached_property` stores into the instance __dict__, which the frozen dataclass allows; a copy made by
+    # `dataclasses.replace` is a new instance and computes its own. The cached arrays are read-only.
+
+    @cached_property
+    def lane_order(self) -> np.ndarray:
+        """The rows sorted by lane, then by position `x_m`; equal positions in a lane keep row order."""
+        order = np.lexsort((self.x_m, self.lane))
+        order.setflags(write=False)
+        return order
+
+    @cached_property
+    def leader_row(self) -> np.ndarray:
+        """Per row, its leader: the row after it in `lane_order` if that one is in the same lane, else −1.
+
+        A vehicle at exactly the same position in the same lane and a higher row counts as ahead (the
+        gap to it is minus its length); `leader_ahead_row` skips such ties."""
+        order = self.lane_order
+        lead = np.full(len(self), -1, dtype=np.int64)
+        same = self.lane[order[1:]] == self.lane[order[:-1]]
+        lead[order[:-1][same]] = order[1:][same]
+        lead.setflags(write=False)
+        return lead
+
+    @cached_property
+    def leader_ahead_row(self) -> np.ndarray:
+        """Per row, the nearest vehicle strictly ahead (larger `x_m`) in the same lane, the lowest row
+        among vehicles at the same position; −1 where there is none."""
+        order = self.lane_order
+        lane, x = self.lane[order], self.x_m[order]
+        first = np.ones(len(order), dtype=bool)  # the first of a group of equal (lane, x)
+        first[1:] = (lane[1:] != lane[:-1]) | (x[1:] != x[:-1])
+        starts = np.flatnonzero(first)
+        nxt = np.append(starts[1:], len(order))[np.cumsum(first) - 1]  # where the next group starts
+        ok = nxt < len(order)
+        ok[ok] = lane[nxt[ok]] == lane[ok]
+        lead = np.full(len(self), -1, dtype=np.int64)
+        lead[order[ok]] = order[nxt[ok]]
+        lead.setflags(write=False)
+        return lead
+
+    def gap_m(self, rows: np.ndarray | int, ahead: np.ndarray | int) -> np.ndarray:
+        """Bumper-to-bumper gap from `rows` to `ahead` (e.g. their `leader_row`): x_ahead − L_ahead − x."""
+        return self.x_m[ahead] - self.length_m[ahead] - self.x_m[rows]
 
 
 @dataclass(frozen=True)

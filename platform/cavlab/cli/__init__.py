@@ -1,10 +1,8 @@
-"""The `cavlab` command line: one command per user intent.
-
-Errors a user can fix print one line and exit with code 2; a SUMO failure exits with 1;
-Ctrl-C (or SIGTERM) stops SUMO, removes the partial run and exits with 130.
-
-The commands live in one module per group (`scenarios`, `experiments`, `rl`, `perception`, `hw`;
-what they share in `common`); they are registered here, in the order `cavlab --help` lists them.
+"""The `cavlab` command line: one command per user intent. The commands live in one module per
+group (`scenarios`, `experiments`, `rl`, `perception`, `hw`; what they share in `common`) and are
+registered here, in the order `cavlab --help` lists them (`cavlab perception` as a sub-app), each
+wrapped in the error handling: errors a user can fix print one line and exit with code 2; a SUMO
+failure exits with 1; Ctrl-C (or SIGTERM) stops SUMO, removes the partial run and exits with 130.
 """
 
 from __future__ import annotations

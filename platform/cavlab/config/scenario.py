@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from cavlab.errors import ScenarioError, field_path
+from cavlab.errors import ScenarioError, validation_message
 
 NonNegative = Annotated[float, Field(ge=0)]
 Positive = Annotated[float, Field(gt=0)]
@@ -278,6 +278,9 @@ class SimulationSpec(_Block):
         return round(self.duration_s / self.step_length_s)
 
 
+SUMO_OUTPUTS = ("tripinfo", "lanechange", "ssm")
+
+
 class OutputsSpec(_Block):
     """What goes into the run directory besides summary.json, lane_changes.csv and the SUMO log."""
 
@@ -286,6 +289,25 @@ class OutputsSpec(_Block):
     detector_period_s: Positive | None = Field(
         None, description="Induction-loop aggregation period; null = the largest divisor of warm-up and duration ≤ 60 s"
     )
+    sumo: list[Literal["tripinfo", "lanechange", "ssm"]] = Field(
+        default_factory=list,
+        description="SUMO's own outputs to write into sumo/ and summarise under metrics.sumo (cavlab.sim.sumo_outputs)",
+    )
+
+    @field_validator("sumo", mode="before")
+    @classmethod
+    def _sumo_is_a_list(cls, value: Any) -> Any:
+        if not isinstance(value, list):
+            raise ValueError(f"must be a list of {', '.join(SUMO_OUTPUTS)} (got {value!r})")
+        return value
+
+    @field_validator("sumo")
+    @classmethod
+    def _sumo_once_each(cls, value: list[str]) -> list[str]:
+        for name in SUMO_OUTPUTS:
+            if value.count(name) > 1:
+                raise ValueError(f"'{name}' is listed more than once; allowed: {', '.join(SUMO_OUTPUTS)}, each once")
+        return value
 
 
 class SensorFault(_Block):
@@ -428,7 +450,11 @@ def validate_scenario(raw: dict[str, Any], source: str = "<scenario>") -> Scenar
     try:
         return Scenario.model_validate(raw)
     except ValidationError as exc:
-        raise ScenarioError(f"{source}: {_describe(exc)}") from None
+        message = validation_message(
+            exc, Scenario, unknown_none_allowed="unknown field '{field}'", missing="missing field '{field}'",
+            invalid_at_root="{msg}", show_input=True, count_more=True,
+        )  # fmt: skip
+        raise ScenarioError(f"{source}: {message}") from None
 
 
 def apply_override(raw: dict[str, Any], override: str) -> None:
@@ -471,48 +497,3 @@ def _kind(value: Any) -> str:
     return {dict: "a mapping", list: "a list", str: "a string", type(None): "empty"}.get(
         type(value), f"a {type(value).__name__}"
     )
-
-
-def _describe(exc: ValidationError) -> str:
-    """One line for the first validation error (and how many more there are)."""
-    errors = exc.errors(include_url=False)
-    first = errors[0]
-    loc = [str(p) for p in first["loc"]]
-    field = field_path(first["loc"])
-    if first["type"] == "extra_forbidden":
-        allowed = _allowed_fields(loc[:-1])
-        msg = f"unknown field '{field}'" + (f" (allowed: {', '.join(allowed)})" if allowed else "")
-    elif first["type"] == "missing":
-        msg = f"missing field '{field}'"
-    else:
-        text = first["msg"].removeprefix("Value error, ")
-        msg = f"{field}: {text}" if field else text
-        if "input" in first and first["type"] not in ("value_error",) and not isinstance(first["input"], dict):
-            msg += f" (got {first['input']!r})"
-    more = len(errors) - 1
-    return msg + (f" (and {more} more error{'s' if more > 1 else ''})" if more else "")
-
-
-def _allowed_fields(loc: list[str]) -> list[str]:
-    """Field names of the block at `loc` (a path of field names and list/dict keys)."""
-    model: Any = Scenario
-    for part in loc:
-        fields = getattr(model, "model_fields", None)
-        if fields is None or part not in fields:
-            # a list index or dict key: keep the current model's item type
-            continue
-        model = _block_type(fields[part].annotation)
-        if model is None:
-            return []
-    return sorted(getattr(model, "model_fields", {}))
-
-
-def _block_type(annotation: Any) -> Any:
-    """The `_Block` subclass inside an annotation like `X | None`, `list[X]` or `dict[str, X]`."""
-    if isinstance(annotation, type) and issubclass(annotation, _Block):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()):
-        found = _block_type(arg)
-        if found is not None:
-            return found
-    return None

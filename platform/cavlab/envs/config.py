@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from cavlab.errors import UserError, field_path
+from cavlab.errors import UserError, validation_message
 
 Positive = Annotated[float, Field(gt=0)]
 NonNegative = Annotated[float, Field(ge=0)]
@@ -172,21 +172,8 @@ def env_config(defaults: dict[str, Any], kwargs: dict[str, Any]) -> EnvConfig:
     try:
         return EnvConfig.model_validate(merge(defaults, kwargs))
     except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
-        where = field_path(err["loc"])
-        if err["type"] == "extra_forbidden":
-            block = _block_of(err["loc"][:-1])
-            allowed = ", ".join(sorted(block.model_fields)) if block else ""
-            raise EnvConfigError(f"unknown environment option '{where}' (allowed: {allowed})") from None
-        msg = err["msg"].removeprefix("Value error, ")
-        raise EnvConfigError(f"environment option '{where}': {msg}") from None
-
-
-def _block_of(loc: tuple) -> type[BaseModel] | None:
-    model: type[BaseModel] = EnvConfig
-    for part in loc:
-        field = model.model_fields.get(str(part))
-        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
-            return None
-        model = field.annotation
-    return model
+        message = validation_message(
+            exc, EnvConfig, unknown="unknown environment option '{field}' (allowed: {allowed})",
+            invalid="environment option '{field}': {msg}",
+        )  # fmt: skip
+        raise EnvConfigError(message) from None

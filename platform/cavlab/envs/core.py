@@ -103,7 +103,7 @@ class AgentTraffic:
         spec = types[self.agent_type]
         self.accel_mps2, self.decel_mps2, self.length_m = spec.accel_mps2, spec.decel_mps2, spec.length_m
         self.planner_actions = config.action.type == "planner"
-        self.frame = RoadFrame(lane_min, road.lanes - 1, road.speed_limit_mps)
+        self.frame = RoadFrame(lane_min, road.lanes - 1, road.speed_limit_mps, lane_width_m=road.lane_width_m)
         self.observation_type = make_observation(config.observation, self.frame, self.scenario.context)
         self.goal_x_m = config.goal_x_m if config.goal_x_m is not None else road.length_m - 50.0
         self.agents: dict[str, Agent] = {}
@@ -140,7 +140,7 @@ class AgentTraffic:
         self.engine = Engine(self.scenario, workdir, _TrafficController(self), collect_metrics=self.config.metrics)
         self._edge_lanes = np.array([e.lanes for e in self.network.edges])
         self._edge_offset = np.array([e.lane_offset for e in self.network.edges])
-        self._lane_end_x = lane_ends(self.network)
+        self._lane_end_x = self.network.lane_ends()
 
     @property
     def network(self) -> Network | None:
@@ -267,17 +267,9 @@ class AgentTraffic:
         world = self.world
         rows = np.flatnonzero((world.lane == spec.lane) & (world.x_m > self.length_m + 1.0))
         if with_leader and spec.leader_within_m is not None:
-            rows = np.array([r for r in rows.tolist() if self._leader_gap(r) <= spec.leader_within_m], dtype=int)
+            lead = world.leader_ahead_row[rows]  # the next vehicle strictly ahead in the lane
+            rows = rows[(lead >= 0) & (world.gap_m(rows, lead) <= spec.leader_within_m)]
         return int(rows[np.argmin(np.abs(world.x_m[rows] - spec.x_m))]) if len(rows) else None
-
-    def _leader_gap(self, row: int) -> float:
-        """Bumper-to-bumper gap to the next vehicle ahead in the same lane (inf if none)."""
-        world = self.world
-        ahead = np.flatnonzero((world.lane == world.lane[row]) & (world.x_m > world.x_m[row]))
-        if not len(ahead):
-            return np.inf
-        lead = ahead[np.argmin(world.x_m[ahead])]
-        return float(world.x_m[lead] - world.length_m[lead] - world.x_m[row])
 
     # ------------------------------------------------------------------ stepping
 
@@ -491,16 +483,3 @@ class _TrafficController(Controller):
 
     def report(self):
         return self.inner.report()
-
-
-def lane_ends(network: Network) -> dict[tuple[int, int], float]:
-    """(edge index, road lane) → x where that lane stops: an acceleration lane's or a dropped lane's end."""
-    ends: dict[tuple[int, int], float] = {}
-    by_start = {round(e.start_m, 3): e for e in network.edges if e.id != "ramp"}
-    for k, e in enumerate(network.edges):
-        end = e.start_m + e.length_m
-        nxt = by_start.get(round(end, 3))
-        for lane in range(e.lane_offset, e.lane_offset + e.lanes):
-            if nxt is not None and not nxt.lane_offset <= lane < nxt.lane_offset + nxt.lanes:
-                ends[(k, lane)] = end
-    return ends

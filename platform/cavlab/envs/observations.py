@@ -12,18 +12,18 @@ from gymnasium import spaces
 from cavlab.envs.config import ObservationSpec
 from cavlab.world import WorldState
 
-LANE_WIDTH_M = 3.2  # SUMO's default lane width
 ACCEL_SCALE_MPS2 = 10.0  # accelerations are normalised by this
 
 
 class RoadFrame:
-    """The road's lanes and the speed that normalises speeds."""
+    """The road's lanes, their width (the scenario's `road.lane_width_m`) and the speed that normalises speeds."""
 
-    def __init__(self, lane_min: int, lane_max: int, speed_ref_mps: float) -> None:
+    def __init__(self, lane_min: int, lane_max: int, speed_ref_mps: float, *, lane_width_m: float) -> None:
         self.lane_min = lane_min
         self.lane_max = lane_max
         self.lanes = lane_max - lane_min + 1
         self.speed_ref_mps = speed_ref_mps
+        self.lane_width_m = float(lane_width_m)
 
 
 class Kinematics:
@@ -31,9 +31,9 @@ class Kinematics:
     ±range_m ordered by longitudinal distance; absent rows are zeros (presence 0).
 
     Features (others relative to the ego; the ego's row absolute):
-    presence; x = Δx [m] (ego 0); y = Δlane·3.2 m (ego: its lane's offset from the lowest
-    lane); vx = Δv [m/s] (ego: v); ax [m/s²]; lane (road lane index); cav (1 for CAVs).
-    Normalised: x/range, y/(lanes·3.2), vx/v_ref, ax/10, (lane − lane_min)/(lanes − 1), all
+    presence; x = Δx [m] (ego 0); y = Δlane·w [m], w the road's lane width (ego: its lane's offset
+    from the lowest lane); vx = Δv [m/s] (ego: v); ax [m/s²]; lane (road lane index); cav (1 for
+    CAVs). Normalised: x/range, y/(lanes·w), vx/v_ref, ax/10, (lane − lane_min)/(lanes − 1), all
     clipped to [−1, 1] (highway-env's layout: its policies port with the same features).
     """
 
@@ -48,7 +48,7 @@ class Kinematics:
         self._scale = {
             "presence": 1.0,
             "x": spec.range_m,
-            "y": f.lanes * LANE_WIDTH_M,
+            "y": f.lanes * f.lane_width_m,
             "vx": f.speed_ref_mps,
             "ax": ACCEL_SCALE_MPS2,
             "lane": max(1, f.lanes - 1),
@@ -72,8 +72,8 @@ class Kinematics:
             elif name == "x":
                 col = dx[rows]
             elif name == "y":
-                col = (lane - lane0) * LANE_WIDTH_M
-                col[0] = (lane0 - f.lane_min) * LANE_WIDTH_M
+                col = (lane - lane0) * f.lane_width_m
+                col[0] = (lane0 - f.lane_min) * f.lane_width_m
             elif name == "vx":
                 col = world.speed_mps[rows] - v0
                 col[0] = v0
@@ -144,7 +144,7 @@ class PerceivedNeighbours:
         self.model, self.gate, checkpoint = load_checkpoint(spec.model)
         self.selection = Selection(**checkpoint["selection"])
         self.energies = configuration_energies(self.model)
-        self.suite = SensorSuite(context)
+        self.suite = SensorSuite(context, lane_width_m=frame.lane_width_m)
         self.space = spaces.Box(-1.0, 1.0, shape=(len(SLOTS), 3), dtype=np.float32)
         self.rng = np.random.default_rng(0)
         self._torch, self._gated_estimates = torch, gated_estimates  # imported here: envs stay light without it

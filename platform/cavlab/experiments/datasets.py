@@ -71,7 +71,7 @@ def generate(
     sim = plan.scenario.simulation
     shards = []
     for c_index, context in enumerate(plan.contexts):
-        suite = SensorSuite(context, table)
+        suite = SensorSuite(context, table, lane_width_m=plan.scenario.road.lane_width_m)
         for seed in plan.seeds:
             name = f"{suite.label}-s{seed}"
             scenario = plan.scenario.model_copy(update={
@@ -93,7 +93,7 @@ def generate(
             if progress is not None:
                 progress(name)
     shutil.rmtree(folder / ".sumo", ignore_errors=True)
-    shapes = SensorSuite(plan.contexts[0], table).shapes()
+    shapes = SensorSuite(plan.contexts[0], table, lane_width_m=plan.scenario.road.lane_width_m).shapes()
     manifest = {
         "scenario": plan.scenario.name,
         "contexts": plan.labels,

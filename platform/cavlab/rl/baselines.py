@@ -18,7 +18,7 @@ def rule_based_action(env) -> int:
     x, v, lane = world.x_m[row], world.speed_mps[row], int(world.lane[row])
 
     def gaps(in_lane: int) -> tuple[float, float, float, float]:
-        """(gap ahead, leader speed, gap behind, follower speed) in a lane."""
+        """(gap ahead, leader speed, gap behind, follower speed) in another lane, as if the ego were there."""
         rows = np.flatnonzero((world.lane == in_lane) & (np.arange(len(world)) != row))
         ahead, behind = rows[world.x_m[rows] > x], rows[world.x_m[rows] <= x]
         front = (np.inf, v)
@@ -34,7 +34,8 @@ def rule_based_action(env) -> int:
     def safe(gap: float, follower_v: float, leader_v: float) -> bool:
         return gap >= 0.9 * follower_v + 3.0 + max(0.0, follower_v - leader_v) * 3.0
 
-    gap, v_lead, _, _ = gaps(lane)
+    lead = int(world.leader_ahead_row[row])  # in its own lane
+    gap, v_lead = (world.gap_m(row, lead), world.speed_mps[lead]) if lead >= 0 else (np.inf, v)
     if world.time_s >= ego.lane_change_until_s and v_lead < v - 0.5:
         target = base.config.target_lane if base.config.target_lane is not None else lane + 1
         step = int(np.sign(target - lane)) or 1

@@ -11,7 +11,13 @@ written, summary.json last: a failed or interrupted run leaves nothing that look
       collisions.csv         one row per collision (warm-up included; summary counts those after it)
       <table>.csv            tables the controller reports (e.g. maneuvers.csv)
       sumo.log               SUMO's messages
-      sumo/                  the SUMO inputs (network, routes, detectors, run.sumocfg) and detector output
+      sumo/                  the SUMO inputs (network, routes, detectors, run.sumocfg) and SUMO's outputs: the
+                             detector output, and tripinfo.xml, lanechanges.xml, ssm.xml when `outputs.sumo`
+                             lists them (summarised in summary.json under metrics.sumo)
+
+The engine's work folder is `sumo/` of the staged directory (`cavlab run`: `Engine(s, staging / SUMO_SUBDIR)`),
+and every SUMO file is named relative to its run.sumocfg, so SUMO writes its outputs there; only sumo.log
+moves to the top.
 """
 
 from __future__ import annotations

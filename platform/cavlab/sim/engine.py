@@ -20,6 +20,7 @@ from cavlab.sim.backends import SumoBackend, make_backend
 from cavlab.sim.metrics import LaneChange, MetricsCollector
 from cavlab.sim.network import Network, SumoInputs, build_network, write_sumo_inputs
 from cavlab.sim.recorder import TrajectoryRecorder
+from cavlab.sim.sumo_outputs import sumo_measures
 from cavlab.world import Collision, Command, StepEvents, WorldState
 
 ProgressCallback = Callable[[WorldState, int], None]
@@ -41,14 +42,17 @@ class RunResult:
 
 
 def control_setup(scenario: Scenario) -> ControlSetup:
-    """What the scenario tells a controller about the run."""
+    """What the scenario tells a controller about the run (its network built, or taken from the cache)."""
     sim = scenario.simulation
+    network = build_network(scenario.road)
     return ControlSetup(
         step_length_s=sim.step_length_s,
         lanes=scenario.road.lanes,
         speed_limit_mps=scenario.road.speed_limit_mps,
         lane_change_duration_s=sim.lane_change_duration_s,
         seed=sim.seed,
+        lane_ends_m=network.road_lane_ends(),
+        edge_lanes=tuple((e.lane_offset, e.lane_offset + e.lanes - 1) for e in network.edges),
     )
 
 
@@ -58,7 +62,8 @@ def make_perception(scenario: Scenario) -> Perception:
         return GroundTruth()
     from cavlab.sim.perception_loop import PerceptionLoop
 
-    return PerceptionLoop(scenario.perception, scenario.context, scenario.simulation)
+    return PerceptionLoop(scenario.perception, scenario.context, scenario.simulation,
+                          lane_width_m=scenario.road.lane_width_m)  # fmt: skip
 
 
 class Engine:
@@ -160,12 +165,16 @@ class Engine:
         return self.world
 
     def result(self) -> RunResult:
-        """What the run produced up to now; closes SUMO (its detector output is complete only then)."""
+        """What the run produced up to now; closes SUMO (its detector output, and the outputs of
+        `outputs.sumo`, are complete only then). SUMO's own measures go under `metrics["sumo"]`."""
         end_s = self.backend.time_s if self.backend is not None else self._end_s
         self._end_s = end_s
         self.close()
+        metrics = {**self.metrics.finish(self.inputs.detector_output, end_s), **self.perception.metrics()}
+        if self.inputs.sumo_outputs:
+            metrics["sumo"] = sumo_measures(self.scenario, self.inputs.sumo_outputs)
         return RunResult(
-            metrics={**self.metrics.finish(self.inputs.detector_output, end_s), **self.perception.metrics()},
+            metrics=metrics,
             lane_changes=self.metrics.lane_changes,
             collisions=self.metrics.collisions,
             trajectories=self.recorder.table(self._vehicle_ids, self._vehicle_types) if self.recorder else None,

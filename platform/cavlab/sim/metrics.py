@@ -151,15 +151,12 @@ class MetricsCollector:
                 self._vehicle_steps += len(world)
 
     def _observe_controlled(self, world: WorldState) -> None:
-        order = np.lexsort((world.x_m, world.lane))
-        lead = np.full(len(world), -1)
-        same = world.lane[order[1:]] == world.lane[order[:-1]]
-        lead[order[:-1][same]] = order[1:][same]
+        lead = world.leader_row
         rows = np.flatnonzero(world.controlled & (lead >= 0))
         if not len(rows):
             return
         ahead = lead[rows]
-        gap = world.x_m[ahead] - world.length_m[ahead] - world.x_m[rows]
+        gap = world.gap_m(rows, ahead)
         closing = world.speed_mps[rows] - world.speed_mps[ahead]
         self._min_gap_controlled_m = min(self._min_gap_controlled_m, float(gap.min()))
         self._critical_ttc_steps += int(np.count_nonzero((closing > 0) & (gap < CRITICAL_TTC_S * closing)))

@@ -23,7 +23,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
@@ -32,6 +32,7 @@ import numpy as np
 
 from cavlab.config.scenario import FlowSpec, RoadSpec, Scenario
 from cavlab.errors import SimulationError
+from cavlab.sim.sumo_outputs import output_files, sumo_output_options
 
 _BUILDER_VERSION = 2  # bump when the network layout code changes
 SEGMENT_M = 1000.0  # longest edge: one 20 km edge steps 9× slower than 1 km segments (docs/benchmarks.md)
@@ -96,6 +97,25 @@ class Network:
 
     def edge(self, edge_id: str) -> Edge:
         return next(e for e in self.edges if e.id == edge_id)
+
+    def lane_ends(self) -> dict[tuple[int, int], float]:
+        """(edge index, road lane) → x where that lane stops: an acceleration lane's or a dropped lane's end."""
+        ends: dict[tuple[int, int], float] = {}
+        by_start = {round(e.start_m, 3): e for e in self.edges if e.id != "ramp"}
+        for k, e in enumerate(self.edges):
+            end = e.start_m + e.length_m
+            nxt = by_start.get(round(end, 3))
+            for lane in range(e.lane_offset, e.lane_offset + e.lanes):
+                if nxt is not None and not nxt.lane_offset <= lane < nxt.lane_offset + nxt.lanes:
+                    ends[(k, lane)] = end
+        return ends
+
+    def road_lane_ends(self) -> dict[int, float]:
+        """road lane → the first x where it stops (lanes that run to the road's end are absent)."""
+        ends: dict[int, float] = {}
+        for (_, lane), x in self.lane_ends().items():
+            ends[lane] = min(x, ends.get(lane, x))
+        return ends
 
     def route_free_flow_time_s(self, route: str, speed_factor: float, max_speed_mps: float) -> float:
         """Travel time of a route at the desired speed min(speed_factor · limit, max speed)."""
@@ -375,12 +395,14 @@ def additional_xml(scenario: Scenario, network: Network, detector_file: str) -> 
 
 @dataclass(frozen=True)
 class SumoInputs:
-    """Files of one run, in `folder`."""
+    """Files of one run, in `folder`; `sumo_outputs` are the files of SUMO's own outputs that
+    `outputs.sumo` switches on (name → file: `tripinfo`, `lanechange`, `ssm`)."""
 
     folder: Path
     config: Path
     log: Path
     detector_output: Path
+    sumo_outputs: dict[str, Path] = field(default_factory=dict)
 
 
 def write_sumo_inputs(scenario: Scenario, network: Network, folder: Path) -> SumoInputs:
@@ -405,6 +427,7 @@ def write_sumo_inputs(scenario: Scenario, network: Network, folder: Path) -> Sum
             "collision.mingap-factor": "0",
             "collision.check-junctions": "true",
         },
+        **sumo_output_options(scenario),
         "random_number": {"seed": str(sim.seed)},
         "report": {
             "log": "sumo.log",
@@ -421,4 +444,4 @@ def write_sumo_inputs(scenario: Scenario, network: Network, folder: Path) -> Sum
     xml.append("</configuration>")
     config = folder / "run.sumocfg"
     config.write_text("\n".join(xml) + "\n")
-    return SumoInputs(folder, config, folder / "sumo.log", folder / "detectors.out.xml")
+    return SumoInputs(folder, config, folder / "sumo.log", folder / "detectors.out.xml", output_files(scenario, folder))

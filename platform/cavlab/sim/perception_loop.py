@@ -78,13 +78,15 @@ class Track:
 
 
 class PerceptionLoop:
-    """The engine's perception hook when `perception.enabled` (see the module docstring)."""
+    """The engine's perception hook when `perception.enabled` (see the module docstring); the sensors
+    see lanes `lane_width_m` wide (the scenario's `road.lane_width_m`)."""
 
-    def __init__(self, spec: PerceptionSpec, context: ContextSpec, simulation: SimulationSpec) -> None:
+    def __init__(self, spec: PerceptionSpec, context: ContextSpec, simulation: SimulationSpec, *,
+                 lane_width_m: float) -> None:  # fmt: skip
         self.spec = spec
         self.dt = simulation.step_length_s
         self.warmup_s = simulation.warmup_s
-        self.suite = SensorSuite(context)
+        self.suite = SensorSuite(context, lane_width_m=lane_width_m)
         self.label = context_label(context)
         self.rng = np.random.default_rng([simulation.seed, 1729])
         model, gate, checkpoint = load_checkpoint(Path(spec.model))

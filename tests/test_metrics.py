@@ -88,20 +88,3 @@ def test_safety_of_controlled_vehicles_on_the_true_state(collector: MetricsColle
         collector.observe(step(t, gap), StepEvents())
     assert collector._min_gap_controlled_m == 12.0
     assert collector._critical_ttc_steps == 1  # 12 m at 10 m/s closing: 1.2 s < 1.5 s; 16 m: 1.6 s
-
-
-@pytest.mark.sumo
-def test_batched_accounts_equal_step_by_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The per-vehicle accounts done `BATCH_STEPS` steps at a time give exactly what one step at a
-    time gives, on a real run with lane drops, a cooperative controller and hard braking."""
-    from cavlab.sim import metrics
-    from cavlab.sim.engine import Engine
-
-    scenario = load_scenario("lane-drop", ["demand.cav_share=0.5", "control.controller=cooperative",
-                                           "simulation.duration_s=240", "simulation.warmup_s=60"])  # fmt: skip
-    batched = Engine(scenario, tmp_path / "a").run()
-    monkeypatch.setattr(metrics, "BATCH_STEPS", 1)
-    stepwise = Engine(scenario, tmp_path / "b").run()
-    assert batched.metrics["lane_changes"] > 50 and batched.metrics["hard_braking_events"] > 0
-    assert batched.metrics == stepwise.metrics
-    assert batched.lane_changes == stepwise.lane_changes

@@ -27,7 +27,6 @@ from cavlab.world import Collision, Departure, StepEvents, WorldState
 
 _NO_LANE = np.iinfo(np.int16).min
 CRITICAL_TTC_S = 1.5
-BATCH_STEPS = 256  # steps whose per-vehicle accounts are done together (numpy's per-call cost, once per batch)
 
 
 @dataclass(frozen=True)
@@ -62,14 +61,13 @@ class MetricsCollector:
         self._energy = np.zeros(capacity)
         self._departures: dict[int, Departure] = {}
         self._arrival_s: dict[int, float] = {}
-        self._lane_changes: list[LaneChange] = []
+        self.lane_changes: list[LaneChange] = []
         self.collisions: list[Collision] = []
         self._speed_sum = 0.0
         self._vehicle_steps = 0
         self._hard_braking = 0
         self._min_gap_controlled_m = math.inf
         self._critical_ttc_steps = 0
-        self._worlds: list[WorldState] = []  # the steps not yet accounted per vehicle
 
     def _ensure(self, slots: int) -> None:
         while slots > len(self._energy):
@@ -79,8 +77,7 @@ class MetricsCollector:
             self._energy = np.concatenate([self._energy, np.zeros(grow)])
 
     def observe(self, world: WorldState, events: StepEvents) -> None:
-        """Account for one step (the per-vehicle accounts are kept for `BATCH_STEPS` steps, then done
-        for all of them at once)."""
+        """Account for one step."""
         self.collisions.extend(events.collisions)
         for d in events.departures:
             self._departures[d.slot] = d
@@ -89,66 +86,36 @@ class MetricsCollector:
             self._arrival_s[a.slot] = a.time_s
         if not len(world):
             return
-        self._worlds.append(world)
-        if world.time_s > self.warmup_s + 1e-9 and world.controlled.any():
-            self._observe_controlled(world)
-        if len(self._worlds) == BATCH_STEPS:
-            self._flush()
-
-    @property
-    def lane_changes(self) -> list[LaneChange]:
-        """Every lane change so far, in time order."""
-        self._flush()
-        return self._lane_changes
-
-    def _flush(self) -> None:
-        """Lane changes, control energy, hard braking and speeds of the steps kept: per vehicle in time
-        order, as one step after the other would have counted them."""
-        worlds, self._worlds = self._worlds, []
-        if not worlds:
-            return
-        slot = np.concatenate([w.slot for w in worlds])
-        lane = np.concatenate([w.lane for w in worlds])
-        accel = np.concatenate([w.accel_mps2 for w in worlds])
-        braking = accel < self._hard_braking_mps2[np.concatenate([w.type_index for w in worlds])]
-        sizes = np.fromiter(map(len, worlds), dtype=np.intp, count=len(worlds))
-        counted = np.repeat([w.time_s > self.warmup_s + 1e-9 for w in worlds], sizes)
-        np.add.at(self._energy, slot, accel * accel * self._half_dt)  # in time order per vehicle
-        by_vehicle = np.argsort(slot, kind="stable")  # each vehicle's rows in time order
-        s, first = slot[by_vehicle], np.ones(len(slot), dtype=bool)
-        first[1:] = s[1:] != s[:-1]
-        last = np.append(first[1:], True)
-        prev_lane, prev_braking = np.roll(lane[by_vehicle], 1), np.roll(braking[by_vehicle], 1)
-        prev_lane[first], prev_braking[first] = self._prev_lane[s[first]], self._braking[s[first]]
-        self._prev_lane[s[last]], self._braking[s[last]] = lane[by_vehicle][last], braking[by_vehicle][last]
-        onset = braking[by_vehicle] & ~prev_braking & counted[by_vehicle]
-        self._hard_braking += int(np.count_nonzero(onset))
-        changed = (prev_lane != lane[by_vehicle]) & (prev_lane != _NO_LANE)
+        slot, lane = world.slot, world.lane
+        prev = self._prev_lane[slot]
+        changed = prev != lane
         if changed.any():
-            rows = np.sort(by_vehicle[changed])
-            from_lane = np.empty(len(slot), dtype=prev_lane.dtype)
-            from_lane[by_vehicle] = prev_lane
-            offsets = np.cumsum(sizes) - sizes
-            steps = np.searchsorted(offsets, rows, side="right") - 1
-            for row, k in zip(rows.tolist(), steps.tolist(), strict=True):
-                world, r = worlds[k], row - offsets[k]
-                self._lane_changes.append(
+            for row in np.flatnonzero(changed & (prev != _NO_LANE)).tolist():
+                self.lane_changes.append(
                     LaneChange(
                         time_s=world.time_s,
-                        vehicle_id=str(world.ids[r]),
-                        vehicle_type=world.type_names[world.type_index[r]],
-                        is_cav=bool(world.is_cav[r]),
-                        controlled=bool(world.controlled[r]),
-                        from_lane=int(from_lane[row]),
+                        vehicle_id=str(world.ids[row]),
+                        vehicle_type=world.type_names[world.type_index[row]],
+                        is_cav=bool(world.is_cav[row]),
+                        controlled=bool(world.controlled[row]),
+                        from_lane=int(prev[row]),
                         to_lane=int(lane[row]),
-                        x_m=float(world.x_m[r]),
-                        speed_mps=float(world.speed_mps[r]),
+                        x_m=float(world.x_m[row]),
+                        speed_mps=float(world.speed_mps[row]),
                     )
                 )
-        for world in worlds:
-            if world.time_s > self.warmup_s + 1e-9:
-                self._speed_sum += float(world.speed_mps.sum())
-                self._vehicle_steps += len(world)
+            self._prev_lane[slot] = lane
+        accel = world.accel_mps2
+        self._energy[slot] += accel * accel * self._half_dt
+        braking = accel < self._hard_braking_mps2[world.type_index]
+        if world.time_s > self.warmup_s + 1e-9:
+            if braking.any():
+                self._hard_braking += int(np.count_nonzero(braking & ~self._braking[slot]))
+            self._speed_sum += float(world.speed_mps.sum())
+            self._vehicle_steps += len(world)
+            if world.controlled.any():
+                self._observe_controlled(world)
+        self._braking[slot] = braking
 
     def _observe_controlled(self, world: WorldState) -> None:
         lead = world.leader_row
@@ -163,7 +130,6 @@ class MetricsCollector:
 
     def finish(self, detector_output: Path, end_s: float) -> dict:
         """The metrics of the run up to `end_s` (the time of its last step), as a JSON-ready mapping."""
-        self._flush()
         window_s = end_s - self.warmup_s
         specs = self.scenario.demand.vehicle_types
         collided = {c.collider for c in self.collisions} | {c.victim for c in self.collisions}

@@ -148,18 +148,22 @@ def fixed_state_arc(t0_s: float, x0_m: float, v0_mps: float, xf_m: float, vf_mps
 
 
 def terminal_speed_arc(
-    t0_s: float, x0_m: float, v0_mps: float, v_ref_mps: float, beta: float, T_s: float, x_end_m: float | None = None
-) -> Arc:
-    """Minimum of ∫½u² + β(v(T) − v_ref)², with x(T) free or fixed to `x_end_m`.
+    t0_s: float, x0_m: float, v0_mps: float, v_ref_mps: float, beta: float, T_s: float,
+    x_end_m: float | None = None, speed_coeff_s: float = 0.0,
+) -> Arc:  # fmt: skip
+    """Minimum of ∫½u² + β(v(T) − v_ref)², with x(T) free, or on the line x(T) + c·v(T) = x_end_m
+    (c = `speed_coeff_s`; c = 0 fixes x(T)).
 
     x(T) free: u = 2β(v_ref − v0)/(1 + 2βT), constant.
-    x(T) fixed: u = aτ + b from  (T³/6)a + (T²/2)b = x_end − x0 − v0T  and the transversality
-    condition −u(T) = 2β(v(T) − v_ref),  i.e. (T + βT²)a + (1 + 2βT)b = 2β(v_ref − v0).
+    On the line (multiplier ν): λ_x = ν, λ_v(T) = 2β(v(T) − v_ref) + νc, so u = aτ + b (a = ν) with
+    (T³/6 + cT²/2)a + (T²/2 + cT)b = x_end − x0 − v0T − c·v0   (the line)
+    (T + c + βT²)a + (1 + 2βT)b = 2β(v_ref − v0)                 (transversality).
     """
     if x_end_m is None:
         return Arc(t0_s, T_s, x0_m, v0_mps, 2 * beta * (v_ref_mps - v0_mps) / (1 + 2 * beta * T_s), 0.0)
-    m = np.array([[T_s**3 / 6, T_s**2 / 2], [T_s + beta * T_s**2, 1 + 2 * beta * T_s]])
-    rhs = np.array([x_end_m - x0_m - v0_mps * T_s, 2 * beta * (v_ref_mps - v0_mps)])
+    c = speed_coeff_s
+    m = np.array([[T_s**3 / 6 + c * T_s**2 / 2, T_s**2 / 2 + c * T_s], [T_s + c + beta * T_s**2, 1 + 2 * beta * T_s]])
+    rhs = np.array([x_end_m - x0_m - v0_mps * T_s - c * v0_mps, 2 * beta * (v_ref_mps - v0_mps)])
     a, b = np.linalg.solve(m, rhs)
     return Arc(t0_s, T_s, x0_m, v0_mps, float(b), float(a))
 

@@ -94,6 +94,12 @@ class QPParameters(_Parameters):
     slot_b: Scalar  # b − x0 of the slot x_N + c·v_N ≷ b [m]
     slot_side: Scalar  # +1 "front" (≥), −1 "rear" (≤), 0 no slot
     slot_c: Scalar  # c [s]
+    line2_b: Scalar  # two more lines of the same form (`more_slots`), each off with side 0
+    line2_side: Scalar
+    line2_c: Scalar
+    line3_b: Scalar
+    line3_side: Scalar
+    line3_c: Scalar
 
 
 @dataclass(frozen=True)
@@ -267,7 +273,7 @@ class FixedTimeQP:
     s.t. u_min ≤ u_k ≤ u_max;  v_min ≤ v_k ≤ v_max (k = 1..N);  optional cruising leader:
     x_L(t_k) − L_L − x_k ≥ φ·v_k + δ (k = 1..N; k = 0 must already hold);  optional slot:
     x_N + c·v_N ≥ b ("front") or ≤ b ("rear") — c > 0 keeps a gap that changes during a
-    following phase at constant speed.
+    following phase at constant speed — and up to two more such lines (`more_slots`).
 
     With ξ_k = x_k − x0, the states are linear in u:  v_k = v0 + h·Σ_{i<k} u_i,
     ξ_k = k·h·v0 + h²·Σ_{i<k} (k − i − ½)·u_i, so the QP is dense in N unknowns.
@@ -290,14 +296,18 @@ class FixedTimeQP:
         hess = h * ca.DM.eye(n) + 2 * p.beta * h * h * ca.DM.ones(n, n)
         grad = 2 * p.beta * h * (p.v0 - p.v_ref) * ca.DM(ones)
         kh = h * ca.DM(np.arange(1, n + 1))
-        slot_row = h * h * position[n - 1, :] + p.slot_c * h * speed[n - 1, :]
-        rows = ca.vertcat(h * speed, h * h * position + p.phi * h * speed, slot_row)
+        lines = [(p.slot_b, p.slot_side, p.slot_c), (p.line2_b, p.line2_side, p.line2_c),
+                 (p.line3_b, p.line3_side, p.line3_c)]  # fmt: skip
+        line_rows = [h * h * position[n - 1, :] + c * h * speed[n - 1, :] for _, _, c in lines]
+        rows = ca.vertcat(h * speed, h * h * position + p.phi * h * speed, *line_rows)
         # gap_k = gap0 + (v_L − v0)·t_k − h²·(position @ u) must cover φ·(v0 + h·(speed @ u)) + δ
         lead_gap = p.gap0 + (p.v_lead - p.v0) * kh - p.phi * p.v0 - p.delta
         lead_bound = ca.if_else(p.lead_on > 0, lead_gap, ca.inf * ones)
-        slot_rel = p.slot_b - n * h * p.v0 - p.slot_c * p.v0  # bound on the slot row
-        lba = ca.vertcat((p.v_min - p.v0) * ones, -ca.inf * ones, ca.if_else(p.slot_side > 0, slot_rel, -ca.inf))
-        uba = ca.vertcat((p.v_max - p.v0) * ones, lead_bound, ca.if_else(p.slot_side < 0, slot_rel, ca.inf))
+        line_rel = [(b - n * h * p.v0 - c * p.v0, side) for b, side, c in lines]  # bounds on the line rows
+        lba = ca.vertcat((p.v_min - p.v0) * ones, -ca.inf * ones,
+                         *(ca.if_else(side > 0, rel, -ca.inf) for rel, side in line_rel))
+        uba = ca.vertcat((p.v_max - p.v0) * ones, lead_bound,
+                         *(ca.if_else(side < 0, rel, ca.inf) for rel, side in line_rel))
         outputs = [hess, grad, rows, lba, uba, p.u_min * ones, p.u_max * ones]
         self._data = ca.Function("qp_data", [p.vector()], outputs)
         self._qp = ca.conic(
@@ -320,6 +330,7 @@ class FixedTimeQP:
         headway: Headway,
         leader: Leader | None = None,
         slot: Slot | None = None,
+        more_slots: tuple[Slot, ...] = (),
     ) -> tuple[Profile | None, SolveStatus]:
         """The optimal profile from (x0, v0) at t0 over T = `duration_s`, or None and why not."""
         started = time.perf_counter()
@@ -327,17 +338,25 @@ class FixedTimeQP:
             raise ValueError(f"duration must be positive, got {duration_s}")
         if beta < 0:
             raise ValueError(f"beta must be non-negative, got {beta}")
-        if slot is not None and slot[0] not in ("front", "rear"):
-            raise ValueError(f"slot side must be 'front' or 'rear', got {slot[0]!r}")
+        lines = ([slot] if slot is not None else []) + list(more_slots)
+        if len(lines) > 3:
+            raise ValueError(f"at most 3 slot lines, got {len(lines)}")
+        for line in lines:
+            if line[0] not in ("front", "rear"):
+                raise ValueError(f"slot side must be 'front' or 'rear', got {line[0]!r}")
         if _unsafe_start(x0_m, v0_mps, leader, headway):
             return None, _status(False, "unsafe_start", "leader gap below φ·v0 + δ at t0", started, self.solver)
         n = self.n_intervals
         gap0, v_lead = (leader[0] - leader[2] - x0_m, leader[1]) if leader else (0.0, 0.0)
-        slot_b, side = (slot[1] - x0_m, 1.0 if slot[0] == "front" else -1.0) if slot else (0.0, 0.0)
-        slot_c = float(slot[2]) if slot is not None and len(slot) == 3 else 0.0
+        named: dict[str, float] = {}
+        for k, name in enumerate(("slot", "line2", "line3")):
+            line = lines[k] if k < len(lines) else None
+            named[f"{name}_b"] = line[1] - x0_m if line else 0.0
+            named[f"{name}_side"] = (1.0 if line[0] == "front" else -1.0) if line else 0.0
+            named[f"{name}_c"] = float(line[2]) if line is not None and len(line) == 3 else 0.0
         p = QPParameters(
             h=duration_s / n, v0=v0_mps, v_ref=v_ref_mps, beta=beta, **_model(limits, headway),
-            gap0=gap0, v_lead=v_lead, lead_on=float(leader is not None), slot_b=slot_b, slot_side=side, slot_c=slot_c,
+            gap0=gap0, v_lead=v_lead, lead_on=float(leader is not None), **named,
         )  # fmt: skip
         hess, grad, rows, lba, uba, lbx, ubx = self._data(p.vector())
         sol = self._qp(h=hess, g=grad, a=rows, lba=lba, uba=uba, lbx=lbx, ubx=ubx)

@@ -41,6 +41,8 @@ def run(tmp_path: Path, text: str, *args: str) -> tuple[dict, list[dict]]:
     result = CliRunner().invoke(app, ["run", str(scenario), "--out", str(out), "-q", *args])
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
+    if not (out / "maneuvers.csv").exists():  # the `sumo` controller keeps no maneuvers
+        return summary, []
     with (out / "maneuvers.csv").open() as fh:
         return summary, list(csv.DictReader(fh))
 
@@ -81,3 +83,98 @@ def test_mixed_traffic_runs_safely(controller: str, tmp_path: Path) -> None:
     commanded = {m["vehicle_id"] for m in maneuvers if m["status"] == "completed"}
     cav_changes = {c["vehicle_id"] for c in lane_changes if c["is_cav"] == "True" and c["from_lane"] == "0"}
     assert commanded <= cav_changes, "every completed maneuver shows up as a lane change"
+
+
+# Mandatory lane changes: every vehicle a CAV without driver imperfection, a steady stream on the
+# ramp (or in the lane that ends) and a platoon on the lane it must join, with gaps that need
+# cooperation for some of the merges.
+RAMP = """
+name: deterministic-ramp
+road: {kind: on_ramp, length_m: 2000, lanes: 2, speed_limit_mps: 33.33, detectors_m: [1900],
+       ramp: {merge_position_m: 800, length_m: 300, acceleration_lane_m: 300, speed_limit_mps: 25}}
+demand:
+  vehicle_types:
+    cav: {sigma: 0, speed_factor_dev: 0}
+  cav_share: 1.0
+  flows:
+    - {route: mainline, lane: 0, vehicles_per_hour: 1400, arrivals: uniform, depart_speed: 25}
+    - {route: mainline, lane: 1, vehicles_per_hour: 1000, arrivals: uniform, depart_speed: 28}
+    - {route: ramp, vehicles_per_hour: 400, arrivals: uniform, depart_speed: 20}
+control: {controller: cooperative, params: {request_patience_s: 0}}  # the planner at once, not LC2013 first
+simulation: {duration_s: 300, warmup_s: 60, lane_change_duration_s: 3.0}
+outputs: {sumo: [lanechange]}
+"""
+
+DROP = """
+name: deterministic-drop
+road: {kind: lane_drop, length_m: 2500, lanes: 2, speed_limit_mps: 33.33, detectors_m: [2400],
+       lane_drop: {position_m: 1500, lanes_dropped: 1, side: right}}
+demand:
+  vehicle_types:
+    cav: {sigma: 0, speed_factor_dev: 0}
+  cav_share: 1.0
+  flows:
+    - {lane: 0, vehicles_per_hour: 500, arrivals: uniform, depart_speed: 25}
+    - {lane: 1, vehicles_per_hour: 1500, arrivals: uniform, depart_speed: 28}
+control: {controller: cooperative, params: {mandatory_range_m: 1400}}  # before LC2013's own strategic change
+simulation: {duration_s: 300, warmup_s: 60, lane_change_duration_s: 3.0}
+outputs: {sumo: [lanechange]}
+"""
+
+
+def sumo_lane_changes(tmp_path: Path) -> list[dict]:
+    import xml.etree.ElementTree as ET
+
+    root = ET.parse(tmp_path / "run" / "sumo" / "lanechanges.xml").getroot()
+    return [dict(node.attrib) for node in root.iter("change")]
+
+
+@pytest.mark.parametrize(("text", "from_lane", "to_lane"), [(RAMP, -1, 0), (DROP, 0, 1)], ids=["on-ramp", "lane-drop"])
+def test_mandatory_merges_are_planned_and_executed_safely(tmp_path: Path, text: str, from_lane: int,
+                                                          to_lane: int) -> None:  # fmt: skip
+    summary, maneuvers = run(tmp_path, text)
+    merges = [m for m in maneuvers if int(m["target_lane"]) == to_lane and m["status"] == "completed"]
+    assert len(merges) >= 5, [(m["status"], m["reason"]) for m in maneuvers][:10]
+    assert any(int(m["cooperators"]) >= 1 for m in merges), "some merges needed the platoon's cooperation"
+    for m in merges:
+        assert float(m["min_slack_planned_m"]) >= 0 and float(m["min_slack_executed_m"]) >= 0, m
+    metrics = summary["metrics"]
+    assert metrics["collisions"] == 0
+    changes = list(csv.DictReader((tmp_path / "run" / "lane_changes.csv").open()))
+    merged = {c["vehicle_id"] for c in changes if int(c["from_lane"]) == from_lane and int(c["to_lane"]) == to_lane}
+    assert {m["vehicle_id"] for m in merges} <= merged
+    # nobody runs out of lane: every vehicle that entered the ending lane and left the network left it
+    assert summary["metrics"]["sumo"]["lane_changes"] == metrics["lane_changes"]
+
+
+def test_refused_requests_leave_lane_changing_to_sumo(tmp_path: Path) -> None:
+    """Outside its maneuvers a CAV is SUMO's: with no disruption allowed (D_th = 0) every merge that
+    needs cooperation is refused, and those CAVs still merge, by LC2013's own strategic lane change
+    (SUMO's lane-change output gives the reason; commanded changes carry "traci")."""
+    text = RAMP.replace("params: {request_patience_s: 0}", "params: {request_patience_s: 0, max_disruption: 0.0}")
+    _, maneuvers = run(tmp_path, text)
+    refused = {m["vehicle_id"] for m in maneuvers if m["status"] in ("infeasible", "aborted")}
+    served = {m["vehicle_id"] for m in maneuvers if m["status"] == "completed"}
+    left_to_sumo = refused - served
+    assert len(left_to_sumo) >= 3, "the platoon's gaps need cooperation for some merges"
+    changes = {c["id"]: c["reason"] for c in sumo_lane_changes(tmp_path) if c["id"] in left_to_sumo}
+    assert len(changes) >= 3 and not any("traci" in reason for reason in changes.values()), changes
+    assert any("traci" in c["reason"] for c in sumo_lane_changes(tmp_path) if c["id"] in served)
+
+
+def test_without_maneuvers_the_controller_is_sumo(tmp_path: Path) -> None:
+    """No global side effects: outside its maneuvers every CAV drives as SUMO's own, so a cooperative
+    controller that never starts one gives exactly SUMO's run (every metric, every lane change)."""
+    text = Path(__file__).parent.parent.joinpath("scenarios", "lane-drop.yaml").read_text()
+    args = ("--duration", "240", "--set", "simulation.warmup_s=60", "--set", "demand.cav_share=1.0")
+    for folder in ("sumo", "idle"):
+        (tmp_path / folder).mkdir()
+    sumo, _ = run(tmp_path / "sumo", text, *args)
+    idle, maneuvers = run(tmp_path / "idle", text, *args, "--set", "control.controller=cooperative",
+                          "--set", "control.params.mandatory_range_m=0.001",
+                          "--set", "control.params.request_gap_m=0.001")  # fmt: skip
+    assert maneuvers == [] and sumo["metrics"]["lane_changes"] > 50
+    assert (tmp_path / "idle" / "run" / "maneuvers.csv").exists()  # the cooperative controller did run
+    assert idle["metrics"] == sumo["metrics"]
+    lane_changes = [(tmp_path / d / "run" / "lane_changes.csv").read_text() for d in ("sumo", "idle")]
+    assert lane_changes[0] == lane_changes[1]

@@ -273,6 +273,7 @@ def opti_ocp(
     t_guess_s: float | None = None,
     leader: tuple[float, float, float] | None = None,
     slot: tuple | None = None,
+    more_slots: tuple[tuple, ...] = (),
     limits: Limits = LIMITS,
     headway: Headway = HEADWAY,
     drop: frozenset[str] = frozenset(),
@@ -280,8 +281,8 @@ def opti_ocp(
     """min [ρ·T] + Σ_k ½u_k²·h + β(v_N − v_ref)²,  h = T/N, T fixed (`duration_s`) or free in `t_bounds_s`,
     s.t. x_{k+1} = x_k + h·v_k + h²/2·u_k, v_{k+1} = v_k + h·u_k, x_0 = x0, v_0 = v0;
          u_min ≤ u_k ≤ u_max ("u");  v_min ≤ v_k ≤ v_max, k ≥ 1 ("v");  T_min ≤ T ≤ T_max ("T");
-         x_L0 + v_L·t_k − L_L − x_k ≥ φ·v_k + δ, k ≥ 1 ("leader");  x_N + c·v_N ≥ b (front) or ≤ b (rear) ("slot").
-    `drop` leaves out the constraints of those names."""
+         x_L0 + v_L·t_k − L_L − x_k ≥ φ·v_k + δ, k ≥ 1 ("leader");  x_N + c·v_N ≥ b (front) or ≤ b (rear) ("slot",
+         and each of `more_slots`). `drop` leaves out the constraints of those names."""
     opti = ca.Opti()
     x, v, u = opti.variable(n + 1), opti.variable(n + 1), opti.variable(n)
     T = opti.variable() if duration_s is None else duration_s
@@ -301,8 +302,10 @@ def opti_ocp(
         for k in range(1, n + 1):
             gap = x_lead + v_lead * k * h - length - x[k]
             opti.subject_to(gap >= headway.reaction_time_s * v[k] + headway.standstill_m)
-    if slot is not None and "slot" not in drop:
-        side, b, *c = slot
+    for line in ((slot,) if slot is not None else ()) + tuple(more_slots):
+        if "slot" in drop:
+            break
+        side, b, *c = line
         end = x[n] + (c[0] if c else 0.0) * v[n]
         opti.subject_to(end >= b if side == "front" else end <= b)
     cost = rho * T + ca.sumsqr(u) * h / 2 + beta * (v[n] - v_ref_mps) ** 2

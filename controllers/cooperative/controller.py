@@ -12,16 +12,18 @@ from cavlab.controllers.base import Controller, ControllerReport, ControlSetup, 
 from cavlab.controllers.cooperative.maneuver import Maneuver, ManeuverRecord
 from cavlab.controllers.cooperative.params import CooperativeParams
 from cavlab.controllers.cooperative.planner import Planner
-from cavlab.controllers.cooperative.snapshot import Lanes
+from cavlab.controllers.cooperative.snapshot import Lanes, Vehicle
 from cavlab.world import Command, ControlModes, WorldState
 
 
 class CooperativeLaneChange(Controller):
-    """Cooperative, minimally disruptive lane changes of CAVs stuck behind slower leaders."""
+    """Cooperative, minimally disruptive lane changes: discretionary ones of CAVs stuck behind slower
+    leaders, and mandatory ones of CAVs whose lane ends (an on-ramp's acceleration lane, a lane drop)."""
 
     Params = CooperativeParams
-    # CAVs keep their lane unless told (strategic changes only); commanded ones obey exactly
-    modes = ControlModes(speed_mode=32, lane_change_mode=0, idle_speed_mode=31, idle_lane_change_mode=257)
+    # commanded vehicles obey exactly; outside a maneuver every CAV drives as SUMO's own (LC2013), so
+    # a refused or aborted request leaves the lane change to SUMO
+    modes = ControlModes(speed_mode=32, lane_change_mode=0)
     cooperation = True
 
     def __init__(self, params: CooperativeParams, setup: ControlSetup) -> None:
@@ -32,6 +34,7 @@ class CooperativeLaneChange(Controller):
         self.autonomous = True  # serve stuck CAVs on its own; if not, only `request` starts maneuvers
         self._next_scan_s = 0.0
         self._retry_at: dict[str, float] = {}
+        self._waiting_since: dict[str, float] = {}
 
     def step(self, world: WorldState) -> list[Command]:
         if not len(world):
@@ -58,22 +61,28 @@ class CooperativeLaneChange(Controller):
         lanes = Lanes(world)
         row = lanes.row_of[vehicle_id]
         lead = lanes.leader(row)
+        u = lanes.vehicle(lead) if lead is not None else None
         why = ""
         if vehicle_id in self._busy():
             why = "the vehicle is in a maneuver already"
-        elif lead is None:
-            why = "no leader ahead (the planner plans behind one)"
-        elif world.x_m[lead] - world.length_m[lead] - world.x_m[row] < self.params.headway.gap_m(world.speed_mps[row]):
+        elif u is None and self._lane_end(world, row) is None:
+            why = "no leader ahead (the planner plans behind one, or before its lane's end)"
+        elif u is not None and u.x_m - u.length_m - world.x_m[row] < self.params.headway.gap_m(world.speed_mps[row]):
             why = "not at a safe distance behind the leader"
-        elif str(world.ids[lead]) in self._busy():
+        elif u is not None and u.id in self._busy():
             why = "the leader is in a maneuver"
         if why:
-            record = ManeuverRecord(world.time_s, vehicle_id, str(world.ids[lead]) if lead is not None else "",
-                                    target_lane, "infeasible", why)  # fmt: skip
+            record = ManeuverRecord(world.time_s, vehicle_id, u.id if u is not None else "", target_lane,
+                                    "infeasible", why)  # fmt: skip
             self.records.append(record)
             return record, []
-        record, _, commands = self._start(world, lanes, row, lead, target_lane)
+        record, _, commands = self._start(world, lanes, row, u, target_lane)
         return record, commands
+
+    def _lane_end(self, world: WorldState, row: int) -> float | None:
+        """Where the vehicle's lane ends ahead of it, if it does."""
+        end_m = self.setup.lane_ends_m.get(int(world.lane[row]))
+        return end_m if end_m is not None and end_m > world.x_m[row] else None
 
     def _busy(self) -> set[str]:
         return {
@@ -86,14 +95,50 @@ class CooperativeLaneChange(Controller):
             )
         } - {""}
 
+    def _target_of_ending(self, lane: int, end_m: float) -> int | None:
+        """The neighbour lane that runs on past where `lane` ends (left first)."""
+        ends = self.setup.lane_ends_m
+        for target in (lane + 1, lane - 1):
+            if target < self.setup.lanes and ends.get(target, math.inf) > end_m and (target >= 0 or target in ends):
+                return target
+        return None
+
+    def _beside(self, world: WorldState, row: int, lane: int) -> bool:
+        """Whether `lane` exists on the vehicle's edge (it could change into it now)."""
+        if not self.setup.edge_lanes:
+            return True
+        lo, hi = self.setup.edge_lanes[int(world.edge[row])]
+        return lo <= lane <= hi
+
     def _serve_requests(self, world: WorldState, lanes: Lanes) -> list[Command]:
         p, t = self.params, world.time_s
         commands: list[Command] = []
         top_lane = self.setup.lanes - 1
-        eligible = world.is_cav & (world.lane >= 0) & (world.lane < top_lane) & (world.x_m >= p.request_after_m)
-        for row in np.flatnonzero(eligible).tolist():
+        ends = self.setup.lane_ends_m
+        waiting: set[str] = set()  # the CAVs that want a lane change now
+        for row in np.flatnonzero(world.is_cav).tolist():
             vid = str(world.ids[row])
             if vid in self._busy() or self._retry_at.get(vid, -math.inf) > t:
+                continue
+            lane, x = int(world.lane[row]), float(world.x_m[row])
+            end_m = ends.get(lane, math.inf)
+            if x < end_m < math.inf:  # mandatory: the lane ends ahead
+                target = self._target_of_ending(lane, end_m)
+                if end_m - x > p.mandatory_range_m or target is None or not self._beside(world, row, target):
+                    continue  # too early, or the target lane is not beside it yet (an on-ramp's own edge)
+                lead = lanes.leader(row)
+                u = lanes.vehicle(lead) if lead is not None and world.x_m[lead] < end_m else None
+                close = u is not None and u.x_m - u.length_m - x < p.headway.gap_m(world.speed_mps[row])
+                if close or (u is not None and u.id in self._busy()):
+                    continue  # not yet at a safe distance behind its leader, or the leader maneuvers: wait
+                if not self._patient(vid, t, waiting):
+                    continue  # LC2013 has the first go
+                _, maneuver, started = self._start(world, lanes, row, u, target)
+                if maneuver is None:
+                    self._retry_at[vid] = t + p.retry_after_s
+                commands += started
+                continue
+            if not 0 <= lane < top_lane or x < p.request_after_m:
                 continue
             lead = lanes.leader(row)
             if lead is None:
@@ -108,20 +153,30 @@ class CooperativeLaneChange(Controller):
                 continue  # not yet at a safe distance behind U (a cut-in): wait until it is
             if str(world.ids[lead]) in self._busy():
                 continue  # U is in a maneuver of its own: it will not cruise as predicted
-            _, maneuver, started = self._start(world, lanes, row, lead, target)
+            if not self._patient(vid, t, waiting):
+                continue  # LC2013 has the first go
+            _, maneuver, started = self._start(world, lanes, row, lanes.vehicle(lead), target)
             if maneuver is None:
                 self._retry_at[vid] = t + p.retry_after_s
             commands += started
+        self._waiting_since = {vid: s for vid, s in self._waiting_since.items() if vid in waiting}
         return commands
 
+    def _patient(self, vehicle_id: str, t: float, waiting: set[str]) -> bool:
+        """Whether a CAV that wants a lane change has wanted it for `request_patience_s` (outside its
+        maneuvers a CAV is SUMO's: LC2013 takes the gaps there are first)."""
+        waiting.add(vehicle_id)
+        since = self._waiting_since.setdefault(vehicle_id, t)
+        return t - since >= self.params.request_patience_s - 1e-9
+
     def _start(
-        self, world: WorldState, lanes: Lanes, row: int, lead: int, target: int
+        self, world: WorldState, lanes: Lanes, row: int, u: Vehicle | None, target: int
     ) -> tuple[ManeuverRecord, Maneuver | None, list[Command]]:
         """Plan a request and start its maneuver if there is a plan; the request is recorded either way."""
         p = self.params
-        outcome = self.planner.plan(lanes, row, lead, target, self._busy())
+        outcome = self.planner.plan(lanes, row, u, target, self._busy(), self._lane_end(world, row))
         record = ManeuverRecord(
-            request_time_s=world.time_s, vehicle_id=str(world.ids[row]), leader_id=str(world.ids[lead]),
+            request_time_s=world.time_s, vehicle_id=str(world.ids[row]), leader_id=u.id if u is not None else "",
             target_lane=target, status=outcome.status, reason=outcome.reason, candidates=outcome.candidates,
             solve_time_changer_s=outcome.solve_time_changer_s, solve_time_slots_s=outcome.solve_time_slots_s,
         )  # fmt: skip

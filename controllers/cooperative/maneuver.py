@@ -59,6 +59,8 @@ class Maneuver:
         self.p = params
         self.dt = setup.step_length_s
         self.t_lat = setup.lane_change_duration_s
+        self.lane_ends_m = setup.lane_ends_m
+        self.edge_lanes = setup.edge_lanes
         self.phase: Literal["longitudinal", "certify", "lateral", "fallback", "done"] = "longitudinal"
         self.t_abort: float | None = None
         self.t_lane_change: float | None = None
@@ -90,7 +92,7 @@ class Maneuver:
             self.phase = "certify"
         commands: list[Command] = []
         if self.phase == "certify":
-            if self._certified(world, lanes):
+            if self._target_beside(world, c_row) and self._certified(world, lanes):
                 commands.append(ChangeLane(c_id, p.target_lane, hold_s=self.t_lat + self.p.certify_timeout_s + 1.0))
                 self.phase, self.t_lane_change = "lateral", t
             elif t > t_f + self.p.certify_timeout_s:
@@ -106,10 +108,17 @@ class Maneuver:
             commands.append(Accelerate(vid, self._safe(u, lanes.row_of[vid], world, lanes)))
         return commands
 
+    def _target_beside(self, world: WorldState, row: int) -> bool:
+        """Whether the target lane exists on C's edge now (an on-ramp joins the road only further on)."""
+        if not self.edge_lanes:
+            return True
+        lo, hi = self.edge_lanes[int(world.edge[row])]
+        return lo <= self.plan.target_lane <= hi
+
     def _safe(self, u: float, row: int, world: WorldState, lanes: Lanes) -> float:
         """The plan's u, unless the measured leader (which need not behave as predicted) is too
         close: see `safe_accel`."""
-        return min(u, safe_accel(row, world, lanes, self.p))
+        return min(u, safe_accel(row, world, lanes, self.p, self.lane_ends_m))
 
     def _certified(self, world: WorldState, lanes: Lanes) -> bool:
         """Safe gaps to the target lane's actual neighbours now and, at constant speeds, through the
@@ -188,4 +197,4 @@ class Maneuver:
             self.phase = "done"
             return [Release(c_id)]
         u = min(self.p.u_max_mps2, max(self.p.u_min_mps2, 0.25 * slack + 0.8 * (v_lead - v)))
-        return [Accelerate(c_id, min(u, safe_accel(c_row, world, lanes, self.p)))]
+        return [Accelerate(c_id, min(u, safe_accel(c_row, world, lanes, self.p, self.lane_ends_m)))]

@@ -18,7 +18,7 @@ class CooperativeParams(BaseModel):
 
     u_min_mps2: Annotated[float, Field(lt=0)] = -4.0
     u_max_mps2: Positive = 2.5
-    v_min_mps: Annotated[float, Field(ge=0)] = 10.0
+    v_min_mps: Annotated[float, Field(ge=0)] = Field(0.0, description="Lowest planned speed (0: plans in queues too)")
     v_max_mps: Positive = 35.0
     reaction_time_s: Annotated[float, Field(ge=0)] = 0.9
     standstill_gap_m: Annotated[float, Field(ge=0)] = 3.0
@@ -40,6 +40,9 @@ class CooperativeParams(BaseModel):
     search_ahead_m: Positive = Field(150.0, description="L_f: slots up to this far ahead of C at T")
     search_behind_m: Positive = Field(150.0, description="L_r: slots up to this far behind C at T")
     request_gap_m: Positive = Field(60.0, description="C asks when its gap to U is below this")
+    mandatory_range_m: Positive = Field(
+        400.0, description="A CAV in a lane that ends (on-ramp, lane drop) asks to leave it this far before the end"
+    )
     request_after_m: Annotated[float, Field(ge=0)] = Field(
         200.0, description="No requests nearer the road start: vehicles appear there unannounced"
     )
@@ -47,6 +50,9 @@ class CooperativeParams(BaseModel):
         2.0, description="... and the target lane flows at least this much faster than U"
     )
     scan_period_s: Positive = Field(0.5, description="How often CAVs are checked for requests")
+    request_patience_s: Annotated[float, Field(ge=0)] = Field(
+        3.0, description="A CAV asks only after wanting the lane change this long (LC2013 has the first go)"
+    )
     retry_after_s: Positive = Field(3.0, description="Wait before a refused request is tried again")
     certify_timeout_s: Annotated[float, Field(ge=0)] = Field(2.0, description="Wait for a certifiable slot")
 

@@ -3,6 +3,7 @@ plans, the disruption test and the relaxation T ← λT (docs/theory.md)."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from dataclasses import dataclass
@@ -45,7 +46,7 @@ class LaneChangePlan:
     """A complete maneuver: C's plan, its slot, the times."""
 
     changer: Vehicle
-    leader: Vehicle
+    leader: Vehicle | None
     target_lane: int
     changer_plan: Plan
     front: CooperatorPlan | None
@@ -100,6 +101,7 @@ class Planner:
         self._qps: dict[int, FixedTimeQP] = {}
         self._nlp = FreeTimeNLP(MAX_INTERVALS)
         self.numeric_solves = 0
+        self._end: tuple[str, float, float] | None = None  # the request's `_end_line`
 
     def _on_grid(self, t: float) -> float:
         """t rounded up to a whole number of numeric-grid intervals, each a whole number of steps,
@@ -121,10 +123,13 @@ class Planner:
             self._qps[n] = FixedTimeQP(n)
         return self._qps[n]
 
-    def plan(self, lanes: Lanes, changer_row: int, leader_row: int, target_lane: int, busy: set[str]) -> PlanOutcome:
-        """The best valid slot for C (or why there is none)."""
+    def plan(self, lanes: Lanes, changer_row: int, u: Vehicle | None, target_lane: int, busy: set[str],
+             lane_end_m: float | None = None) -> PlanOutcome:  # fmt: skip
+        """The best valid slot for C (or why there is none) behind its leader `u` (if any), with the lane
+        change done before `lane_end_m` where C's lane ends (`_end_line`)."""
         p, t0 = self.p, lanes.world.time_s
-        c, u = lanes.vehicle(changer_row), lanes.vehicle(leader_row)
+        c = lanes.vehicle(changer_row)
+        self._end = self._end_line(c, lane_end_m)
         started = time.perf_counter()
         v_flow = lanes.mean_speed(target_lane, c.x_m - p.search_behind_m, c.x_m + p.search_ahead_m)
         v_flow = min(v_flow if v_flow is not None else self.setup.speed_limit_mps, p.v_max_mps)
@@ -151,7 +156,7 @@ class Planner:
             c_plan = self._changer_plan(c, u, v_flow, t0, T) if self.cooperation else None
             changer_time += time.perf_counter() - tick
             if self.cooperation and c_plan is None:
-                reasons.add("C cannot reach the flow speed behind its leader")
+                reasons.add("C cannot reach the flow speed behind its leader and before its lane ends")
                 continue
             probe = c_plan or Arc(t0, T, c.x_m, c.v_mps, (v_flow - c.v_mps) / T, 0.0)
             for front, rear in self._slots(target, probe, t0 + T):
@@ -175,14 +180,32 @@ class Planner:
         best = min(valid.values(), key=lambda m: (sum(m.disruption), m.duration_s))
         return PlanOutcome(best, "planned", "", candidates, changer_time, slots_time)
 
-    def _start_duration(self, c: Vehicle, u: Vehicle, v_flow: float, t0: float) -> float:
+    def _end_line(self, c: Vehicle, lane_end_m: float | None) -> tuple[str, float, float] | None:
+        """Where C's lane ends, C must be in the target lane before the end (SUMO moves it across
+        half-way through the lateral phase), δ + planning margin short of it, and still able to stop
+        there at 2·|u_min| if the slot is not certified: x(T) + (t_lat/2 + v̂/(4|u_min|))·v(T) ≤
+        x_end − δ − margin, with v̂ = v_max (v² ≤ v̂·v for 0 ≤ v ≤ v̂), a line in C's end state."""
+        if lane_end_m is None:
+            return None
+        p = self.p
+        c_s = self.t_lat / 2 + p.v_max_mps / (4 * -p.u_min_mps2)
+        return ("rear", lane_end_m - p.standstill_gap_m - p.planning_margin_m, c_s)
+
+    def _before_end(self, plan: Plan, t_f: float) -> bool:
+        if self._end is None:
+            return True
+        x_T, v_T, _ = plan.state(t_f)
+        return x_T + self._end[2] * v_T <= self._end[1] + 1e-3
+
+    def _start_duration(self, c: Vehicle, u: Vehicle | None, v_flow: float, t0: float) -> float:
         """C's time-energy-optimal T* (min ρT + ∫½u² + β_C(v(T) − v_flow)²): the closed form
-        |Δv|/√(2ρ) when U is far enough, else the free-time NLP with the safe gap to U; then
-        clamped to [min_maneuver_s, max_maneuver_s]."""
+        |Δv|/√(2ρ) when U is far enough (or absent), else the free-time NLP with the safe gap to U;
+        then clamped to [min_maneuver_s, max_maneuver_s]."""
         p = self.p
         T_star = time_energy_duration(c.v_mps, v_flow, p.rho, p.limits)
         arc = terminal_speed_arc(t0, c.x_m, c.v_mps, v_flow, p.changer_speed_weight, max(T_star, self.dt))
-        if not (arc.within(p.limits) and self._slack(u.cruise(t0), arc, u.length_m, t0, arc.t_end_s) >= 0):
+        if u is not None and not (arc.within(p.limits)
+                                  and self._slack(u.cruise(t0), arc, u.length_m, t0, arc.t_end_s) >= 0):  # fmt: skip
             self.numeric_solves += 1
             profile, status = self._nlp.solve(
                 t0_s=t0, x0_m=c.x_m, v0_mps=c.v_mps, v_f_mps=v_flow, rho=p.rho, beta=p.changer_speed_weight,
@@ -194,32 +217,37 @@ class Planner:
                 T_star = profile.duration_s
         return min(max(T_star, p.min_maneuver_s), p.max_maneuver_s)
 
-    def _changer_plan(self, c: Vehicle, u: Vehicle, v_flow: float, t0: float, T: float) -> Plan | None:
+    def _changer_plan(self, c: Vehicle, u: Vehicle | None, v_flow: float, t0: float, T: float) -> Plan | None:
         """C's fixed-time plan, min ∫½u² + β_C(v(T) − v_flow)², keeping the safe gap to U (cruising)
-        until the lateral phase ends: the closed form, or the QP when the gap to U binds. Through
-        the lateral phase at constant speeds the gap condition is linear in the end state:
-        x(T) + (φ + t_lat)·v(T) ≤ x_U(T) + v_U·t_lat − L_U − δ."""
+        until the lateral phase ends and, where its lane ends, `_end_line`: the closed form, or the QP
+        when a constraint binds. Through the lateral phase at constant speeds the gap condition is
+        linear in the end state: x(T) + (φ + t_lat)·v(T) ≤ x_U(T) + v_U·t_lat − L_U − δ."""
         p, hw = self.p, self.p.headway
+
+        def ok(plan: Plan) -> bool:
+            safe = u is None or self._slack(u.cruise(t0), plan, u.length_m, t0, t0 + T + self.t_lat) >= 0
+            return safe and self._before_end(plan, t0 + T)
+
         arc = terminal_speed_arc(t0, c.x_m, c.v_mps, v_flow, p.changer_speed_weight, T)
-        if arc.within(p.limits) and self._slack(u.cruise(t0), arc, u.length_m, t0, t0 + T + self.t_lat) >= 0:
+        if arc.within(p.limits) and ok(arc):
             return arc
-        x_u_end = u.x_m + u.v_mps * T
-        bound = x_u_end + u.v_mps * self.t_lat - u.length_m - hw.standstill_m - p.planning_margin_m
-        return self._numeric(
-            c, t0, T, v_flow, p.changer_speed_weight, leader=u,
-            slot=("rear", bound, hw.reaction_time_s + self.t_lat),
-            check=lambda plan: self._slack(u.cruise(t0), plan, u.length_m, t0, t0 + T + self.t_lat) >= 0,
-        )  # fmt: skip
+        lines = [self._end] if self._end is not None else []
+        if u is not None:
+            x_u_end = u.x_m + u.v_mps * T
+            bound = x_u_end + u.v_mps * self.t_lat - u.length_m - hw.standstill_m - p.planning_margin_m
+            lines.insert(0, ("rear", bound, hw.reaction_time_s + self.t_lat))
+        return self._numeric(c, t0, T, v_flow, p.changer_speed_weight, leader=u, slot=lines[0], check=ok,
+                             more_slots=tuple(lines[1:]))  # fmt: skip
 
     def _numeric(self, veh: Vehicle, t0: float, T: float, v_ref: float, beta: float, leader: Vehicle | None,
-                 slot, check) -> Plan | None:  # fmt: skip
+                 slot, check, more_slots: tuple = ()) -> Plan | None:  # fmt: skip
         """The QP with a leader kept `planning_margin_m` farther than needed (safety is imposed at
         the grid nodes only), accepted if `check` holds on the exact trajectory."""
         self.numeric_solves += 1
         lead = (leader.x_m - self.p.planning_margin_m, leader.v_mps, leader.length_m) if leader else None
         profile, status = self._qp(T).solve(
             t0_s=t0, x0_m=veh.x_m, v0_mps=veh.v_mps, duration_s=T, v_ref_mps=v_ref, beta=beta,
-            limits=self.p.limits, headway=self.p.headway, leader=lead, slot=slot,
+            limits=self.p.limits, headway=self.p.headway, leader=lead, slot=slot, more_slots=more_slots,
         )  # fmt: skip
         return profile if status.ok and check(profile) else None
 
@@ -235,8 +263,12 @@ class Planner:
         hw, m, t_f, t_lat = self.p.headway, self.p.planning_margin_m, t0 + T, self.t_lat
         v_end = min(rear.v_mps if rear else v_flow, self.p.v_max_mps)
         x_free = c.x_m + (c.v_mps + v_end) / 2 * T
-        closing_u = max(0.0, v_end - u.v_mps) * t_lat
-        hi = u.x_m + u.v_mps * T - u.length_m - hw.gap_m(v_end) - m - closing_u
+        hi = math.inf
+        if u is not None:
+            closing_u = max(0.0, v_end - u.v_mps) * t_lat
+            hi = u.x_m + u.v_mps * T - u.length_m - hw.gap_m(v_end) - m - closing_u
+        if self._end is not None:
+            hi = min(hi, self._end[1] - self._end[2] * v_end)
         if front:
             closing_f = max(0.0, v_end - front.v_mps) * t_lat
             hi = min(hi, front.x_m + front.v_mps * T - front.length_m - hw.gap_m(v_end) - m - closing_f)
@@ -247,45 +279,78 @@ class Planner:
         if lo > hi or not reachable(c.x_m, c.v_mps, T, x_end, v_end, self.p.limits):
             return None
         arc = fixed_state_arc(t0, c.x_m, c.v_mps, x_end, v_end, T)
-        if not arc.within(self.p.limits) or self._slack(u.cruise(t0), arc, u.length_m, t0, t_f + t_lat) < 0:
+        if not arc.within(self.p.limits) or (u is not None and self._slack(u.cruise(t0), arc, u.length_m, t0,
+                                                                             t_f + t_lat) < 0):  # fmt: skip
             return None
         return arc
 
     def _slot_bounds(
         self, role: str, veh: Vehicle, c: Vehicle, x_c: float, v_c: float
-    ) -> tuple[float, tuple[str, float, float]]:
-        """Where a cooperator must be at T: a closed-form bound on x(T) (its terminal speed taken as
-        v0: conservative, as the front one only speeds up and the rear one only slows down) and the
-        exact linear slot x(T) + c·v(T) ≷ b for the QP. The gap must also last through the lateral
-        phase at constant speeds, which matters when it closes."""
+    ) -> tuple[float, tuple[str, float, float], list[tuple[float, float]]]:
+        """Where a cooperator must be at T for the gap to hold from T through the lateral phase (at
+        constant speeds from T on the gap changes linearly: both ends suffice). Each end is a line
+        x(T) + c·v(T) ≷ b in the cooperator's end state (≥ for the front one, ≤ for the rear one):
+        front  x_f − L_f − (x_C + v_C·τ) + v_f·τ ≥ φ·v_C + δ,   rear  x_C + v_C·τ − L_C − x_r − v_r·τ ≥ φ·v_r + δ,
+        τ ∈ {0, t_lat}. Returned: the bound on x(T) if it kept its speed (whether it must move, and
+        whether it can get there), the line the QP imposes (the end that binds at its own speed) and
+        both lines [(b, c)]."""
         p, hw, t_lat = self.p, self.p.headway, self.t_lat
         m = p.planning_margin_m
-        if role == "front":  # x_f − L_f − x_C ≥ φ·v_C + δ
+        if role == "front":
             closes = v_c > veh.v_mps
             bound = x_c + veh.length_m + hw.gap_m(v_c) + m + (v_c - veh.v_mps) * t_lat * closes
-            b = x_c + veh.length_m + hw.gap_m(v_c) + m + v_c * t_lat * closes
-            return bound, ("front", b, t_lat * closes)
-        # rear: x_C − L_C − x_r ≥ φ·v_r + δ
+            lines = [(x_c + veh.length_m + hw.gap_m(v_c) + m + v_c * tau, tau) for tau in (0.0, t_lat)]
+            return bound, ("front", *lines[closes]), lines
         closes = veh.v_mps > v_c
         bound = x_c - c.length_m - hw.gap_m(veh.v_mps) - m - (veh.v_mps - v_c) * t_lat * closes
-        b = x_c + v_c * t_lat * closes - c.length_m - hw.standstill_m - m
-        return bound, ("rear", b, hw.reaction_time_s + t_lat * closes)
+        lines = [(x_c + v_c * tau - c.length_m - hw.standstill_m - m, hw.reaction_time_s + tau) for tau in (0.0, t_lat)]
+        return bound, ("rear", *lines[closes]), lines
 
     def _cooperator_plan(
-        self, veh: Vehicle, lead: Vehicle | None, bound: float, slot: tuple[str, float, float], t0: float, T: float
-    ) -> Plan | None:
-        """min ∫½u² + β(v(T) − v0)² reaching the slot: the closed form with x(T) on the bound, or
-        the QP with the exact slot and the cooperator's own leader (cruising)."""
+        self, veh: Vehicle, lead: Vehicle | None, slot: tuple[str, float, float], lines: list[tuple[float, float]],
+        v_flow: float, t0: float, T: float,
+    ) -> Plan | None:  # fmt: skip
+        """min ∫½u² + β(v(T) − v_flow)² (the cooperators harmonise at the target lane's flow speed) with
+        the end state on the slot's side of both lines of `_slot_bounds`, safe behind its own leader
+        (cruising) until the lateral phase ends, u and v bounded.
+
+        The end-state constraints are lines s·(x(T) + c·v(T) − b) ≥ 0: the slot's two and, behind a
+        leader, the gap to it at the end of the lateral phase at constant speeds,
+        x(T) + (φ + t_lat)·v(T) ≤ x_L(T + t_lat) − L_L − δ. Without the other constraints the optimum
+        has none of them active, one (`terminal_speed_arc` on it), or two (the end state fixed where
+        they cross): the cheapest candidate on the right side of every line. If it also keeps u, v
+        and the gap to the leader before T, it is the optimum; otherwise the QP with every line."""
         p = self.p
         end = t0 + T + self.t_lat
+        side = slot[0]
+        sign = 1.0 if side == "front" else -1.0
+        signed = [(sign, b, c) for b, c in lines]
+        if lead is not None:
+            b_lead = lead.x_m + lead.v_mps * (T + self.t_lat) - lead.length_m - p.standstill_gap_m
+            signed.append((-1.0, b_lead, p.reaction_time_s + self.t_lat))
 
-        def safe(plan: Plan) -> bool:
-            return lead is None or self._slack(lead.cruise(t0), plan, lead.length_m, t0, end) >= 0
+        def on_side(arc: Plan) -> bool:
+            x_T, v_T, _ = arc.state(t0 + T)
+            return all(s * (x_T + c * v_T - b) >= -1e-3 for s, b, c in signed)  # 1 mm: the QP's tolerance
 
-        arc = terminal_speed_arc(t0, veh.x_m, veh.v_mps, veh.v_mps, p.terminal_speed_weight, T, x_end_m=bound)
-        if arc.within(p.limits) and safe(arc):
-            return arc
-        return self._numeric(veh, t0, T, veh.v_mps, p.terminal_speed_weight, leader=lead, slot=slot, check=safe)
+        def ok(plan: Plan) -> bool:
+            return on_side(plan) and (lead is None or self._slack(lead.cruise(t0), plan, lead.length_m, t0, end) >= 0)
+
+        beta = p.terminal_speed_weight
+        arcs = [terminal_speed_arc(t0, veh.x_m, veh.v_mps, v_flow, beta, T)]
+        arcs += [terminal_speed_arc(t0, veh.x_m, veh.v_mps, v_flow, beta, T, b, c) for _, b, c in signed]
+        for (_, bi, ci), (_, bj, cj) in itertools.combinations(signed, 2):
+            if abs(cj - ci) > 1e-9:  # x + c_i·v = b_i and x + c_j·v = b_j
+                v_T = (bj - bi) / (cj - ci)
+                arcs.append(fixed_state_arc(t0, veh.x_m, veh.v_mps, bi - ci * v_T, v_T, T))
+        candidates = [arc for arc in arcs if on_side(arc)]
+        if candidates:
+            best = min(candidates, key=lambda arc: arc.energy_m2ps3 + beta * (arc.v_end_mps - v_flow) ** 2)
+            if best.within(p.limits) and ok(best):
+                return best
+        qp_lines = tuple(("front" if s > 0 else "rear", b, c) for s, b, c in signed)
+        return self._numeric(veh, t0, T, v_flow, beta, leader=lead, slot=qp_lines[0], check=ok,
+                             more_slots=qp_lines[1:])  # fmt: skip
 
     def _slots(self, target: list[Vehicle], c_plan: Arc, t_f: float) -> list[tuple[Vehicle | None, Vehicle | None]]:
         """Consecutive (front, rear) pairs of the target lane whose slot lies within [x_C − L_r, x_C + L_f] at t_f."""
@@ -333,7 +398,7 @@ class Planner:
             if veh is None:
                 continue
             cooperates = self.cooperation and veh.is_cav
-            bound, slot = self._slot_bounds(role, veh, c, x_c, v_c)
+            bound, slot, lines = self._slot_bounds(role, veh, c, x_c, v_c)
             plan: Plan = veh.cruise(t0)
             x_cruise = plan.state(t_f)[0]
             needs_move = x_cruise < bound if role == "front" else x_cruise > bound
@@ -345,7 +410,7 @@ class Planner:
                     return None, "slot not reachable by the cooperators"
                 lead_row = lanes.leader(lanes.row_of[veh.id])  # for the rear one: the front one
                 lead = lanes.vehicle(lead_row) if lead_row is not None else None
-                plan = self._cooperator_plan(veh, lead, bound, slot, t0, T)
+                plan = self._cooperator_plan(veh, lead, slot, lines, v_flow, t0, T)
                 if plan is None:
                     return None, "no cooperator plan within the bounds and safe behind its leader"
             dx, dv = disruption_parts(veh.x_m, veh.v_mps, *plan.state(t_f)[:2], T, p) if cooperates else (0.0, 0.0)
@@ -358,7 +423,8 @@ class Planner:
         if plans["rear"] is not None:
             r = plans["rear"]
             slack = min(slack, self._slack(c_plan, r.plan, c.length_m, t_f, end))
-        slack = min(slack, self._slack(u.cruise(t0), c_plan, u.length_m, t0, end))
+        if u is not None:
+            slack = min(slack, self._slack(u.cruise(t0), c_plan, u.length_m, t0, end))
         if slack < 0:
             return None, "slot too tight for the lateral phase"
         plan = LaneChangePlan(c, u, target_lane, c_plan, plans["front"], plans["rear"], t0, T, k, slack)

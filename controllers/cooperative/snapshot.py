@@ -31,13 +31,9 @@ class Lanes:
 
     def __init__(self, world: WorldState) -> None:
         self.world = world
-        order = np.lexsort((world.x_m, world.lane))
-        lanes = world.lane[order]
-        cuts = np.flatnonzero(np.diff(lanes)) + 1
+        order = world.lane_order
+        cuts = np.flatnonzero(np.diff(world.lane[order])) + 1
         self.rows = {int(world.lane[g[0]]): g for g in np.split(order, cuts) if len(g)}
-        self.position = np.empty(len(world), dtype=np.int64)  # index of each row within its lane
-        for rows in self.rows.values():
-            self.position[rows] = np.arange(len(rows))
         self.row_of = {vid: i for i, vid in enumerate(world.ids.tolist())}
 
     def vehicle(self, row: int) -> Vehicle:
@@ -48,9 +44,8 @@ class Lanes:
         )  # fmt: skip
 
     def leader(self, row: int) -> int | None:
-        rows = self.rows[int(self.world.lane[row])]
-        k = self.position[row] + 1
-        return int(rows[k]) if k < len(rows) else None
+        lead = int(self.world.leader_row[row])
+        return lead if lead >= 0 else None
 
     def in_lane(self, lane: int) -> np.ndarray:
         return self.rows.get(lane, np.zeros(0, dtype=np.int64))

@@ -20,43 +20,73 @@ from cavlab.cli.common import (
     out,
 )
 from cavlab.errors import UserError
-from cavlab.experiments.study import VARIANTS, aggregate, markdown_table, plot_study, study_sweep
+from cavlab.experiments.study import (
+    SCALES,
+    SCENARIOS,
+    SHARES,
+    VARIANTS,
+    bottleneck_sweep,
+    markdown_report,
+    offered_demand,
+    plot_study,
+    summarize_study,
+)
 from cavlab.experiments.sweep import default_workers, execute, execute_ray, load_rows, load_sweep, plan, write_summary
 
 
 def study(
-    demands: Annotated[list[float] | None, typer.Option("--demand", help="Fast-lane demand [veh/h] (repeat)")] = None,
-    shares: Annotated[list[float] | None, typer.Option("--cav-share", help="CAV share (repeat)")] = None,
-    variants: Annotated[list[str] | None, typer.Option("--variant", help="Controller variant (repeat)")] = None,
+    scenarios: Annotated[
+        list[str] | None, typer.Option("--scenario", "--scenarios", help="Scenario (repeat; default: all three)")
+    ] = None,
+    scales: Annotated[
+        list[float] | None, typer.Option("--scale", "--scales", help="Demand level, × every flow (repeat)")
+    ] = None,
+    shares: Annotated[list[float] | None, typer.Option("--cav-share", "--shares", help="CAV share (repeat)")] = None,
+    variants: Annotated[
+        list[str] | None, typer.Option("--variant", "--variants", help="Controller variant (repeat)")
+    ] = None,
     seeds: Annotated[int, typer.Option(help="Seeds per point")] = 10,
-    duration: DurationOption = 600.0,
+    duration: DurationOption = 480.0,
     warmup: WarmupOption = 120.0,
     workers: WorkersOption = None,
     ray: RayOption = None,
     out_dir: Annotated[Path, typer.Option("--out", help="Study directory (rerun into it to resume)")] = Path(
-        "runs/lane-change-study"
+        "runs/bottleneck-study"
     ),
 ) -> None:
-    """Cooperative vs selfish vs SUMO lane changing on highway-lane-change, over demand × CAV share × seeds
-    (the sweep `lane-change-study` with these options; resumable)."""
+    """Cooperative vs selfish vs SUMO lane changing where lane changes limit traffic: highway-lane-change,
+    lane-drop and on-ramp-merge over demand level × CAV share × variant × seeds (the sweep `bottleneck-study`
+    with these options; resumable). The straight-road study: `cavlab sweep lane-change-study`."""
     variants = variants or list(VARIANTS)
     for v in variants:
         if v not in VARIANTS:
             raise UserError(f"unknown variant '{v}' (allowed: {', '.join(VARIANTS)})")
-    demands, shares = demands or [800.0, 1200.0, 1600.0, 2000.0], shares or [0.3, 1.0]
-    if any(q <= 0 or q > 4000 for q in demands):
-        raise UserError("--demand must be in (0, 4000] veh/h")
+    scenarios, scales, shares = scenarios or list(SCENARIOS), scales or list(SCALES), shares or list(SHARES)
+    for name, values in (("--scenario", scenarios), ("--scale", scales), ("--cav-share", shares),
+                         ("--variant", variants)):  # fmt: skip
+        if len(set(values)) < len(values):
+            raise UserError(f"{name}: a value is given twice")
+    if any(not 0 < s <= 10 for s in scales):
+        raise UserError("--scale must be in (0, 10]")
     if any(not 0 <= s <= 1 for s in shares):
         raise UserError("--cav-share must be in [0, 1]")
     if seeds < 1 or not 0 <= warmup < duration:
         raise UserError("need --seeds ≥ 1 and 0 ≤ --warmup < --duration")
-    spec = study_sweep(variants, demands, shares, seeds, duration, warmup)
+    spec = bottleneck_sweep(scenarios, sorted(scales), sorted(shares), variants, seeds, duration, warmup)
     rows, _ = run_sweep(spec, out_dir, workers, ray, "study")
-    summary = aggregate(rows)
+    summary = summarize_study(rows, offered_demand(spec))
     (out_dir / "study.json").write_text(json.dumps(summary, indent=2, allow_nan=True) + "\n")
-    (out_dir / "study.md").write_text(markdown_table(summary))
+    report = markdown_report(summary)
+    (out_dir / "study.md").write_text(report)
     plot_study(summary, out_dir)
-    out.print(markdown_table(summary), highlight=False)
+    out.print(report, highlight=False, markup=False, soft_wrap=True)
+    if not summary["capacity"]:
+        out.print("no sumo-default runs: no capacity (add --variant sumo-default)", highlight=False)
+    for name, c in summary["capacity"].items():
+        level = "below the lowest level" if c["capacity_scale"] is None else f"demand level {c['capacity_scale']:g}"
+        where = "" if c["capacity_vph"] is None else f" ({c['capacity_vph']:.0f} veh/h offered)"
+        more = "" if c["reached"] else ", not reached: every level within 5 %"
+        out.print(f"capacity of {escape(name)} (sumo-default): {level}{where}{more}", highlight=False)
     out.print(f"study directory: [bold]{escape(str(out_dir))}[/]", highlight=False)
 
 
@@ -65,7 +95,7 @@ def sweep(
         str,
         typer.Argument(
             help="A sweep file (YAML: scenario, set, grid, random, seeds, measures, metrics) "
-            "or a shipped sweep's name (lane-change-study, perception-study)"
+            "or a shipped sweep's name (bottleneck-study, lane-change-study, perception-study)"
         ),
     ],
     workers: WorkersOption = None,

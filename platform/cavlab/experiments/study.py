@@ -1,62 +1,267 @@
-"""The lane-change study: controllers compared over demand, CAV share and seeds.
+"""The studies of the cooperative lane change, run as sweeps (cavlab.experiments.sweep: fresh processes, resumable).
 
-Each point (controller variant × fast-lane demand q × CAV share × seed) is one run of
-`highway-lane-change` with q veh/h on the fast lane and 0.6·q on the slow lane (three
-quarters of it slow human-driven vehicles): a sweep (`study_sweep`, run by cavlab.experiments.sweep in
-fresh processes, resumable). Variants:
+**The bottleneck study** (`cavlab study`, the shipped sweep `bottleneck-study`, `bottleneck_sweep`): the
+controller variants where lane changes limit traffic. Each point (scenario × demand level × CAV share ×
+variant × seed) is one run of `highway-lane-change`, `lane-drop` or `on-ramp-merge` with every flow
+multiplied by the demand level (`demand.scale`). Variants:
 
 - `cooperative`: the cooperative controller (cavlab.controllers.cooperative);
 - `selfish`: C takes the nearest gap as fast as it can, nobody cooperates;
 - `sumo-default`: SUMO's LC2013 drives everyone, with its default cooperation (lcCooperative 1);
-- `no-cooperation`: LC2013 with lcCooperative = 0 for every vehicle type (nobody makes room).
+- `no-cooperation`: LC2013 with lcCooperative = 0 for every vehicle type *of that scenario* (so the variant's
+  overrides differ by scenario: the sweep gives them per scenario, `variant_overrides`).
 
-Besides the run metrics, every run measures its lane changes the same way whatever drives
-them, from the trajectories: for each CAV that moves from lane 0 to lane 1 after being stuck
-(a slower leader within 60 m, the fast lane at least 2 m/s faster), the *maneuver time* from
-the start of that stuck period to the lane change, and the *fast-lane disruption* of its new
-front and rear neighbours over that time, D = Σ γ_x(x(t_c) − x(t_s) − v(t_s)·Δt)² +
-γ_v(v(t_c) − v(t_s))² (the controller's own metric, cavlab.controllers.cooperative).
+**The lane-change study** (the shipped sweep `lane-change-study`, `lane_change_sweep`): the same variants
+on `highway-lane-change` only, over the fast-lane demand q (q veh/h on the fast lane, 0.6·q on the slow
+lane, three quarters of it slow human-driven vehicles).
+
+Measures (registered for every sweep):
+
+- `lane_change_disruption` (`lane_change_windows`): every lane change after the warm-up, whatever drove it,
+  and the disruption of the two vehicles behind the changer in its new lane from 8 s before to 8 s after
+  it, D = Σ γ_x(x(t+8) − x(t−8) − v(t−8)·16)² + γ_v(v(t+8) − v(t−8))² (the controller's own metric,
+  `disruption_parts`); mean D per CAV, per HDV and per lane change, lane changes per hour;
+- `lane_changes` (`lane_change_measures`): for each CAV that moves from lane 0 to lane 1 after being stuck
+  (a slower leader within 60 m, the fast lane at least 2 m/s faster), the *maneuver time* from the start of
+  that stuck period to the lane change, and the *fast-lane disruption* of its new front and rear neighbours
+  over that time; the bottleneck study reports it on highway-lane-change only (`STUCK_SCENARIOS`).
+
+The bottleneck study's summary (`summarize_study`): per (scenario, level, share, variant) the mean and 95 % CI
+of every metric of `SUMMARY_METRICS`, the difference of each variant to `sumo-default` with a paired CI over
+the seeds, and the capacity each scenario shows under `sumo-default` (`capacity`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from cavlab.config.scenario import Scenario
 from cavlab.controllers.cooperative import CooperativeParams, disruption_parts
-from cavlab.experiments.sweep import SweepSpec, register_measure
+from cavlab.experiments.sweep import SCENARIO_AXIS, SweepSpec, register_measure
 from cavlab.runs.stats import mean_ci
 from cavlab.sim.resolve import load_scenario
 
-SCENARIO = "highway-lane-change"
+SCENARIO = "highway-lane-change"  # the lane-change study's
+SCENARIOS = ("highway-lane-change", "lane-drop", "on-ramp-merge")
+SCALES = (0.5, 1.0, 1.5, 2.0)  # demand levels: every flow × this
+SHARES = (0.2, 0.5, 1.0)
 VARIANTS = ("cooperative", "selfish", "sumo-default", "no-cooperation")
+BASELINE = "sumo-default"
+STUCK_SCENARIOS = frozenset({SCENARIO})  # where the stuck-CAV measure means what it says
+STUCK_METRICS = ("maneuver_time_s", "stuck_lane_changes", "disruption")
 STUCK_GAP_M = 60.0
 STUCK_SPEED_GAIN_MPS = 2.0
+WINDOW_S = 8.0  # the disruption window: WINDOW_S before to WINDOW_S after a lane change
+FOLLOWERS = 2  # the vehicles behind the changer in its new lane that the window measures
+CAPACITY_TOLERANCE = 0.05
+_TIME_TOL_S = 1e-6
 
 
-def study_sweep(variants: list[str], demands_vph: list[float], cav_shares: list[float], seeds: int,
-                duration_s: float = 600.0, warmup_s: float = 120.0) -> SweepSpec:  # fmt: skip
-    """The study as a sweep: named axes `variant` and `demand_vph` (q on the fast lane, 0.45·q and
-    0.15·q on the slow lane's two flows), the CAV share, the seeds, and the lane-change measures.
-    The shipped sweep `lane-change-study` is this with the defaults of `cavlab study`."""
-    types = load_scenario(SCENARIO).demand.vehicle_types
-    overrides = {
-        "cooperative": ["control.controller=cooperative"],
-        "selfish": ["control.controller=selfish"],
-        "sumo-default": ["control.controller=sumo"],
-        "no-cooperation": ["control.controller=sumo", *(f"demand.vehicle_types.{name}.lane_change.cooperative=0"
-                                                        for name in types)],
-    }  # fmt: skip
+# ----------------------------------------------------------------------------- the sweeps
+
+
+def variant_overrides(variant: str, scenario: str) -> list[str]:
+    """A variant's overrides in one scenario (`no-cooperation` names the scenario's vehicle types)."""
+    if variant == "no-cooperation":
+        types = load_scenario(scenario).demand.vehicle_types
+        return ["control.controller=sumo", *(f"demand.vehicle_types.{t}.lane_change.cooperative=0" for t in types)]
+    return {"cooperative": ["control.controller=cooperative"], "selfish": ["control.controller=selfish"],
+            "sumo-default": ["control.controller=sumo"]}[variant]  # fmt: skip
+
+
+def _variant_axis(variants: Iterable[str], scenarios: list[str]) -> dict[str, Any]:
+    """The named axis `variant`: each label's overrides as one list where they are the same in every scenario,
+    else per scenario."""
+    axis: dict[str, Any] = {}
+    for variant in variants:
+        per = {scenario: variant_overrides(variant, scenario) for scenario in scenarios}
+        first = per[scenarios[0]]
+        axis[variant] = first if all(sets == first for sets in per.values()) else per
+    return axis
+
+
+SUMMARY_METRICS = {
+    "throughput_vph": "throughput [veh/h]",
+    "mean_delay_s": "mean delay [s]",
+    "disruption_per_lc_cav": "D per CAV lane change",
+    "disruption_per_lc_hdv": "D per HDV lane change",
+    "disruption_per_lc_all": "D per lane change",
+    "lc_per_hour_cav": "CAV lane changes [1/h]",
+    "lc_per_hour_all": "lane changes [1/h]",
+    "collisions": "collisions per run",
+    "hard_braking_events": "hard braking per run",
+    "control_energy_per_trip_cav_m2ps3": "CAV control energy per trip [m²/s³]",
+    "maneuver_time_s": "stuck CAVs' maneuver time [s]",
+}
+"""What the bottleneck study's summary reports per cell (maneuver time on `STUCK_SCENARIOS` only)."""
+
+STUDY_METRICS = [*SUMMARY_METRICS, "lc_per_hour_hdv", "lc_windows_cav", "lc_windows_hdv", "stuck_lane_changes"]
+"""What `cavlab sweep bottleneck-study` aggregates (its summary.json)."""
+
+
+def bottleneck_sweep(scenarios: Iterable[str] = SCENARIOS, scales: Iterable[float] = SCALES,
+                     shares: Iterable[float] = SHARES, variants: Iterable[str] = VARIANTS, seeds: int = 10,
+                     duration_s: float = 480.0, warmup_s: float = 120.0) -> SweepSpec:  # fmt: skip
+    """The bottleneck study as a sweep: the grid axis `scenario`, the demand level `demand.scale`, the CAV
+    share, the named axis `variant` (`no-cooperation` per scenario), the seeds and both lane-change
+    measures. The shipped sweep `bottleneck-study` is this with the defaults of `cavlab study`."""
+    scenarios = list(scenarios)
+    return SweepSpec(
+        set=[f"simulation.duration_s={float(duration_s)}", f"simulation.warmup_s={float(warmup_s)}"],
+        grid={SCENARIO_AXIS: scenarios, "demand.scale": [float(s) for s in scales],
+              "demand.cav_share": [float(s) for s in shares], "variant": _variant_axis(variants, scenarios)},
+        seeds=seeds, measures=["lane_changes", "lane_change_disruption"], metrics=STUDY_METRICS,
+    )  # fmt: skip
+
+
+LANE_CHANGE_METRICS = ["throughput_vph", "maneuver_time_s", "disruption", "control_energy_per_trip_cav_m2ps3",
+                       "mean_delay_s", "stuck_lane_changes", "collisions", "hard_braking_events"]  # fmt: skip
+
+
+def lane_change_sweep(variants: list[str], demands_vph: list[float], cav_shares: list[float], seeds: int,
+                      duration_s: float = 600.0, warmup_s: float = 120.0) -> SweepSpec:  # fmt: skip
+    """The lane-change study as a sweep: named axes `variant` and `demand_vph` (q on the fast lane, 0.45·q and
+    0.15·q on the slow lane's two flows), the CAV share, the seeds, and the stuck-CAV measures. The shipped
+    sweep `lane-change-study` is this with its defaults (4 variants, q ∈ {800, 1200, 1600, 2000}, shares
+    {0.3, 1.0}, 10 seeds)."""
+    overrides = _variant_axis(variants, [SCENARIO])
     demand = {q: [f"demand.flows.0.vehicles_per_hour={0.45 * q}", f"demand.flows.1.vehicles_per_hour={0.15 * q}",
                   f"demand.flows.2.vehicles_per_hour={q}"] for q in demands_vph}  # fmt: skip
     return SweepSpec(
         scenario=SCENARIO, set=[f"simulation.duration_s={duration_s}", f"simulation.warmup_s={warmup_s}"],
-        grid={"variant": {v: overrides[v] for v in variants}, "demand_vph": demand, "demand.cav_share": cav_shares},
-        seeds=seeds, measures=["lane_changes"], metrics=[*METRICS, "collisions", "hard_braking_events"],
+        grid={"variant": overrides, "demand_vph": demand, "demand.cav_share": cav_shares},
+        seeds=seeds, measures=["lane_changes"], metrics=LANE_CHANGE_METRICS,
     )  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- measures
+
+
+def _numbers(trajectories: pa.Table, name: str, dtype: type) -> np.ndarray:
+    return np.asarray(trajectories.column(name).to_numpy(), dtype=dtype)
+
+
+def _codes(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, list]:
+    """A column as integer codes into its distinct values, and those values (in order of appearance)."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if pa.types.is_dictionary(column.type):
+        column = column.dictionary_decode()  # the values it holds, not every value of its dictionary
+    encoded = column.dictionary_encode()
+    return encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64), encoded.dictionary.to_pylist()
+
+
+@dataclass(frozen=True)
+class LaneChangeWindows:
+    """Every lane change after the warm-up (in time order, then by vehicle), with the disruption of the vehicles
+    behind it in its new lane over its window."""
+
+    time_s: np.ndarray  # the first sample on the new lane
+    vehicle_id: list[str]
+    is_cav: np.ndarray
+    from_lane: np.ndarray
+    to_lane: np.ndarray
+    disruption: np.ndarray  # NaN where the window leaves the recorded run
+    followers: np.ndarray  # how many of the vehicles behind were measured (present at both ends of the window)
+
+
+def lane_change_windows(trajectories: pa.Table, warmup_s: float, cav_types: Iterable[str], params: Any,
+                        window_s: float = WINDOW_S, followers: int = FOLLOWERS) -> LaneChangeWindows:  # fmt: skip
+    """Every lane change of the trajectories after `warmup_s` (a vehicle's lane differs from its previous
+    sample's; at the first sample on the new lane, t) and its disruption: for each of the `followers` vehicles
+    right behind the changer in the new lane at t (by position; ties in the table's order), the controller's
+    metric from t − `window_s` to t + `window_s`, D = Σ γ_x(x(t₁) − x(t₀) − v(t₀)(t₁ − t₀))² +
+    γ_v(v(t₁) − v(t₀))² (`disruption_parts` with `params`), at the recorded samples nearest t ∓ `window_s`.
+    A window that begins before the first or ends after the last recorded sample is skipped (NaN); a vehicle
+    behind that is not recorded at both ends of the window (it entered or left the road) is left out of D."""
+    time_s, lane = _numbers(trajectories, "t_s", np.float64), _numbers(trajectories, "lane", np.int64)
+    x, v = _numbers(trajectories, "x_m", np.float64), _numbers(trajectories, "speed_mps", np.float64)
+    ids, id_names = _codes(trajectories.column("vehicle_id"))
+    types, type_names = _codes(trajectories.column("vehicle_type"))
+    cav_types = set(cav_types)
+    is_cav = np.array([name in cav_types for name in type_names], dtype=bool)[types]
+    steps, step = np.unique(time_s, return_inverse=True)
+    # each vehicle's samples in time order: a lane change where the lane differs from the one before
+    by_vehicle = np.lexsort((step, ids))
+    a, b = by_vehicle[:-1], by_vehicle[1:]
+    moved = (ids[a] == ids[b]) & (lane[a] != lane[b]) & (time_s[b] > warmup_s + 1e-9)
+    change, before = b[moved], a[moved]
+    in_order = np.lexsort((ids[change], step[change]))
+    change, before = change[in_order], before[in_order]
+    # the vehicles behind the changer in its new lane: the rows before its own among its (step, lane) by position
+    by_place = np.lexsort((x, lane, step))
+    rank = np.empty(len(x), dtype=np.int64)
+    rank[by_place] = np.arange(len(x))
+    behind = rank[change][:, None] - np.arange(1, followers + 1)[None, :]
+    follower_rows = by_place[np.maximum(behind, 0)]
+    present = (behind >= 0) & (step[follower_rows] == step[change][:, None])
+    present &= lane[follower_rows] == lane[change][:, None]
+    # the window: the samples nearest t ∓ window_s, inside the recorded run
+    t0, t1 = time_s[change] - window_s, time_s[change] + window_s
+    first, last = (steps[0], steps[-1]) if len(steps) else (math.inf, -math.inf)
+    inside = (t0 >= first - _TIME_TOL_S) & (t1 <= last + _TIME_TOL_S)
+    i0, i1 = _nearest(steps, t0), _nearest(steps, t1)
+    # (vehicle, step) -> its row
+    keys = ids * len(steps) + step
+    key_order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[key_order]
+
+    def rows_at(vehicles: np.ndarray, at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        wanted = vehicles * len(steps) + at
+        if not len(sorted_keys):
+            return np.zeros(wanted.shape, dtype=np.int64), np.zeros(wanted.shape, dtype=bool)
+        j = np.minimum(np.searchsorted(sorted_keys, wanted), len(sorted_keys) - 1)
+        return key_order[j], sorted_keys[j] == wanted
+
+    follower_ids = ids[follower_rows]
+    r0, found0 = rows_at(follower_ids, i0[:, None])
+    r1, found1 = rows_at(follower_ids, i1[:, None])
+    measured = present & found0 & found1 & inside[:, None]
+    span = steps[i1] - steps[i0] if len(steps) else np.zeros(0)
+    d = np.zeros(measured.shape)
+    for j, k in zip(*np.nonzero(measured), strict=True):
+        p, q = r0[j, k], r1[j, k]
+        d[j, k] = sum(disruption_parts(float(x[p]), float(v[p]), float(x[q]), float(v[q]), float(span[j]), params))
+    return LaneChangeWindows(
+        time_s=time_s[change], vehicle_id=[id_names[i] for i in ids[change]], is_cav=is_cav[change],
+        from_lane=lane[before], to_lane=lane[change], disruption=np.where(inside, d.sum(axis=1), math.nan),
+        followers=measured.sum(axis=1),
+    )  # fmt: skip
+
+
+def _nearest(steps: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """The index of the sample nearest each time (the earlier one on a tie)."""
+    if len(steps) < 2:
+        return np.zeros(len(t), dtype=np.int64)
+    j = np.clip(np.searchsorted(steps, t), 1, len(steps) - 1)
+    return j - ((t - steps[j - 1]) <= (steps[j] - t))
+
+
+@register_measure("lane_change_disruption")
+def lane_change_disruption(scenario: Scenario, result: Any) -> dict[str, float]:
+    """The sweep measure `lane_change_disruption` (`lane_change_windows`, the controller's default γ for every
+    variant): mean D per lane change of CAVs, of HDVs and of all vehicles (`disruption_per_lc_*`, over the
+    windows inside the run), lane changes per hour after the warm-up (`lc_per_hour_*`) and the windows measured
+    (`lc_windows_*`)."""
+    warmup_s = scenario.simulation.warmup_s
+    cav_types = [name for name, spec in scenario.demand.vehicle_types.items() if spec.kind == "cav"]
+    w = lane_change_windows(result.trajectories, warmup_s, cav_types, CooperativeParams())
+    hours = (scenario.simulation.duration_s - warmup_s) / 3600
+    out = {}
+    for name, mask in (("cav", w.is_cav), ("hdv", ~w.is_cav), ("all", np.ones(len(w.is_cav), dtype=bool))):
+        d = w.disruption[mask]
+        d = d[~np.isnan(d)]
+        out[f"disruption_per_lc_{name}"] = float(d.mean()) if len(d) else math.nan
+        out[f"lc_per_hour_{name}"] = float(np.count_nonzero(mask)) / hours
+        out[f"lc_windows_{name}"] = float(len(d))
+    return out
 
 
 def lane_change_measures(
@@ -64,11 +269,8 @@ def lane_change_measures(
 ) -> list[tuple[float, float]]:
     """(maneuver time, fast-lane disruption) of every stuck CAV's move from lane 0 to lane 1, CAV by CAV
     (in the order they first appear), each CAV's moves in time order."""
-    def numbers(name: str, dtype: type) -> np.ndarray:
-        return np.asarray(trajectories.column(name).to_numpy(), dtype=dtype)
-
-    time_s, lane = numbers("t_s", np.float64), numbers("lane", np.int64)
-    x, v = numbers("x_m", np.float64), numbers("speed_mps", np.float64)
+    time_s, lane = _numbers(trajectories, "t_s", np.float64), _numbers(trajectories, "lane", np.int64)
+    x, v = _numbers(trajectories, "x_m", np.float64), _numbers(trajectories, "speed_mps", np.float64)
     ids, _ = _codes(trajectories.column("vehicle_id"))  # vehicle ids as integer codes
     types, type_names = _codes(trajectories.column("vehicle_type"))
     is_cav = np.array([name == "cav" for name in type_names], dtype=bool)[types]
@@ -129,16 +331,6 @@ def lane_change_measures(
     return out
 
 
-def _codes(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, list]:
-    """A column as integer codes into its distinct values, and those values (in order of appearance)."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    if pa.types.is_dictionary(column.type):
-        column = column.dictionary_decode()  # the values it holds, not every value of its dictionary
-    encoded = column.dictionary_encode()
-    return encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64), encoded.dictionary.to_pylist()
-
-
 @register_measure("lane_changes")
 def lane_changes(scenario, result) -> dict[str, float]:
     """The sweep measure `lane_changes`: stuck CAVs' lane changes per run, their mean maneuver time and mean
@@ -152,74 +344,191 @@ def lane_changes(scenario, result) -> dict[str, float]:
     }
 
 
-METRICS = {
-    "throughput_vph": "throughput [veh/h]",
-    "maneuver_time_s": "maneuver time [s]",
-    "disruption": "fast-lane disruption D",
-    "control_energy_per_trip_cav_m2ps3": "CAV control energy per trip [m²/s³]",
-    "mean_delay_s": "mean delay [s]",
-    "stuck_lane_changes": "lane changes of stuck CAVs per run",
-}
+# ----------------------------------------------------------------------------- the bottleneck study's summary
 
 
-def aggregate(rows: list[dict]) -> list[dict]:
-    """Mean and 95 % CI half-width of every metric per (variant, demand, share)."""
+def offered_demand_vph(scenario: Scenario) -> float:
+    """The demand offered to the throughput detectors (the most downstream loops): every flow's rate × the
+    demand scale, a ramp flow only where those loops lie at or after the merge (every route of cavlab's roads
+    runs to the road's end)."""
+    last = max(scenario.road.detector_positions_m)
+    ramp = scenario.road.ramp
+    passes = {"mainline": True, "ramp": ramp is not None and last >= ramp.merge_position_m}
+    return scenario.demand.scale * sum(f.vehicles_per_hour for f in scenario.demand.flows if passes[f.route])
+
+
+def offered_demand(spec: SweepSpec) -> dict[tuple[str, float], float]:
+    """(scenario, demand level) -> offered demand [veh/h] for every point of a sweep over `demand.scale`."""
+    return {(name, scale): offered_demand_vph(load_scenario(name, [*spec.set, f"demand.scale={scale}"]))
+            for name in spec.scenarios for scale in spec.grid.get("demand.scale", [1.0])}  # fmt: skip
+
+
+def _order(name: str) -> tuple[int, str]:
+    """The study's scenarios first, in their order; any other after them, by name."""
+    return (SCENARIOS.index(name) if name in SCENARIOS else len(SCENARIOS), name)
+
+
+def capacity(rows: list[dict], offered: dict[tuple[str, float], float], baseline: str = BASELINE,
+             tolerance: float = CAPACITY_TOLERANCE) -> dict[str, dict]:  # fmt: skip
+    """Per scenario, the capacity the sweep finds: the largest demand level up to which `baseline`'s mean
+    throughput (over its runs at that level, every CAV share and seed) stays within `tolerance` of the demand
+    offered (`offered_demand_vph`), scanning the levels upwards and stopping at the first that falls short.
+    `capacity_scale` None: even the lowest level falls short; `reached` false: no level falls short (the
+    capacity is the top level or more). Also per CAV share (`by_share`, the same rule on that share's runs)."""
+
+    def rule(levels: list[dict]) -> tuple[float | None, bool]:
+        found = None
+        for level in levels:
+            if not level["ratio"] >= 1 - tolerance:  # NaN falls short too
+                return found, True
+            found = level["scale"]
+        return found, False
+
+    def levels_of(members: list[dict], name: str) -> list[dict]:
+        by_scale: dict[float, list[float]] = {}
+        for r in members:
+            by_scale.setdefault(r["demand.scale"], []).append(r.get("throughput_vph"))
+        out = []
+        for scale in sorted(by_scale):
+            mean, _ = mean_ci(by_scale[scale])
+            demand = offered[(name, scale)]
+            out.append({"scale": scale, "offered_vph": demand, "throughput_vph": mean,
+                        "ratio": mean / demand if demand > 0 else math.nan, "runs": len(by_scale[scale])})  # fmt: skip
+        return out
+
+    result = {}
+    for name in sorted({r[SCENARIO_AXIS] for r in rows if r.get("variant") == baseline}, key=_order):
+        members = [r for r in rows if r[SCENARIO_AXIS] == name and r.get("variant") == baseline]
+        levels = levels_of(members, name)
+        scale, reached = rule(levels)
+        by_share = {}
+        for share in sorted({r["demand.cav_share"] for r in members}):
+            by_share[f"{share:g}"] = rule(levels_of([r for r in members if r["demand.cav_share"] == share], name))[0]
+        result[name] = {
+            "capacity_scale": scale,
+            "capacity_vph": offered[(name, scale)] if scale is not None else None,
+            "reached": reached,
+            "max_throughput_vph": max((lv["throughput_vph"] for lv in levels), default=math.nan),
+            "levels": levels,
+            "by_share": by_share,
+        }
+    return result
+
+
+CELL = (SCENARIO_AXIS, "demand.scale", "demand.cav_share", "variant")
+
+
+def summarize_study(rows: list[dict], offered: dict[tuple[str, float], float]) -> dict[str, Any]:
+    """The bottleneck study's summary: `cells` (per scenario, level, share and variant: runs, offered demand, and
+    every metric of `SUMMARY_METRICS` as mean and 95 % CI half-width over the seeds; for a variant other than
+    `sumo-default` also `<metric>_diff` and `<metric>_diff_ci95`, the mean and CI of its per-seed difference to
+    `sumo-default` at the same point and seed) and `capacity` (`capacity`)."""
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
-        groups.setdefault((row["variant"], row["demand_vph"], row["demand.cav_share"]), []).append(row)
-    out = []
-    for (variant, demand, share), members in sorted(
-        groups.items(), key=lambda kv: (VARIANTS.index(kv[0][0]), kv[0][1:])
-    ):
-        entry = {"variant": variant, "demand_vph": demand, "cav_share": share, "runs": len(members)}
-        for metric in (*METRICS, "collisions"):
-            mean, half = mean_ci([m[metric] for m in members])
-            entry[metric], entry[f"{metric}_ci95"] = mean, half
-        out.append(entry)
-    return out
+        groups.setdefault(tuple(row[k] for k in CELL), []).append(row)
+    cells = []
+    for key in sorted(groups, key=lambda k: (_order(k[0]), k[1], k[2], VARIANTS.index(k[3]) if k[3] in VARIANTS
+                                             else len(VARIANTS))):  # fmt: skip
+        scenario, scale, share, variant = key
+        members = groups[key]
+        base = {r["seed"]: r for r in groups.get((scenario, scale, share, BASELINE), [])}
+        demand = offered.get((scenario, scale), math.nan)
+        entry: dict[str, Any] = {"scenario": scenario, "scale": scale, "cav_share": share, "variant": variant,
+                                 "runs": len(members), "offered_vph": demand}  # fmt: skip
+        for metric in SUMMARY_METRICS:
+            applies = metric not in STUCK_METRICS or scenario in STUCK_SCENARIOS
+            values = [r.get(metric) for r in members] if applies else []
+            entry[metric], entry[f"{metric}_ci95"] = mean_ci(values)
+            if variant != BASELINE:
+                diffs = [r[metric] - base[r["seed"]][metric] for r in members if applies and r["seed"] in base
+                         and r.get(metric) is not None and base[r["seed"]].get(metric) is not None]  # fmt: skip
+                entry[f"{metric}_diff"], entry[f"{metric}_diff_ci95"] = mean_ci(diffs)
+        cells.append(entry)
+    return {"cells": cells, "capacity": capacity(rows, offered)}
 
 
-def plot_study(summary: list[dict], out_dir: Path) -> list[Path]:
-    """One figure per metric: the metric against demand, a panel per CAV share, a line per variant."""
+def _cell(mean: float, half: float, signed: bool = False) -> str:
+    if mean is None or math.isnan(mean):
+        return "—"
+    text = f"{mean:+.3g}" if signed else f"{mean:.3g}"
+    return text if half is None or math.isnan(half) else f"{text} ± {half:.2g}"
+
+
+def markdown_report(summary: dict[str, Any]) -> str:
+    """The summary as Markdown: the cells (mean ± 95 % CI), the differences to sumo-default (paired over seeds)
+    and the capacity per scenario."""
+    names = list(SUMMARY_METRICS.values())
+    lines = ["| scenario | demand level | offered [veh/h] | CAV share | variant | runs | " + " | ".join(names) + " |",
+             "|" + "---|" * (6 + len(names))]  # fmt: skip
+    for e in summary["cells"]:
+        cells = [_cell(e[m], e[f"{m}_ci95"]) for m in SUMMARY_METRICS]
+        lines.append(f"| {e['scenario']} | {e['scale']:g} | {e['offered_vph']:.0f} | {e['cav_share']:g} | "
+                     f"{e['variant']} | {e['runs']} | " + " | ".join(cells) + " |")  # fmt: skip
+    lines += ["", f"Difference to {BASELINE} (mean ± 95 % CI of the per-seed differences):", "",
+              "| scenario | demand level | CAV share | variant | " + " | ".join(f"Δ {n}" for n in names) + " |",
+              "|" + "---|" * (4 + len(names))]  # fmt: skip
+    for e in summary["cells"]:
+        if e["variant"] == BASELINE:
+            continue
+        cells = [_cell(e[f"{m}_diff"], e[f"{m}_diff_ci95"], signed=True) for m in SUMMARY_METRICS]
+        lines.append(f"| {e['scenario']} | {e['scale']:g} | {e['cav_share']:g} | {e['variant']} | "
+                     + " | ".join(cells) + " |")  # fmt: skip
+    lines += ["", f"Capacity under {BASELINE} (the largest demand level whose mean throughput is within "
+              f"{CAPACITY_TOLERANCE:.0%} of the demand offered, scanning upwards):", "",
+              "| scenario | capacity level | offered there [veh/h] | max throughput [veh/h] | throughput / offered "
+              "per level | per CAV share |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for name, c in summary["capacity"].items():
+        level = "below the lowest level" if c["capacity_scale"] is None else f"{c['capacity_scale']:g}"
+        if not c["reached"]:
+            level = f"≥ {level} (not reached)"
+        offered = "—" if c["capacity_vph"] is None else f"{c['capacity_vph']:.0f}"
+        ratios = ", ".join(f"{lv['scale']:g}: {lv['ratio']:.2f}" for lv in c["levels"])
+        shares = ", ".join(f"{s}: {'—' if v is None else f'{v:g}'}" for s, v in c["by_share"].items())
+        lines.append(f"| {name} | {level} | {offered} | {c['max_throughput_vph']:.0f} | {ratios} | {shares} |")
+    return "\n".join(lines) + "\n"
+
+
+PLOT_METRICS = ("throughput_vph", "mean_delay_s", "disruption_per_lc_cav", "disruption_per_lc_all", "lc_per_hour_all")
+
+
+def plot_study(summary: dict[str, Any], out_dir: Path) -> list[Path]:
+    """One figure per metric of `PLOT_METRICS`: the metric against the demand level, a panel per scenario (rows)
+    and CAV share (columns), a line per variant with its 95 % CI bars; the throughput panels also show the
+    demand offered (dashed)."""
     from matplotlib.figure import Figure  # no pyplot: no global state, the backend stays the user's
 
-    shares = sorted({e["cav_share"] for e in summary})
+    cells = summary["cells"]
+    scenarios = list(dict.fromkeys(e["scenario"] for e in cells))
+    shares = sorted({e["cav_share"] for e in cells})
+    variants = [v for v in (*VARIANTS, *sorted({e["variant"] for e in cells})) if any(e["variant"] == v for e in cells)]
+    variants = list(dict.fromkeys(variants))
     paths = []
-    for metric, label in METRICS.items():
-        fig = Figure(figsize=(4.2 * len(shares), 3.6))
-        axes = fig.subplots(1, len(shares), sharey=True, squeeze=False)
-        for ax, share in zip(axes[0], shares, strict=True):
-            for variant in VARIANTS:
-                points = sorted((e for e in summary if e["variant"] == variant and e["cav_share"] == share),
-                                key=lambda e: e["demand_vph"])  # fmt: skip
-                if points:
-                    ax.errorbar(
-                        [e["demand_vph"] for e in points], [e[metric] for e in points],
-                        yerr=[0 if math.isnan(e[f"{metric}_ci95"]) else e[f"{metric}_ci95"] for e in points],
-                        marker="o", capsize=3, label=variant,
-                    )  # fmt: skip
-            ax.set_title(f"CAV share {share:g}")
-            ax.set_xlabel("fast-lane demand [veh/h]")
-            ax.grid(alpha=0.3)
-        axes[0, 0].set_ylabel(label)
-        axes[0, -1].legend(fontsize=8)
+    for metric in PLOT_METRICS:
+        fig = Figure(figsize=(4.0 * max(1, len(shares)), 3.2 * max(1, len(scenarios))))
+        axes = fig.subplots(max(1, len(scenarios)), max(1, len(shares)), squeeze=False)
+        for i, scenario in enumerate(scenarios):
+            for j, share in enumerate(shares):
+                ax = axes[i, j]
+                here = [e for e in cells if e["scenario"] == scenario and e["cav_share"] == share]
+                for variant in variants:
+                    points = sorted((e for e in here if e["variant"] == variant), key=lambda e: e["scale"])
+                    if points:
+                        ax.errorbar([e["scale"] for e in points], [e[metric] for e in points],
+                                    yerr=[0 if math.isnan(e[f"{metric}_ci95"]) else e[f"{metric}_ci95"]
+                                          for e in points], marker="o", capsize=3, label=variant)  # fmt: skip
+                if metric == "throughput_vph" and here:
+                    offered = sorted({(e["scale"], e["offered_vph"]) for e in here})
+                    ax.plot([s for s, _ in offered], [q for _, q in offered], "k--", lw=1, label="offered")
+                ax.set_title(f"{scenario}, CAV share {share:g}", fontsize=9)
+                ax.grid(alpha=0.3)
+                if i == len(scenarios) - 1:
+                    ax.set_xlabel("demand level (× every flow)")
+                if j == 0:
+                    ax.set_ylabel(SUMMARY_METRICS[metric])
+        if cells:
+            axes[0, -1].legend(fontsize=7)
         fig.tight_layout()
-        path = out_dir / f"{metric}.png"
+        path = Path(out_dir) / f"{metric}.png"
         fig.savefig(path, dpi=110)
         paths.append(path)
     return paths
-
-
-def markdown_table(summary: list[dict]) -> str:
-    """The summary as a Markdown table (mean ± 95 % CI)."""
-    head = "| variant | demand veh/h | CAV share | runs | " + " | ".join(METRICS.values()) + " | collisions |"
-    lines = [head, "|" + "---|" * (5 + len(METRICS))]
-    for e in summary:
-        cells = [
-            f"{e[m]:.3g} ± {e[f'{m}_ci95']:.2g}" if not math.isnan(e[f"{m}_ci95"]) else f"{e[m]:.3g}" for m in METRICS
-        ]
-        lines.append(
-            f"| {e['variant']} | {e['demand_vph']:g} | {e['cav_share']:g} | {e['runs']} | "
-            + " | ".join(cells) + f" | {e['collisions']:.2g} |"
-        )  # fmt: skip
-    return "\n".join(lines) + "\n"

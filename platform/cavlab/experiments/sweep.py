@@ -1,6 +1,6 @@
-"""Sweeps: many runs of one scenario over a grid (or random samples) of its fields and seeds.
+"""Sweeps: many runs of one scenario, or of several, over a grid (or random samples) of their fields and seeds.
 
-    scenario: highway-lane-change
+    scenario: highway-lane-change           # or a grid axis `scenario: [...]` (below)
     set: [simulation.duration_s=300]        # fixed overrides of every run
     grid:                                   # every combination
       demand.cav_share: [0.3, 1.0]
@@ -13,16 +13,31 @@
     measures: [lane_changes]                # optional measures from the trajectories (registered in MEASURES)
     metrics: [throughput_vph, mean_delay_s] # what the summary aggregates (default: all)
 
+Several scenarios: the grid axis `scenario` (a list of scenario names or files, in place of the
+top-level `scenario`) runs every other point in each of them; each run loads its own scenario and
+its row, the summary and the plots carry the scenario like any other axis. A named axis's label
+may then give its overrides per scenario, a mapping scenario → overrides (it must name every
+scenario of the sweep), for overrides that depend on the scenario (its vehicle types, say):
+
+    grid:
+      scenario: [lane-drop, on-ramp-merge]
+      variant:
+        sumo: [control.controller=sumo]
+        no-cooperation:
+          lane-drop: [control.controller=sumo, demand.vehicle_types.car.lane_change.cooperative=0]
+          on-ramp-merge: [control.controller=sumo, demand.vehicle_types.car.lane_change.cooperative=0]
+
 Each run (a point of the grid × a random sample × a seed) is identified by a hash of what it
-runs, executes in a fresh process (one SUMO per process, nothing leaks between runs), and
-its results are written as soon as it ends to `<out>/runs/<id>.parquet` (atomically). A rerun
-of the same sweep into the same folder skips the runs already there, so an interrupted sweep
-loses only the runs that were in flight.
+runs (its scenario, overrides, labels and measures: a sweep without the scenario axis keeps the
+ids it had before the axis existed), executes in a fresh process (one SUMO per process, nothing
+leaks between runs), and its results are written as soon as it ends to `<out>/runs/<id>.parquet`
+(atomically). A rerun of the same sweep into the same folder skips the runs already there, so an
+interrupted sweep loses only the runs that were in flight.
 
 A measure is a function (scenario, run result) -> {name: value} registered under its name with
-`register_measure`; the studies register theirs (cavlab.experiments.study: `lane_changes`) and
-`cavlab.experiments` imports them, so the registry is filled wherever this module is imported,
-in the worker processes too. This module imports no study.
+`register_measure`; the studies register theirs (cavlab.experiments.study: `lane_changes`,
+`lane_change_disruption`) and `cavlab.experiments` imports them, so the registry is filled
+wherever this module is imported, in the worker processes too. This module imports no study.
 """
 
 from __future__ import annotations
@@ -46,7 +61,7 @@ import pyarrow.parquet as pq
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from cavlab.errors import UserError, field_path
+from cavlab.errors import UserError, validation_message
 from cavlab.runs.stats import mean_ci
 from cavlab.sim.engine import Engine
 from cavlab.sim.resolve import load_scenario
@@ -73,7 +88,11 @@ class RandomSpec(BaseModel):
     fields: dict[str, Distribution] = Field(min_length=1)
 
 
-Cases = dict[str | int | float, list[str]]
+Cases = dict[str | int | float, list[str] | dict[str, list[str]]]
+"""A named axis: label → its overrides, for every scenario (a list) or per scenario (scenario → list)."""
+
+SCENARIO_AXIS = "scenario"
+"""The grid axis that runs the other points in several scenarios."""
 
 Measure = Callable[[Any, Any], dict[str, float]]
 MEASURES: dict[str, Measure] = {}
@@ -107,7 +126,7 @@ class SweepSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    scenario: str
+    scenario: str | None = None
     set: list[str] = Field(default_factory=list)
     grid: dict[str, list[Any] | Cases] = Field(default_factory=dict)
     random: RandomSpec | None = None
@@ -122,6 +141,33 @@ class SweepSpec(BaseModel):
             if name not in MEASURES:
                 raise ValueError(f"unknown measure '{name}' (registered: {registered_measures()})")
         return measures
+
+    @model_validator(mode="after")
+    def _scenarios_given(self) -> SweepSpec:
+        axis = self.grid.get(SCENARIO_AXIS)
+        if axis is None and self.scenario is None:
+            raise ValueError("give a scenario, or a grid axis scenario: [...] for several")
+        if axis is not None:
+            if self.scenario is not None:
+                raise ValueError("give either scenario or the grid axis scenario, not both")
+            if not isinstance(axis, list) or not axis or not all(isinstance(name, str) for name in axis):
+                raise ValueError("grid.scenario: must be a list of scenario names or files")
+            if len(set(axis)) < len(axis):
+                raise ValueError("grid.scenario: lists a scenario twice")
+        for key, values in self.grid.items():
+            for label, sets in values.items() if isinstance(values, dict) else ():
+                for name in self.scenarios if isinstance(sets, dict) else ():
+                    if name not in sets:
+                        raise ValueError(
+                            f"grid.{key}.{label}: no overrides for scenario '{name}' (given for: {', '.join(sets)})"
+                        )
+        return self
+
+    @property
+    def scenarios(self) -> list[str]:
+        """The scenarios the sweep runs: the grid axis `scenario`, or the one `scenario`."""
+        axis = self.grid.get(SCENARIO_AXIS)
+        return list(axis) if axis is not None else [self.scenario]
 
     @property
     def seed_list(self) -> list[int]:
@@ -187,17 +233,19 @@ def load_sweep(path: Path | str) -> SweepSpec:
     try:
         return SweepSpec.model_validate(raw)
     except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
-        where = field_path(err["loc"])
-        if err["type"] == "extra_forbidden":
-            raise UserError(f"{path}: unknown field '{where}' (allowed: {', '.join(SweepSpec.model_fields)})") from None
-        raise UserError(f"{path}: {where}: {err['msg'].removeprefix('Value error, ')}") from None
+        # an unknown field at any depth lists the top-level fields, in declaration order
+        message = validation_message(exc, SweepSpec, allowed=lambda _block: SweepSpec.model_fields,
+                                     invalid_at_root="{msg}")  # fmt: skip
+        raise UserError(f"{path}: {message}") from None
 
 
 def plan(spec: SweepSpec) -> list[SweepRun]:
     """Every run of the sweep, each scenario validated (a bad field fails here, before anything runs)."""
-    axes = [[(key, label, tuple(sets)) for label, sets in values.items()] if isinstance(values, dict)
-            else [(key, value, None) for value in values] for key, values in spec.grid.items()]  # fmt: skip
+    # (key, value, overrides): overrides None for a swept field, else a named axis's label with its overrides
+    # (a list, or a mapping scenario -> list); the scenario axis's values are labels without overrides
+    axes = [[(key, label, sets) for label, sets in values.items()] if isinstance(values, dict)
+            else [(key, value, () if key == SCENARIO_AXIS else None) for value in values]
+            for key, values in spec.grid.items()]  # fmt: skip
     grid = list(itertools.product(*axes))
     samples: list[tuple[tuple[str, Any], ...]] = [()]
     if spec.random is not None:
@@ -212,19 +260,25 @@ def plan(spec: SweepSpec) -> list[SweepRun]:
                     value = dist.choice[int(rng.integers(len(dist.choice)))]
                 sample.append((key, value))
             samples.append(tuple(sample))
+
+    def point(g: tuple) -> tuple[str, tuple, tuple, tuple]:
+        """A grid point's scenario, swept values, labels and the labels' overrides in that scenario."""
+        scenario = next((value for key, value, _ in g if key == SCENARIO_AXIS), spec.scenario)
+        sets = [s if isinstance(s, (list, tuple)) else s[scenario] for _, _, s in g if s is not None]
+        return (scenario, tuple((k, v) for k, v, s in g if s is None), tuple((k, v) for k, v, s in g if s is not None),
+                tuple(o for overrides in sets for o in overrides))  # fmt: skip
+
     runs = [
-        SweepRun(spec.scenario, tuple(spec.set), tuple((k, v) for k, v, sets in g if sets is None) + s, seed,
-                 labels=tuple((k, v) for k, v, sets in g if sets is not None),
-                 label_overrides=tuple(o for _, _, sets in g if sets is not None for o in sets),
+        SweepRun(scenario, tuple(spec.set), params + s, seed, labels=labels, label_overrides=label_overrides,
                  measures=tuple(spec.measures))
-        for g in grid for s in samples for seed in spec.seed_list
+        for scenario, params, labels, label_overrides in map(point, grid) for s in samples for seed in spec.seed_list
     ]  # fmt: skip
     seen: set[tuple] = set()
     for run in runs:
-        key = (run.params, run.labels)
+        key = (run.scenario, run.params, run.labels)
         if key not in seen:
             seen.add(key)
-            load_scenario(spec.scenario, run.overrides)
+            load_scenario(run.scenario, run.overrides)
     return runs
 
 
@@ -366,42 +420,56 @@ def summary_markdown(spec: SweepSpec, summary: list[dict[str, Any]]) -> str:
 
 def plot_summary(spec: SweepSpec, summary: list[dict[str, Any]], folder: Path) -> list[Path]:
     """Per metric: mean ± CI against the first swept field (lines if it is numeric, grouped bars if not),
-    one line or bar colour per value of the others."""
+    one line or bar colour per value of the others; with the scenario axis (and other fields), one panel
+    per scenario, against the first field after it."""
     from matplotlib.figure import Figure  # no pyplot: no global state, the backend stays the user's
 
     if not spec.fields or not summary:
         return []
-    x_field, others = spec.fields[0], spec.fields[1:]
+    panel = SCENARIO_AXIS if SCENARIO_AXIS in spec.fields and len(spec.fields) > 1 else None
+    fields = [f for f in spec.fields if f != panel]
+    x_field, others = fields[0], fields[1:]
     numeric = all(isinstance(e[x_field], (int, float)) and not isinstance(e[x_field], bool) for e in summary)
     categories = list(dict.fromkeys(e[x_field] for e in summary))
-    series: dict[tuple, list[dict]] = {}
-    for e in summary:
-        series.setdefault(tuple(e[f] for f in others), []).append(e)
+    panels = list(dict.fromkeys(e[panel] for e in summary)) if panel else [None]
+    keys = list(dict.fromkeys(tuple(e[f] for f in others) for e in summary))  # one colour per series in every panel
+    n_series = len(keys)
     metrics = [k for k in summary[0] if k not in (*spec.fields, "runs") and not k.endswith("_ci95")]
     paths = []
     for m in metrics:
-        fig = Figure(figsize=(max(6, 0.9 * len(categories) * max(1, len(series)) / 2), 4))
-        ax = fig.subplots()
-        width = 0.8 / len(series)
-        for i, (key, entries) in enumerate(series.items()):
-            label = ", ".join(f"{f}={v}" for f, v in zip(others, key, strict=True)) or None
-            if numeric:
-                entries = sorted(entries, key=lambda e: e[x_field])
-            offset = (i - (len(series) - 1) / 2) * width
-            xs = [e[x_field] if numeric else categories.index(e[x_field]) + offset for e in entries]
-            ys = [e[m] for e in entries]
-            err = [0 if np.isnan(e[m + "_ci95"]) else e[m + "_ci95"] for e in entries]
-            if numeric:
-                ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=label)
-            else:
-                ax.bar(xs, ys, width, yerr=err, capsize=2, label=label)
-        if not numeric:
-            ax.set_xticks(range(len(categories)), [str(c) for c in categories])
-        ax.set_xlabel(x_field)
-        ax.set_ylabel(m)
-        ax.grid(alpha=0.3)
+        width_in = max(6, 0.9 * len(categories) * max(1, n_series) / 2)  # room for the bars
+        if panel:
+            width_in = 5.0 if numeric else 0.8 * width_in
+        fig = Figure(figsize=(width_in * len(panels), 4))
+        axes = fig.subplots(1, len(panels), squeeze=False)[0]
+        for ax, name in zip(axes, panels, strict=True):
+            series: dict[tuple, list[dict]] = {}
+            for e in summary:
+                if panel is None or e[panel] == name:
+                    series.setdefault(tuple(e[f] for f in others), []).append(e)
+            width = 0.8 / max(1, len(series))
+            for i, (key, entries) in enumerate(series.items()):
+                label = ", ".join(f"{f}={v}" for f, v in zip(others, key, strict=True)) or None
+                if numeric:
+                    entries = sorted(entries, key=lambda e: e[x_field])
+                offset = (i - (len(series) - 1) / 2) * width
+                xs = [e[x_field] if numeric else categories.index(e[x_field]) + offset for e in entries]
+                ys = [e[m] for e in entries]
+                err = [0 if np.isnan(e[m + "_ci95"]) else e[m + "_ci95"] for e in entries]
+                colour = f"C{keys.index(key) % 10}"
+                if numeric:
+                    ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=label, color=colour)
+                else:
+                    ax.bar(xs, ys, width, yerr=err, capsize=2, label=label, color=colour)
+            if not numeric:
+                ax.set_xticks(range(len(categories)), [str(c) for c in categories])
+            if panel:
+                ax.set_title(str(name))
+            ax.set_xlabel(x_field)
+            ax.grid(alpha=0.3)
+        axes[0].set_ylabel(m)
         if others:
-            ax.legend(fontsize=7)
+            axes[-1].legend(fontsize=7)
         fig.tight_layout()
         path = Path(folder) / f"{m.replace('/', '_')}.png"
         fig.savefig(path, dpi=110)

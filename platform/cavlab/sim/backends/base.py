@@ -33,6 +33,7 @@ from cavlab.world import (
 )
 
 _CONTROLLER_MODES = ControlModes()
+RELEASE_DECEL_MPS2 = 1.5  # how a released vehicle sheds speed above its desired speed
 
 
 @dataclass(frozen=True)
@@ -283,6 +284,7 @@ class SumoBackend(ABC):
                     v.setSpeedMode(vid, idle.idle_speed_mode)
                     v.setLaneChangeMode(vid, idle.idle_lane_change_mode)
                     self._controlled[slot] = False
+                    self._ease_back(vid)
                 continue
             if not self._controlled[slot]:
                 v.setSpeedMode(vid, self._modes.speed_mode)
@@ -303,6 +305,16 @@ class SumoBackend(ABC):
                 v.changeLane(vid, index, float(cmd.hold_s))
             else:
                 raise TypeError(f"not a command: {cmd!r}")
+
+    def _ease_back(self, vehicle_id: str) -> None:
+        """A vehicle handed back faster than it wants to drive (a cooperator that sped up to open a gap)
+        would be cut to its desired speed min(vType max, lane limit × speed factor) in one step by
+        SUMO's car following: it slows down to it at RELEASE_DECEL_MPS2 instead."""
+        v = self.api.vehicle
+        speed = v.getSpeed(vehicle_id)
+        desired = min(v.getMaxSpeed(vehicle_id), v.getAllowedSpeed(vehicle_id))
+        if speed > desired + 0.1:
+            v.slowDown(vehicle_id, desired, (speed - desired) / RELEASE_DECEL_MPS2)
 
     @property
     def time_s(self) -> float:

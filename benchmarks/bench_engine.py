@@ -15,6 +15,10 @@ road has filled:
 - engine: the whole engine loop (every vehicle's lane, position, speed and acceleration into
           a WorldState, metrics, trajectory recording, the controller, command application).
 
+`--parts SIZE` times each piece of `Engine.step` (median µs per step over the timed window:
+SUMO's step with its events, the reads, the world-state assembly, metrics, recorder,
+perception hook, controller, commands) at one size.
+
 `--reads` adds a micro-benchmark of ways to read the world state at the 500-vehicle size:
 libsumo lane lists + 2 getters (what the libsumo backend does), libsumo getIDList + 4
 getters, libsumo subscriptions; TraCI subscriptions (what the TraCI backend does) and TraCI
@@ -97,6 +101,45 @@ def one_run(mode: str, vehicles: int, window_s: float) -> dict:
             wall = marks["end"] - marks["start"]
             steps, vehicle_steps = len(counts), sum(counts)
     return {"mode": mode, "size": vehicles, "steps": steps, "vehicle_steps": vehicle_steps, "wall_s": wall}
+
+
+def step_parts(vehicles: int, window_s: float) -> dict[str, float]:
+    """Median µs per step of each piece of `Engine.step`, timed by wrapping the methods."""
+    from cavlab.sim.engine import Engine
+
+    scenario = scenario_for(vehicles, window_s)
+    sim = scenario.simulation
+    times: dict[str, list[float]] = {}
+
+    def timed(obj, name: str, label: str) -> None:
+        inner = getattr(obj, name)
+
+        def wrapper(*args, **kwargs):
+            started = time.perf_counter()
+            out = inner(*args, **kwargs)
+            times.setdefault(label, []).append(time.perf_counter() - started)
+            return out
+
+        setattr(obj, name, wrapper)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        engine = Engine(scenario, Path(tmp) / "sumo")
+        engine.start()
+        fill = round(sim.warmup_s / sim.step_length_s)
+        for _ in range(fill):
+            engine.step()
+        backend = engine.backend
+        for obj, name, label in [
+            (backend, "_step_sumo", "SUMO step and its events"), (backend, "_read_vehicles", "reads"),
+            (backend, "_assemble", "world-state assembly"), (backend, "apply", "commands"),
+            (engine.metrics, "observe", "metrics"), (engine.recorder, "observe", "recorder"),
+            (engine.perception, "observe", "perception hook"), (engine.controller, "step", "controller"),
+            (engine, "step", "Engine.step in all"),
+        ]:  # fmt: skip
+            timed(obj, name, label)
+        counts = [len(engine.step()[0]) for _ in range(sim.steps - fill)]
+        engine.close()
+    return {"vehicles": statistics.mean(counts), **{k: statistics.median(v) * 1e6 for k, v in times.items()}}
 
 
 def read_strategies(window_steps: int = 1000) -> dict[str, float]:
@@ -200,12 +243,18 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="*", default=[100, 500, 2000])
     parser.add_argument("--window-s", type=float, default=120.0)
     parser.add_argument("--reads", action="store_true")
+    parser.add_argument("--parts", type=int, metavar="SIZE", help="time each piece of Engine.step at this size")
     parser.add_argument("--one", nargs=2, metavar=("MODE", "SIZE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(one_run(args.one[0], int(args.one[1]), args.window_s)))
         return
     print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
+    if args.parts:
+        res = step_parts(args.parts, args.window_s)
+        print(f"\n| piece of Engine.step (≈{res.pop('vehicles'):.0f} vehicles) | µs per step (median) |\n|---|---|")
+        print("\n".join(f"| {k} | {v:,.1f} |" for k, v in res.items()))
+        return
     print(f"command: python benchmarks/bench_engine.py --runs {args.runs} --sizes {' '.join(map(str, args.sizes))}")
     rows = []
     for size in args.sizes:

@@ -1,15 +1,18 @@
 """Cooperative lane change with minimal disruption of the target lane.
 
 After Armijos, Li, Cassandras et al. (Automatica 2024); docs/theory.md gives the equations
-as implemented. A CAV C stuck behind a slower leader U asks to move into the faster lane:
+as implemented. A CAV C stuck behind a slower leader U asks to move into the faster lane, and
+a CAV whose lane ends (an on-ramp, a lane drop) into the lane that continues:
 
 1. C's plan: the time-and-energy optimum T* of min ρT + ∫½u² + β_C(v(T) − v_flow)² sets the
    starting duration (closed form |Δv|/√(2ρ), or the free-time NLP when the safe gap to U
    binds); for a duration T, C's plan is the fixed-time optimum of ∫½u² + β_C(v(T) − v_flow)²
-   keeping the safe gap to U (cruising) until the lateral phase ends (closed form, or the QP).
+   keeping the safe gap to U (cruising) until the lateral phase ends and, where its lane ends,
+   leaving it before the end (closed form, or the QP).
 2. Candidate slots: consecutive pairs (front i, rear i+1) of the target lane around C's
-   position at T. Cooperating CAVs get fixed-time plans min ∫½u² + β(v(T) − v0)² that open
-   the slot (front ahead of x_C(T) by L_i + φv_C + δ, rear behind by L_C + φv_rear + δ);
+   position at T. Cooperating CAVs get fixed-time plans min ∫½u² + β(v(T) − v_flow)² whose end
+   state opens the slot through the lateral phase (front ahead of C by L_i + φv_C + δ, rear
+   behind by L_C + φv_rear + δ, at T and at T + t_lat);
    vehicles that do not cooperate (HDVs) are predicted to cruise; slots next to the
    vehicles of another maneuver are skipped.
 3. Disruption of the cooperators, D = Σ γ_x(x(T) − x0 − v0T)² + γ_v(v(T) − v0)²; a slot is
@@ -17,7 +20,7 @@ as implemented. A CAV C stuck behind a slower leader U asks to move into the fas
    disruption wins.
 4. Execution: the plans are tracked step by step (Accelerate), the lane change is issued
    once the slot is certified on the measured state, control is handed back afterwards.
-   A request with no valid slot falls back to following U and is retried later.
+   A request with no valid slot is left to SUMO's own lane changing and retried later.
 
 Modules, one concern each:
 

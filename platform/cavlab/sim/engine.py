@@ -124,6 +124,7 @@ class Engine:
             backend, self.backend = self.backend, None
             self._vehicle_ids, self._vehicle_types = list(backend.vehicle_ids), backend.vehicle_types
             self._wall_s = time.perf_counter() - self._started
+            self._end_s = backend.time_s
             backend.close()
 
     def __enter__(self) -> Engine:
@@ -167,10 +168,8 @@ class Engine:
     def result(self) -> RunResult:
         """What the run produced up to now; closes SUMO (its detector output, and the outputs of
         `outputs.sumo`, are complete only then). SUMO's own measures go under `metrics["sumo"]`."""
-        end_s = self.backend.time_s if self.backend is not None else self._end_s
-        self._end_s = end_s
         self.close()
-        metrics = {**self.metrics.finish(self.inputs.detector_output, end_s), **self.perception.metrics()}
+        metrics = {**self.metrics.finish(self.inputs.detector_output, self._end_s), **self.perception.metrics()}
         if self.inputs.sumo_outputs:
             metrics["sumo"] = sumo_measures(self.scenario, self.inputs.sumo_outputs)
         return RunResult(

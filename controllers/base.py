@@ -6,15 +6,12 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
-
+from cavlab.config.scenario import InputModel
 from cavlab.world import Command, ControlModes, WorldState
 
 
-class NoParams(BaseModel):
+class NoParams(InputModel):
     """A controller without parameters."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 @dataclass(frozen=True)
@@ -53,17 +50,18 @@ class ControllerReport:
 class Controller(ABC):
     """Plans for the CAVs from a `WorldState`.
 
-    Subclasses declare their parameters as a pydantic model `Params` (validated from the
-    scenario's `control.params`) and implement `step`. A vehicle a controller commands
-    gets the controller's `modes` first; `Release` hands it back to SUMO.
+    Subclasses declare their parameters as an `InputModel` `Params` (validated from the
+    scenario's `control.params`: finite, strictly typed numbers) and implement `step`. A
+    vehicle a controller commands gets the controller's `modes` first; `Release` hands it back
+    to SUMO.
     """
 
-    Params: ClassVar[type[BaseModel]] = NoParams
+    Params: ClassVar[type[InputModel]] = NoParams
     modes: ClassVar[ControlModes] = ControlModes()
     issues_commands: ClassVar[bool] = True
     """False for a controller whose `step` never commands anything: callers may skip it."""
 
-    def __init__(self, params: BaseModel, setup: ControlSetup) -> None:
+    def __init__(self, params: InputModel, setup: ControlSetup) -> None:
         self.params = params
         self.setup = setup
 

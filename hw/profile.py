@@ -16,15 +16,17 @@ DRAM energy per byte is an order of magnitude. Measure on the device where one e
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from cavlab.config.files import read_json
+from cavlab.errors import UserError, validation_message
 from cavlab.hw.export import Component, export_onnx, load_components
 from cavlab.hw.targets import Target
 from cavlab.perception.fusion import BRANCHES, CONFIGURATIONS, MODALITIES
@@ -99,11 +101,73 @@ def _measure(component: Component, target: Target, runs: int = 200) -> dict[str,
     return out
 
 
+class _Results(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True, allow_inf_nan=False)
+
+
+Share = Annotated[float, Field(ge=0, le=1)]
+Rate = Annotated[float, Field(ge=0)]  # spikes per neuron per active step
+
+
+class _Rates(_Results):
+    rate_layer1: Rate
+    rate_layer2: Rate
+
+
+class _SpikingContexts(_Results):
+    all: _Rates  # the firing rates over every context: the SOPs per frame
+
+
+class _Spiking(_Results):
+    active_steps: Annotated[int, Field(ge=0)]
+    contexts: _SpikingContexts
+
+
+class _DeepGate(_Results):
+    accuracy: Share
+    choices: dict[str, Annotated[int, Field(ge=0)]]
+
+    @field_validator("choices")
+    @classmethod
+    def _configurations(cls, choices: dict[str, int]) -> dict[str, int]:
+        unknown = [c for c in choices if c not in CONFIGURATIONS]
+        if unknown:
+            raise ValueError(f"unknown configuration '{unknown[0]}' (allowed: {', '.join(CONFIGURATIONS)})")
+        if not sum(choices.values()):
+            raise ValueError("must count at least one frame")
+        return choices
+
+
+class _Context(_Results):
+    deep_gate: _DeepGate = Field(alias="deep gate")
+
+
+class TrainingResults(_Results):
+    """What `profile_model` reads of a model directory's `results.json` (from `cavlab perception train`)."""
+
+    contexts: dict[str, _Context]
+    spiking: _Spiking | None = None
+
+
+def read_results(model_dir: Path) -> dict[str, Any] | None:
+    """The model directory's `results.json`, checked against `TrainingResults`; None if there is none."""
+    path = Path(model_dir) / "results.json"
+    if not path.exists():
+        return None
+    results = read_json(path, "training results")
+    try:
+        TrainingResults.model_validate(results)
+    except ValidationError as exc:
+        line = validation_message(exc, TrainingResults, missing="missing key '{field}'",
+                                  invalid_at_root="not a mapping")  # fmt: skip
+        raise UserError(f"{path}: {line} (the results.json `cavlab perception train` writes)") from None
+    return results
+
+
 def profile_model(model_dir: Path, target: Target, measure: bool, batch: int = 32) -> dict[str, Any]:
     """The report of the module docstring as a dict (also the content of profile.json); energy per frame
     with the weights read once per batch of `batch` frames (all CAVs of a step run as one batch)."""
-    results_path = Path(model_dir) / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.exists() else None
+    results = read_results(model_dir)
     spiking = (results or {}).get("spiking")
     rates = spiking["contexts"]["all"] if spiking else None
     active = spiking["active_steps"] if spiking else 0

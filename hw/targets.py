@@ -1,6 +1,7 @@
 """Target profiles (hw/targets/*.yaml): what each edge target runs, how fast, at what energy.
 
-Every number in a profile carries its source in the profile's `sources` block.
+Every number in a profile carries its source in the profile's `sources` block; numbers are finite
+and strictly typed (`InputModel`).
 """
 
 from __future__ import annotations
@@ -10,15 +11,14 @@ from importlib.resources import files
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
+from cavlab.config.scenario import InputModel
 from cavlab.errors import UserError
 
 
-class Target(BaseModel):
+class Target(InputModel):
     """One deployment target."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str
     description: str

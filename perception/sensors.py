@@ -17,6 +17,10 @@ centre-to-centre distance; camera and lidar do not see a vehicle hidden behind t
 one in the same lane and direction (the camera never, the lidar with probability 0.1), the
 radar sees it with probability 0.5. Geometry: longitudinal offsets along the road, lateral
 offset one lane width per lane (the scenario's `road.lane_width_m`, 3.2 m by default).
+
+A sensor table (the shipped one, or a user's file) is checked against `SensorTable`: finite
+numbers in range and frame sizes within bounds (`frame_shapes` holds datasets and models to the
+same bounds). `sample_frames` gives frames of these sensors on synthetic traffic, without SUMO.
 """
 
 from __future__ import annotations
@@ -25,18 +29,24 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 from importlib.resources import files
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any
 
 import numpy as np
-import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from cavlab.config.files import load_yaml, read_yaml
 from cavlab.config.scenario import ContextSpec
-from cavlab.errors import UserError
+from cavlab.errors import UserError, block_fields, field_path, validation_message
+from cavlab.perception.task import neighbour_targets
 from cavlab.world import WorldState
 
 SPEED_SCALE_MPS = 30.0  # relative speeds are divided by this in the frames
 SENSORS = ("camera", "lidar", "radar")
 ROWS = 3  # right, own, left lane
+MAX_CAMERA_CELLS = 512  # bounds of the frame sizes a sensor table, a dataset or a model may have
+MAX_LIDAR_CELLS = 1024
+MAX_RADAR_RETURNS = 64
 
 
 @dataclass(frozen=True)
@@ -51,10 +61,141 @@ class SensorParams:
     speed_noise_mps: float = 0.0
 
 
+# ----------------------------------------------------------------------------- the sensor table
+
+Positive = Annotated[float, Field(gt=0)]
+NonNegative = Annotated[float, Field(ge=0)]
+Probability = Annotated[float, Field(ge=0, le=1)]
+
+
+class _Table(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, frozen=True)
+
+
+class _Sensor(_Table):
+    range_m: Positive
+    noise: NonNegative
+    dropout: Probability
+    clutter: Probability
+    speed_noise_mps: NonNegative = 0.0
+
+
+class CameraTable(_Sensor):
+    fov_deg: Annotated[float, Field(gt=0, le=180)]
+    cells: Annotated[int, Field(ge=2, le=MAX_CAMERA_CELLS)]
+
+
+class LidarTable(_Sensor):
+    cell_m: Positive
+    half_window_m: Positive
+
+    @model_validator(mode="after")
+    def _grid(self) -> LidarTable:
+        cells = round(2 * self.half_window_m / self.cell_m)
+        if not 2 <= cells <= MAX_LIDAR_CELLS:
+            raise ValueError(f"2·half_window_m / cell_m = {cells} cells; 2 to {MAX_LIDAR_CELLS} are allowed")
+        return self
+
+
+class RadarTable(_Sensor):
+    returns: Annotated[int, Field(ge=1, le=MAX_RADAR_RETURNS)]
+
+
+class Effect(_Table):
+    """How a weather or light changes one sensor: ranges and noises multiply, probabilities add."""
+
+    range_m: Positive = 1.0
+    noise: NonNegative = 1.0
+    dropout: Probability = 0.0
+    clutter: Probability = 0.0
+
+
+class Effects(_Table):
+    camera: Effect | None = None
+    lidar: Effect | None = None
+    radar: Effect | None = None
+
+
+class Weathers(_Table):
+    clear: Effects | None
+    rain: Effects | None
+    fog: Effects | None
+    snow: Effects | None
+
+
+class Lights(_Table):
+    day: Effects | None
+    dusk: Effects | None
+    night: Effects | None
+
+
+class SensorTable(_Table):
+    """The schema of a sensor table (`sensors.yaml`, or a file given to `cavlab perception dataset --sensors`)."""
+
+    camera: CameraTable
+    lidar: LidarTable
+    radar: RadarTable
+    weather: Weathers
+    light: Lights
+
+
+def parse_sensor_table(raw: Any, source: str) -> dict[str, Any]:
+    """`raw` checked against `SensorTable` (a one-line `UserError` naming the field and what is allowed)."""
+    try:
+        SensorTable.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        if first["type"] == "model_type":  # a number or a list where a block belongs
+            where = field_path(first["loc"]) or "the sensor table"
+            fields = ", ".join(block_fields(SensorTable, first["loc"]))
+            line = f"{where} must be a mapping of {fields} (got {first['input']!r:.40})"
+        else:
+            line = validation_message(exc, SensorTable, missing="missing field '{field}'", show_input=True)
+        raise UserError(f"{source}: {line}") from None
+    return raw
+
+
+SHAPES_ALLOWED = (
+    f"camera [2, {ROWS}, cells] (2 ≤ cells ≤ {MAX_CAMERA_CELLS}), lidar [2, {ROWS}, cells] "
+    f"(2 ≤ cells ≤ {MAX_LIDAR_CELLS}) and radar [returns, 4] (1 ≤ returns ≤ {MAX_RADAR_RETURNS})"
+)
+
+
+def frame_shapes(raw: Any) -> dict[str, list[int]]:
+    """`raw` as per-observer frame shapes (what `SensorSuite.shapes` makes: `SHAPES_ALLOWED`), else a
+    `ValueError` saying what is allowed. The sizes are bounded: a model is built from them."""
+    if not isinstance(raw, dict) or sorted(raw) != sorted(SENSORS):
+        raise ValueError(f"must give {SHAPES_ALLOWED} (got {raw!r:.60})")
+    out = {name: list(raw[name]) if isinstance(raw[name], (list, tuple)) else raw[name] for name in SENSORS}
+    ok = {
+        "camera": _grid_shape(out["camera"], MAX_CAMERA_CELLS),
+        "lidar": _grid_shape(out["lidar"], MAX_LIDAR_CELLS),
+        "radar": _ints(out["radar"], 2) and 1 <= out["radar"][0] <= MAX_RADAR_RETURNS and out["radar"][1] == 4,
+    }
+    for name in SENSORS:
+        if not ok[name]:
+            raise ValueError(f"{name} is {raw[name]!r:.40}; allowed: {SHAPES_ALLOWED}")
+    return out
+
+
+def _ints(value: Any, n: int) -> bool:
+    return isinstance(value, list) and len(value) == n and all(type(v) is int for v in value)
+
+
+def _grid_shape(value: Any, max_cells: int) -> bool:
+    return _ints(value, 3) and value[:2] == [2, ROWS] and 2 <= value[2] <= max_cells
+
+
+def read_sensor_table(path: str | Path) -> dict[str, Any]:
+    """A user's sensor table file, read with `cavlab.config.files` and checked."""
+    return parse_sensor_table(read_yaml(path, "sensor table"), str(path))
+
+
 @cache
 def sensor_table() -> dict[str, Any]:
     """The shipped sensor and context table (`sensors.yaml`)."""
-    return yaml.safe_load(files("cavlab.perception").joinpath("sensors.yaml").read_text())
+    text = files("cavlab.perception").joinpath("sensors.yaml").read_text()
+    return parse_sensor_table(load_yaml(text, "sensors.yaml"), "sensors.yaml")
 
 
 def context_label(context: ContextSpec) -> str:
@@ -72,7 +213,7 @@ def sensor_params(context: ContextSpec, table: dict[str, Any] | None = None) -> 
         dropout, clutter = float(base["dropout"]), float(base["clutter"])
         speed_noise = float(base.get("speed_noise_mps", 0.0))
         for effects in (table["weather"][context.weather] or {}, table["light"][context.light] or {}):
-            effect = effects.get(name, {})
+            effect = effects.get(name) or {}
             rng *= effect.get("range_m", 1.0)
             noise *= effect.get("noise", 1.0)
             speed_noise *= effect.get("noise", 1.0)
@@ -249,16 +390,52 @@ def _relative(world: WorldState, observers: np.ndarray, lane_width_m: float, chu
             }
 
 
-def check_table(table: dict[str, Any]) -> None:
-    """Raise `UserError` naming the first missing or invalid entry of a sensor table."""
-    for name in SENSORS:
-        if name not in table:
-            raise UserError(f"sensor table: missing sensor '{name}'")
-        for key in ("range_m", "noise", "dropout", "clutter"):
-            value = table[name].get(key)
-            if not isinstance(value, (int, float)) or value < 0:
-                raise UserError(f"sensor table: {name}.{key} must be a number ≥ 0 (got {value!r})")
-    for block, names in (("weather", ("clear", "rain", "fog", "snow")), ("light", ("day", "dusk", "night"))):
-        for key in names:
-            if key not in table.get(block, {}):
-                raise UserError(f"sensor table: missing {block}.{key}")
+def sample_frames(shapes: dict[str, list[int]], frames: int, seed: int) -> dict[str, np.ndarray]:
+    """`frames` frames of each sensor, with their neighbour targets, on seeded synthetic traffic: what the
+    sensors make of a three-lane road without running SUMO (INT8 calibration and its check use it; the
+    keys are those of a dataset shard's frames and `targets`). Each world is 600 m of three
+    lanes of cars (4.5 m) and trucks (12 m, one in seven) at time headways of 0.8–5 s and lane speeds
+    of 20–31 m/s; a third of them are CAVs, and those in the middle 300 m observe it. The contexts (every
+    weather × light) take turns world by world; the shipped sensor table, its sizes set to `shapes`."""
+    rng = np.random.default_rng(seed)
+    table = {name: dict(block) for name, block in sensor_table().items()}
+    table["camera"]["cells"] = shapes["camera"][2]
+    table["lidar"]["half_window_m"] = shapes["lidar"][2] * table["lidar"]["cell_m"] / 2
+    table["radar"]["returns"] = shapes["radar"][0]
+    contexts = [ContextSpec(weather=w, light=li) for w in table["weather"] for li in table["light"]]
+    out: dict[str, list[np.ndarray]] = {name: [] for name in (*SENSORS, "targets")}
+    made, k = 0, 0
+    while made < frames:
+        world = _synthetic_world(rng)
+        observers = np.flatnonzero(world.is_cav & (world.x_m > 150) & (world.x_m < 450))[: frames - made]
+        suite = SensorSuite(contexts[k % len(contexts)], table, lane_width_m=3.2)  # road.lane_width_m's default
+        observed = suite.observe(world, observers, rng)
+        for name in SENSORS:
+            out[name].append(getattr(observed, name))
+        out["targets"].append(neighbour_targets(world, observers))
+        made, k = made + len(observers), k + 1
+    return {name: np.concatenate(parts) for name, parts in out.items()}
+
+
+def _synthetic_world(rng: np.random.Generator) -> WorldState:
+    """600 m of three lanes of traffic (see `sample_frames`)."""
+    x, lane, speed, length = [], [], [], []
+    for k in range(ROWS):
+        mean = 20.0 + 5.5 * k + rng.normal(0.0, 1.5)
+        position = rng.uniform(0.0, 30.0)
+        while position < 600.0:
+            long = rng.random() < 1 / 7
+            v = max(mean + rng.normal(0.0, 1.5), 5.0)
+            x.append(position)
+            lane.append(k)
+            speed.append(v)
+            length.append(12.0 if long else 4.5)
+            position += length[-1] + 2.0 + v * rng.uniform(0.8, 5.0)
+    n = len(x)
+    return WorldState(
+        time_s=0.0, ids=np.array([f"v{i}" for i in range(n)], dtype=object), slot=np.arange(n),
+        type_index=np.zeros(n, dtype=np.int16), is_cav=rng.random(n) < 1 / 3, controlled=np.zeros(n, dtype=bool),
+        edge=np.zeros(n, dtype=np.int16), lane=np.array(lane, dtype=np.int16), x_m=np.array(x),
+        speed_mps=np.array(speed), accel_mps2=np.zeros(n), length_m=np.array(length), type_names=("vehicle",),
+        edge_names=("road",),
+    )  # fmt: skip

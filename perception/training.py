@@ -9,16 +9,20 @@ of every branch, of all branches fused, and of the knowledge, deep and oracle ga
 
 from __future__ import annotations
 
+import io
 import json
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from cavlab.errors import UserError
+from cavlab.config.files import read_bytes
+from cavlab.errors import UserError, validation_message
 from cavlab.perception.dataset import load_dataset
 from cavlab.perception.fusion import (
     BATCH,
@@ -33,7 +37,8 @@ from cavlab.perception.fusion import (
     fuse,
     slot_loss,
 )
-from cavlab.perception.spiking_branch import train_spiking_branch
+from cavlab.perception.sensors import frame_shapes
+from cavlab.perception.spiking_branch import SpikingHead, train_spiking_branch
 from cavlab.perception.task import slot_correct
 
 
@@ -164,20 +169,92 @@ def configuration_energies(model: FusionModel) -> np.ndarray:
     return np.array([energy_pj(macs[c]) for c in CONFIGURATIONS])
 
 
+MAX_CHECKPOINT_BYTES = 256 * 1024**2
+CHECKPOINT_HOLDS = (
+    "a checkpoint from `cavlab perception train` holds model, gate, shapes, knowledge_table, selection, spiking"
+)
+StateDict = dict[str, torch.Tensor]
+
+
+class _Part(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, arbitrary_types_allowed=True)
+
+
+class _Selection(_Part):
+    gamma: Annotated[float, Field(ge=0)]
+    energy_weight: Annotated[float, Field(ge=0, le=1)]
+
+
+class _Spiking(_Part):
+    branch: Literal[tuple(BRANCHES)]
+    state: StateDict
+
+
+class Checkpoint(_Part):
+    """The schema of `checkpoint.pt` (the weights are checked against the modules when loaded)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: StateDict
+    gate: StateDict
+    shapes: Annotated[dict[str, list[int]], BeforeValidator(frame_shapes)]
+    knowledge_table: dict[str, Literal[CONFIGURATIONS]]
+    selection: _Selection
+    spiking: _Spiking | None = None
+
+
 def load_checkpoint(out_dir: Path) -> tuple[FusionModel, DeepGate, dict[str, Any]]:
+    """The fusion model, its deep gate and the checkpoint of a model directory. The file is read with
+    `cavlab.config.files` (a regular file of at most `MAX_CHECKPOINT_BYTES`), loaded with
+    `weights_only=True` (tensors and plain data: no code runs) and checked against `Checkpoint` and the
+    modules; every failure is a one-line `UserError` naming the file and the key."""
+    path = Path(out_dir) / "checkpoint.pt"
+    if not path.exists():
+        raise UserError(f"{out_dir} has no checkpoint.pt (a directory written by `cavlab perception train`)")
+    data = read_bytes(path, "perception checkpoint", MAX_CHECKPOINT_BYTES)
     try:
-        ckpt = torch.load(Path(out_dir) / "checkpoint.pt", weights_only=True)
-    except FileNotFoundError:
-        raise UserError(f"{out_dir}: no checkpoint.pt (a directory written by `cavlab perception train`)") from None
-    except Exception as exc:
-        raise UserError(f"{out_dir}/checkpoint.pt: not a cavlab perception checkpoint ({exc})") from None
-    model = FusionModel(ckpt["shapes"])
-    model.load_state_dict(ckpt["model"])
-    gate = DeepGate()
-    gate.load_state_dict(ckpt["gate"])
+        with warnings.catch_warnings():  # e.g. on the pickle protocol: the result is checked below
+            warnings.simplefilter("ignore")
+            raw = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+    except Exception:  # torch's own text advises loading with code execution: never shown
+        raise UserError(f"{path}: not a cavlab perception checkpoint: not a torch file of tensors and plain data "
+                        f"(cavlab loads no other Python objects; {CHECKPOINT_HOLDS})") from None  # fmt: skip
+    try:
+        spec = Checkpoint.model_validate(raw)
+    except ValidationError as exc:
+        line = validation_message(exc, Checkpoint, missing="missing key '{field}'", invalid_at_root="not a mapping")
+        raise UserError(f"{path}: not a cavlab perception checkpoint: {line} ({CHECKPOINT_HOLDS})") from None
+    model, gate = FusionModel(spec.shapes), DeepGate()
+    _load_weights(model, spec.model, path, "model")
+    _load_weights(gate, spec.gate, path, "gate")
+    ckpt = {**raw, "shapes": spec.shapes}
+    spiking_head(ckpt, path)
     model.eval()
     gate.eval()
     return model, gate, ckpt
+
+
+def spiking_head(ckpt: dict[str, Any], path: Path | str = "checkpoint.pt") -> SpikingHead | None:
+    """The checkpoint's spiking head (of its `spiking.branch`), or None if it has none."""
+    if ckpt.get("spiking") is None:
+        return None
+    head = SpikingHead(len(BRANCHES[ckpt["spiking"]["branch"]]))
+    _load_weights(head, ckpt["spiking"]["state"], path, "spiking.state")
+    return head.eval()
+
+
+def _load_weights(module: torch.nn.Module, state: dict[str, torch.Tensor], path: Path | str, key: str) -> None:
+    """`state` into `module`: the same names and shapes, finite values; else a `UserError` naming the key."""
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise UserError(f"{path}: {key}.{name} holds NaN or infinite values")
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as exc:  # torch lists every problem over several lines: the first is kept
+        problems = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
+        first = problems[0] if problems else "they do not fit"
+        raise UserError(f"{path}: {key}: the weights do not fit a {type(module).__name__} for these shapes "
+                        f"({first[:160]}{'…' if len(first) > 160 else ''})") from None  # fmt: skip
 
 
 def evaluate(model_dir: Path, data_dir: Path, rows: np.ndarray | None = None) -> dict[str, Any]:

@@ -47,7 +47,7 @@ def perception_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("model")
-    head = SpikingHead(2)  # drawn first: the INT8 tolerances of test_hw were checked on these weights
+    head = SpikingHead(2)
     checkpoint = {
         "model": FusionModel(PERCEPTION_SHAPES).state_dict(), "gate": DeepGate().state_dict(),
         "shapes": PERCEPTION_SHAPES, "knowledge_table": {"fog-day": "lidar+radar"},

@@ -29,10 +29,15 @@ def world(rows: list[tuple[str, int, float, float, bool]], t: float = 100.0) -> 
     )  # fmt: skip
 
 
+# The paper's setting: the slot's front and rear vehicles cooperate, the vehicles behind them are not
+# modelled (`absorbing_followers=0`); tests of the follower protection say so.
+PAPER = {"absorbing_followers": 0}
+
+
 def plan(rows, params: CooperativeParams | None = None, cooperation: bool = True, busy: frozenset = frozenset()):
     w = world(rows)
     lanes = Lanes(w)
-    planner = Planner(params or CooperativeParams(), SETUP, cooperation=cooperation)
+    planner = Planner(params or CooperativeParams(**PAPER), SETUP, cooperation=cooperation)
     c, u = lanes.row_of["C"], lanes.row_of["U"]
     return planner.plan(lanes, c, lanes.vehicle(u), 1, set(busy)), lanes
 
@@ -78,7 +83,7 @@ def test_cooperator_plans_reach_the_optimum_of_an_independent_solver(situation: 
     The oracle is discrete (piecewise-constant u on the 0.1 s steps, safety at the nodes) and the
     plan continuous, so they may differ by O(Δt²); a plan cheaper than the oracle by more than
     that, or dearer by more than 1 %, fails."""
-    params = CooperativeParams(terminal_speed_weight=beta, max_disruption=1.0)
+    params = CooperativeParams(terminal_speed_weight=beta, max_disruption=1.0, **PAPER)
     rows = {"BASIC": BASIC, "SLOW_U": SLOW_U, "LOOSE": LOOSE}[situation]
     outcome, lanes = plan(rows, params)
     assert outcome.status == "planned", outcome.reason
@@ -130,7 +135,7 @@ def test_planned_margins_hold_through_the_lateral_phase() -> None:
 def test_relaxation_never_makes_the_best_disruption_worse() -> None:
     disruptions = []
     for k_max in range(8):
-        outcome, _ = plan(SLOW_U, CooperativeParams(max_relaxations=k_max))
+        outcome, _ = plan(SLOW_U, CooperativeParams(max_relaxations=k_max, **PAPER))
         disruptions.append(sum(outcome.plan.disruption) if outcome.plan else math.inf)
     assert all(later <= earlier + 1e-12 for earlier, later in itertools.pairwise(disruptions)), disruptions
     # not vacuous: a plan exists after one relaxation, and relaxing further finds a less disruptive one
@@ -177,7 +182,7 @@ def test_selfish_commands_nobody_else() -> None:
 
 @pytest.mark.parametrize("max_s", [6.95, 7.0, 20.0, 13.37])
 def test_durations_lie_on_the_step_grid_and_never_pass_t_max(max_s: float) -> None:
-    planner = Planner(CooperativeParams(max_maneuver_s=max_s), SETUP)
+    planner = Planner(CooperativeParams(max_maneuver_s=max_s, **PAPER), SETUP)
     for t in np.linspace(0.05, 30.0, 300):
         T = planner._on_grid(float(t))
         steps = round(T / SETUP.step_length_s)
@@ -186,5 +191,93 @@ def test_durations_lie_on_the_step_grid_and_never_pass_t_max(max_s: float) -> No
         assert max_s + 1e-9 >= T
         if max_s - 5.0 > T:
             assert t - 1e-9 <= T
-    outcome, _ = plan(BASIC, CooperativeParams(max_maneuver_s=max_s))
+    outcome, _ = plan(BASIC, CooperativeParams(max_maneuver_s=max_s, **PAPER))
     assert outcome.candidates > 0, "slots were tried up to T_max, not refused at once"
+
+
+def _follower_slack(lead_plan, lead_length_m: float, follower: tuple[float, float], t0: float, t_to: float) -> float:
+    """min over t of x_lead(t) − L − x_f(t) − (φ·v_f + δ) for a follower cruising from (x, v) at t0,
+    on a 1 ms grid (independent of `min_slack`)."""
+    hw = CooperativeParams().headway
+    t = np.arange(t0, t_to + 1e-9, 1e-3)
+    x_f = follower[0] + follower[1] * (t - t0)
+    return float(np.min(lead_plan.state(t)[0] - lead_length_m - x_f - hw.gap_m(follower[1])))
+
+
+def test_followers_absorb_protected_plans() -> None:
+    """BASIC's tight platoon (6.8 m of slack behind each vehicle) and three vehicles close behind C (2 m
+    of slack each): the paper's plan (followers not modelled) pushes C or the rear cooperator so far
+    into its follower's safe gap that three followers' slack cannot absorb it; with
+    `absorbing_followers=3` every plan is absorbed (the intrusion, computed here on a 1 ms grid, less
+    the followers' slack, is gone within three vehicles), or the request is refused saying whose
+    follower would have to brake."""
+    hw = CooperativeParams().headway
+    behind_c = [(f"B{i}", 0, 100.0 - (i + 1) * (5.0 + hw.gap_m(25.0) + 2.0), 25.0, True) for i in range(3)]
+    rows = [*BASIC, *behind_c]
+
+    def left_over(p) -> float:
+        """The intrusion not absorbed by three followers, the worse of C's and the rear cooperator's."""
+        t0, t_f, t_lat = p.t0_s, p.t0_s + p.duration_s, SETUP.lane_change_duration_s
+        worst = -math.inf
+        movers = [(p.changer, p.changer_plan, t_f + t_lat / 2)]
+        if p.rear is not None and p.rear.cooperates:
+            movers.append((p.rear.vehicle, p.rear.plan, t_f + t_lat))
+        for veh, arc, t_to in movers:
+            queue = sorted((r for r in rows if r[1] == veh.lane and r[2] < veh.x_m), key=lambda r: -r[2])
+            if not queue:
+                continue
+            intrusion = -_follower_slack(arc, 5.0, (queue[0][2], queue[0][3]), t0, t_to)
+            for ahead, behind in itertools.pairwise(queue[:3]):
+                intrusion -= max(0.0, ahead[2] - 5.0 - behind[2] - hw.gap_m(behind[3]))
+            worst = max(worst, intrusion if len(queue) >= 3 else min(intrusion, 0.0))
+        return worst
+
+    paper, _ = plan(rows, CooperativeParams(max_disruption=1.0, **PAPER))
+    assert paper.status == "planned", paper.reason
+    assert left_over(paper.plan) > 0.5, "not vacuous: the paper's plan starts a braking wave"
+    guarded, _ = plan(rows, CooperativeParams(max_disruption=1.0, absorbing_followers=3))
+    if guarded.plan is None:
+        assert "follower would have to brake" in guarded.reason
+    else:
+        assert left_over(guarded.plan) <= 1e-6
+
+
+@pytest.mark.parametrize("situation", ["BASIC", "LOOSE"])
+def test_replanning_on_the_plan_reproduces_it(situation: str) -> None:
+    """Receding horizon, Bellman's principle: with every vehicle where the plan put it 1 s later (the
+    others cruising), `Planner.replan` keeps the slot and ends where the plan ended (same end time,
+    end positions and speeds of C and the cooperators within the numeric plans' tolerance)."""
+    rows = {"BASIC": BASIC, "LOOSE": LOOSE}[situation]
+    params = CooperativeParams(**PAPER)
+    first, _ = plan(rows, params)
+    assert first.status == "planned", first.reason
+    p = first.plan
+    t1 = p.t0_s + 1.0
+    moved = {p.changer.id: p.changer_plan, **{c.vehicle.id: c.plan for c in p.cooperators}}
+    later = []
+    for vid, lane, x, v, cav in rows:
+        x1, v1 = (float(a) for a in moved[vid].state(t1)[:2]) if vid in moved else (x + v * 1.0, v)
+        later.append((vid, lane, x1, v1, cav))
+    lanes = Lanes(world(later, t=t1))
+    again, why = Planner(params, SETUP).replan(lanes, p, set())
+    assert again is not None, why
+    assert (again.front.vehicle.id, again.rear.vehicle.id) == (p.front.vehicle.id, p.rear.vehicle.id)
+    t_f = p.t0_s + p.duration_s
+    assert again.t0_s + again.duration_s == pytest.approx(t_f, abs=1e-9)
+    pairs = [(p.changer_plan, again.changer_plan)]
+    pairs += [(a.plan, b.plan) for a, b in ((p.front, again.front), (p.rear, again.rear)) if a.cooperates]
+    for old, new in pairs:
+        x_old, v_old, _ = old.state(t_f)
+        x_new, v_new, _ = new.state(t_f)
+        assert x_new == pytest.approx(x_old, abs=0.05) and v_new == pytest.approx(v_old, abs=0.02)
+
+
+def test_replanning_notices_a_cut_in() -> None:
+    """A vehicle that changed into the slot: `replan` says the slot is gone (the controller then plans a
+    new one)."""
+    first, _ = plan(LOOSE)
+    p = first.plan
+    gap_x = (p.front.vehicle.x_m + p.rear.vehicle.x_m) / 2
+    lanes = Lanes(world([*LOOSE, ("X", 1, gap_x, 28.0, False)], t=p.t0_s))
+    again, why = Planner(CooperativeParams(**PAPER), SETUP).replan(lanes, p, set())
+    assert again is None and why == "a vehicle cut into the slot"

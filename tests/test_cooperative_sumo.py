@@ -100,7 +100,7 @@ demand:
     - {route: mainline, lane: 0, vehicles_per_hour: 1400, arrivals: uniform, depart_speed: 25}
     - {route: mainline, lane: 1, vehicles_per_hour: 1000, arrivals: uniform, depart_speed: 28}
     - {route: ramp, vehicles_per_hour: 400, arrivals: uniform, depart_speed: 20}
-control: {controller: cooperative, params: {request_patience_s: 0}}  # the planner at once, not LC2013 first
+control: {controller: cooperative, params: {request_patience_s: 0, mandatory_range_m: 400}}  # at once, whole ramp lane
 simulation: {duration_s: 300, warmup_s: 60, lane_change_duration_s: 3.0}
 outputs: {sumo: [lanechange]}
 """
@@ -151,7 +151,7 @@ def test_refused_requests_leave_lane_changing_to_sumo(tmp_path: Path) -> None:
     """Outside its maneuvers a CAV is SUMO's: with no disruption allowed (D_th = 0) every merge that
     needs cooperation is refused, and those CAVs still merge, by LC2013's own strategic lane change
     (SUMO's lane-change output gives the reason; commanded changes carry "traci")."""
-    text = RAMP.replace("params: {request_patience_s: 0}", "params: {request_patience_s: 0, max_disruption: 0.0}")
+    text = RAMP.replace("mandatory_range_m: 400}", "mandatory_range_m: 400, max_disruption: 0.0}")
     _, maneuvers = run(tmp_path, text)
     refused = {m["vehicle_id"] for m in maneuvers if m["status"] in ("infeasible", "aborted")}
     served = {m["vehicle_id"] for m in maneuvers if m["status"] == "completed"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -15,8 +16,12 @@ from typer.testing import CliRunner
 from cavlab.cli import app
 from cavlab.errors import UserError
 from cavlab.hw.backends.tensorrt import available as tensorrt_available
-from cavlab.hw.export import Component, check, export_onnx, load_components, parity
+from cavlab.hw.export import CALIBRATION, INT8_CHECK, Component, check, export_onnx, load_components, parity
 from cavlab.hw.targets import get_target, targets
+from cavlab.perception.fusion import BRANCHES, CONFIGURATIONS, MODALITIES, estimates, fuse
+from cavlab.perception.sensors import sample_frames
+from cavlab.perception.task import GAP_TOLERANCE_M, SPEED_TOLERANCE_MPS, slot_correct
+from cavlab.perception.training import load_checkpoint
 
 runner = CliRunner()
 
@@ -99,16 +104,17 @@ def test_export_command_and_its_errors(model_dir: Path, tmp_path: Path) -> None:
     report = json.loads((out / "export.json").read_text())
     assert len(report["components"]) == 3 + 7 + 1 + 2
     assert all((out / r["file"]).stat().st_size > 0 for r in report["components"].values())
-    # INT8 QDQ graphs for the Jetson, with their errors reported. Their accuracy is not asserted here:
-    # calibrated on random inputs they err by 0.1–0.34 of the output scale (spiking.input, stem.camera),
-    # which is the open edge-deployment issue (calibration on real frames).
+    # INT8 QDQ graphs for the Jetson, calibrated on frames of the simulated sensors (seed 0) and measured on
+    # others (seed 1); their error against FP32 is reported per component
     for name, r in report["components"].items():
         if r["state_pairs"]:
             assert r["int8"] is None  # spiking membranes stay FP32
             continue
         ops = {n.op_type for n in onnx.load(out / r["int8"]["file"]).graph.node}
         assert {"QuantizeLinear", "DequantizeLinear"} <= ops, name
-        assert set(r["int8"]["max_abs_error"]) == {"1", "7", "513"} and r["int8"]["output_scale"] > 0, name
+        assert r["int8"]["calibration"] == CALIBRATION and r["int8"]["check"] == INT8_CHECK, name
+        assert 0 <= r["int8"]["rms_error"] <= r["int8"]["max_abs_error"] and r["int8"]["output_spread"] > 0, name
+    assert_int8_perception_within_the_task_tolerances(model_dir, out, report["components"])
     onnx.checker.check_model(onnx.load(out / "spiking.step.onnx"))
     for args, message in [
         (["export", str(model_dir), "--target", "tpu"], "unknown target 'tpu'"),
@@ -117,6 +123,42 @@ def test_export_command_and_its_errors(model_dir: Path, tmp_path: Path) -> None:
         done = runner.invoke(app, [*args, "--out", str(tmp_path / "bad")])
         assert done.exit_code == 2 and message in " ".join(done.output.split()), done.output
         assert not (tmp_path / "bad").exists()
+
+
+def assert_int8_perception_within_the_task_tolerances(model_dir: Path, folder: Path, report: dict) -> None:
+    """The INT8 perception path (INT8 stems, then INT8 heads, as an INT8 target runs it) against torch FP32
+    on frames of the simulated sensors it was not calibrated on, for every configuration.
+
+    The bounds are the task's own, not tuned to these weights: an estimate counts as right within
+    GAP_TOLERANCE_M and SPEED_TOLERANCE_MPS, so INT8 must move the estimates by less than that (RMS), and may
+    change at most one slot verdict (right/wrong) in ten. Min–max INT8 rounds each activation to 1/255 of its
+    calibrated range; measured on models trained here for 2–15 epochs and on random weights, the worst
+    configuration moved gaps by 0.03–2.6 m RMS (the lidar stem's INT8 error dominates), speeds by
+    0.01–0.22 m/s, and kept 96.5–100 % of the verdicts; calibrated on uniform noise instead (as before), a
+    trained model's radar path moved gaps by 6.6 m and speeds by 2.1 m/s. The margins (2× and more) leave
+    room for the INT8 kernels of other x86 CPUs, which may round differently."""
+    import onnxruntime as ort
+
+    model, _, ckpt = load_checkpoint(model_dir)
+    frames = sample_frames(ckpt["shapes"], INT8_CHECK["frames"], INT8_CHECK["seed"])
+
+    def run(component: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        session = ort.InferenceSession(str(folder / report[component]["int8"]["file"]),
+                                       providers=["CPUExecutionProvider"])  # fmt: skip
+        return session.run(None, feeds)[0]
+
+    features = {m: run(f"stem.{m}", {m: frames[m]}) for m in MODALITIES}
+    int8 = {b: torch.from_numpy(run(f"head.{b}", {"features": np.concatenate([features[m] for m in mods], axis=1)}))
+            for b, mods in BRANCHES.items()}  # fmt: skip
+    with torch.no_grad():
+        fp32 = model({m: torch.from_numpy(frames[m]) for m in MODALITIES})
+    int8["all branches"], fp32["all branches"] = fuse(list(int8.values())), fuse(list(fp32.values()))
+    for config in CONFIGURATIONS:
+        a, b = estimates(fp32[config]), estimates(int8[config])
+        gap_m, speed_mps = (float(np.sqrt(np.mean((a[..., k] - b[..., k]) ** 2))) for k in (1, 2))
+        same = slot_correct(a, frames["targets"]) == slot_correct(b, frames["targets"])
+        assert gap_m < GAP_TOLERANCE_M and speed_mps < SPEED_TOLERANCE_MPS, (config, gap_m, speed_mps)
+        assert same.mean() >= 0.9, (config, same.mean())
 
 
 def test_profile_known_answers_and_reconfiguration(model_dir: Path, tmp_path: Path) -> None:

@@ -150,7 +150,7 @@ def test_dataset_is_reproducible_and_bad_input_is_refused(tmp_path: Path) -> Non
     for bad, message in [
         (["--weather", "hail"], "unknown weather 'hail' (allowed: clear, rain, fog, snow)"),
         (["--every", "0.25"], "--every 0.25 must be a multiple of the step length (0.1 s)"),
-        (["--sensors", str(tmp_path / "none.yaml")], "cannot read the sensor table"),
+        (["--sensors", str(tmp_path / "none.yaml")], "none.yaml': no such file"),
     ]:
         done = runner.invoke(app, ["perception", "dataset", *bad, "--out", str(tmp_path / "bad")])
         assert done.exit_code == 2 and message in " ".join(done.output.split()), done.output

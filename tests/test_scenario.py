@@ -141,7 +141,7 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_unreadable_file_is_a_scenario_error(tmp_path: Path) -> None:
     path = tmp_path / "binary.yaml"
     path.write_bytes(b"\xff\xfe\x00")
-    with pytest.raises(ScenarioError, match="cannot read the file"):
+    with pytest.raises(ScenarioError, match=r"binary\.yaml' is not UTF-8 text"):
         load_scenario(path)
 
 

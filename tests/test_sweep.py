@@ -29,7 +29,7 @@ set: [simulation.duration_s=60, simulation.warmup_s=20]
 grid:
   demand.scale: [0.5, 1.0]
 seeds: 2
-metrics: [mean_speed_mps, vehicles_departed]
+metrics: [mean_speed_mps, trips_completed]
 """
 
 

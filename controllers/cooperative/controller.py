@@ -11,7 +11,7 @@ import numpy as np
 from cavlab.controllers.base import Controller, ControllerReport, ControlSetup, Table
 from cavlab.controllers.cooperative.maneuver import Maneuver, ManeuverRecord
 from cavlab.controllers.cooperative.params import CooperativeParams
-from cavlab.controllers.cooperative.planner import Planner
+from cavlab.controllers.cooperative.planner import OFF_GRID, SLOT_GONE, Planner
 from cavlab.controllers.cooperative.snapshot import Lanes, Vehicle
 from cavlab.world import Command, ControlModes, WorldState
 
@@ -42,6 +42,9 @@ class CooperativeLaneChange(Controller):
         lanes = Lanes(world)
         commands: list[Command] = []
         for m in self.active:
+            if self.params.replan_period_s > 0 and m.phase in ("longitudinal", "certify") \
+                    and world.time_s >= m.next_replan_s - 1e-9:  # fmt: skip
+                commands += self._replan(world, lanes, m)
             commands += m.step(world, lanes)
             if m.phase == "done":
                 self.records.append(m.record)
@@ -84,10 +87,12 @@ class CooperativeLaneChange(Controller):
         end_m = self.setup.lane_ends_m.get(int(world.lane[row]))
         return end_m if end_m is not None and end_m > world.x_m[row] else None
 
-    def _busy(self) -> set[str]:
+    def _busy(self, besides: Maneuver | None = None) -> set[str]:
+        """The vehicles of the running maneuvers (but `besides`) and their slots' front and rear."""
         return {
             vid
             for m in self.active
+            if m is not besides
             for vid in (
                 *m.vehicles,
                 m.plan.front.vehicle.id if m.plan.front else "",
@@ -161,6 +166,35 @@ class CooperativeLaneChange(Controller):
             commands += started
         self._waiting_since = {vid: s for vid, s in self._waiting_since.items() if vid in waiting}
         return commands
+
+    def _replan(self, world: WorldState, lanes: Lanes, m: Maneuver) -> list[Command]:
+        """Receding horizon, every `replan_period_s`: the slot planned again from the measured states
+        (`Planner.replan`), kept open loop where that finds no plan; where the slot is gone (a vehicle
+        cut into it, one of its vehicles left the lane) or, at the end of the longitudinal phase, is not
+        certified, a new slot is planned as for a new request (while the maneuver is younger than
+        `max_maneuver_s`). The maneuver goes on with any plan found."""
+        p, t = self.params, world.time_s
+        m.next_replan_s = t + p.replan_period_s
+        row = lanes.row_of.get(m.plan.changer.id)
+        if row is None or t - m.record.request_time_s > p.max_maneuver_s:
+            return []  # left, or too old: the plan is finished open loop
+        busy, end = self._busy(besides=m), self._lane_end(world, row)
+        if m.phase == "longitudinal":
+            plan, why = self.planner.replan(lanes, m.plan, busy, end)
+            if plan is not None:
+                return m.replace(plan)
+            if why == OFF_GRID:
+                m.next_replan_s = t + self.setup.step_length_s
+            if why not in SLOT_GONE:
+                return []
+        elif m.certified_now(world, lanes):
+            return []  # the lane change is issued now
+        lead = lanes.leader(row)
+        u = lanes.vehicle(lead) if lead is not None else None
+        if u is not None and u.id in busy:
+            return []
+        outcome = self.planner.plan(lanes, row, u, m.plan.target_lane, busy, end)
+        return m.replace(outcome.plan) if outcome.plan is not None else []
 
     def _patient(self, vehicle_id: str, t: float, waiting: set[str]) -> bool:
         """Whether a CAV that wants a lane change has wanted it for `request_patience_s` (outside its

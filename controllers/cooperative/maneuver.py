@@ -48,6 +48,7 @@ class ManeuverRecord:
     min_slack_executed_m: float = math.nan
     solve_time_changer_s: float = 0.0
     solve_time_slots_s: float = 0.0
+    replans: int = 0  # plans replaced while the maneuver ran (receding horizon, a new slot)
 
 
 class Maneuver:
@@ -66,9 +67,34 @@ class Maneuver:
         self.t_lane_change: float | None = None
         self.energy = 0.0
         self.min_slack = math.inf
-        self.tracked: dict[str, Plan] = {plan.changer.id: plan.changer_plan}
+        self.tracked: dict[str, Plan] = {}
+        self.first_state: dict[str, tuple[float, float, float]] = {}  # a cooperator's (t, x, v) when it joined
+        self.next_replan_s = plan.t0_s + params.replan_period_s
+        self._track(plan)
+
+    def _track(self, plan: LaneChangePlan) -> None:
+        self.tracked = {plan.changer.id: plan.changer_plan}
         for coop in plan.cooperators:
             self.tracked[coop.vehicle.id] = coop.plan
+            self.first_state.setdefault(coop.vehicle.id, (plan.t0_s, coop.vehicle.x_m, coop.vehicle.v_mps))
+
+    def replace(self, plan: LaneChangePlan) -> list[Command]:
+        """Go on with a new plan for the same C (re-planned from the measured state): back to the
+        longitudinal phase; cooperators the new plan does not use are released."""
+        old = set(self.tracked)
+        self.plan = plan
+        self._track(plan)
+        self.phase = "longitudinal"
+        self.record.replans += 1
+        self.record.front_id = plan.front.vehicle.id if plan.front else ""
+        self.record.rear_id = plan.rear.vehicle.id if plan.rear else ""
+        self.record.cooperators = len(set(self.first_state) & set(self.tracked))
+        self.record.longitudinal_time_s = plan.t0_s + plan.duration_s - self.record.request_time_s
+        return [Release(vid) for vid in sorted(old - set(self.tracked))]
+
+    def certified_now(self, world: WorldState, lanes: Lanes) -> bool:
+        """Whether C could change lanes now (the target lane beside it, the gaps safe)."""
+        return self._target_beside(world, lanes.row_of[self.plan.changer.id]) and self._certified(world, lanes)
 
     @property
     def vehicles(self) -> list[str]:
@@ -92,14 +118,14 @@ class Maneuver:
             self.phase = "certify"
         commands: list[Command] = []
         if self.phase == "certify":
-            if self._target_beside(world, c_row) and self._certified(world, lanes):
+            if self.certified_now(world, lanes):
                 commands.append(ChangeLane(c_id, p.target_lane, hold_s=self.t_lat + self.p.certify_timeout_s + 1.0))
                 self.phase, self.t_lane_change = "lateral", t
             elif t > t_f + self.p.certify_timeout_s:
                 return self._finish("aborted", "slot not certified on the measured state")
         if self.phase == "lateral" and self.t_lane_change is not None:
             if world.lane[c_row] == p.target_lane and t >= self.t_lane_change + self.t_lat - 1e-9:
-                self.record.maneuver_time_s = t - p.t0_s
+                self.record.maneuver_time_s = t - self.record.request_time_s
                 return self._finish("completed", "")
             if t > self.t_lane_change + self.t_lat + self.p.certify_timeout_s:
                 return self._finish("aborted", "the lane change did not complete")
@@ -153,12 +179,12 @@ class Maneuver:
 
     def _record_executed(self, world: WorldState, lanes: Lanes) -> None:
         dx = dv = 0.0
-        for coop in self.plan.cooperators:
-            row = lanes.row_of[coop.vehicle.id]
-            parts = disruption_parts(
-                coop.vehicle.x_m, coop.vehicle.v_mps, float(world.x_m[row]), float(world.speed_mps[row]),
-                world.time_s - self.plan.t0_s, self.p,
-            )  # fmt: skip
+        for vid, (t0, x0, v0) in self.first_state.items():
+            row = lanes.row_of.get(vid)
+            if row is None:
+                continue
+            parts = disruption_parts(x0, v0, float(world.x_m[row]), float(world.speed_mps[row]), world.time_s - t0,
+                                     self.p)  # fmt: skip
             dx, dv = dx + parts[0], dv + parts[1]
         self.record.disruption_position_executed = dx
         self.record.disruption_speed_executed = dv

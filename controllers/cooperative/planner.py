@@ -27,6 +27,10 @@ from cavlab.controllers.ocp import FixedTimeQP, FreeTimeNLP, Profile
 
 Plan = Arc | Profile
 MAX_INTERVALS = 50  # numeric plans: at most this many piecewise-constant intervals
+MIN_REPLAN_S = 1.0  # re-planning stops when less of the longitudinal phase is left
+OFF_GRID = "what is left of the plan is off the numeric grid"
+SLOT_GONE = ("a vehicle cut into the slot", "the slot's front vehicle left the target lane",
+             "the slot's rear vehicle left the target lane")  # fmt: skip
 
 
 @dataclass
@@ -55,6 +59,7 @@ class LaneChangePlan:
     duration_s: float  # longitudinal phase T; the lane change is issued at t0 + T
     relaxations: int
     min_slack_m: float
+    v_flow_mps: float  # the target lane's flow speed at the request: C's and the cooperators' reference
 
     @property
     def disruption(self) -> tuple[float, float]:
@@ -180,6 +185,47 @@ class Planner:
         best = min(valid.values(), key=lambda m: (sum(m.disruption), m.duration_s))
         return PlanOutcome(best, "planned", "", candidates, changer_time, slots_time)
 
+    def replan(self, lanes: Lanes, current: LaneChangePlan, busy: set[str], lane_end_m: float | None = None
+               ) -> tuple[LaneChangePlan | None, str]:  # fmt: skip
+        """The receding-horizon step: the same slot (front and rear by identity) planned again from the
+        measured states over what is left of the longitudinal phase, T' = t0 + T − t, behind C's
+        measured leader, towards the same flow speed; None with the reason when the slot no longer
+        exists (a vehicle cut into it or left it) or has no plan any more. The end time stays: T' must
+        lie on the numeric grid (`OFF_GRID` otherwise: try a step later). Less than `MIN_REPLAN_S`
+        left: None (the current plan is finished open loop)."""
+        t0 = lanes.world.time_s
+        left = current.t0_s + current.duration_s - t0
+        if left < MIN_REPLAN_S:
+            return None, "too little time left to re-plan"
+        c_row = lanes.row_of.get(current.changer.id)
+        if c_row is None:
+            return None, "C left the network"
+        c = lanes.vehicle(c_row)
+        lead = lanes.leader(c_row)
+        u = lanes.vehicle(lead) if lead is not None else None
+        self._end = self._end_line(c, lane_end_m)
+        front = rear = None
+        rows = lanes.in_lane(current.target_lane)
+        ids = [str(lanes.world.ids[r]) for r in rows]
+        for role, coop in (("front", current.front), ("rear", current.rear)):
+            if coop is None:
+                continue
+            if coop.vehicle.id not in ids:
+                return None, f"the slot's {role} vehicle left the target lane"
+            veh = lanes.vehicle(int(rows[ids.index(coop.vehicle.id)]))
+            front, rear = (veh, rear) if role == "front" else (front, veh)
+        if front is not None and rear is not None and ids.index(front.id) != ids.index(rear.id) + 1:
+            return None, "a vehicle cut into the slot"
+        v_flow = current.v_flow_mps
+        T = self._on_grid(left)
+        if abs(T - left) > 1e-6:
+            return None, OFF_GRID
+        c_plan = self._changer_plan(c, u, v_flow, t0, T) if self.cooperation else None
+        if self.cooperation and c_plan is None:
+            return None, "C cannot reach the flow speed behind its leader and before its lane ends"
+        return self._slot_plan(c, u, c_plan, front, rear, v_flow, current.target_lane, t0, T,
+                               current.relaxations, busy, lanes)  # fmt: skip
+
     def _end_line(self, c: Vehicle, lane_end_m: float | None) -> tuple[str, float, float] | None:
         """Where C's lane ends, C must be in the target lane before the end (SUMO moves it across
         half-way through the lateral phase), δ + planning margin short of it, and still able to stop
@@ -236,8 +282,8 @@ class Planner:
             x_u_end = u.x_m + u.v_mps * T
             bound = x_u_end + u.v_mps * self.t_lat - u.length_m - hw.standstill_m - p.planning_margin_m
             lines.insert(0, ("rear", bound, hw.reaction_time_s + self.t_lat))
-        return self._numeric(c, t0, T, v_flow, p.changer_speed_weight, leader=u, slot=lines[0], check=ok,
-                             more_slots=tuple(lines[1:]))  # fmt: skip
+        return self._numeric(c, t0, T, v_flow, p.changer_speed_weight, leader=u, slot=lines[0] if lines else None,
+                             check=ok, more_slots=tuple(lines[1:]))  # fmt: skip
 
     def _numeric(self, veh: Vehicle, t0: float, T: float, v_ref: float, beta: float, leader: Vehicle | None,
                  slot, check, more_slots: tuple = ()) -> Plan | None:  # fmt: skip
@@ -352,6 +398,28 @@ class Planner:
         return self._numeric(veh, t0, T, v_flow, beta, leader=lead, slot=qp_lines[0], check=ok,
                              more_slots=qp_lines[1:])  # fmt: skip
 
+    def _absorbed(self, veh: Vehicle, plan: Plan, lanes: Lanes, t0: float, t_to: float) -> bool:
+        """Whether the vehicles behind `veh` absorb its plan: a vehicle that falls back into its
+        follower's safe gap (a rear cooperator opening the slot, C dropping back to it) makes the
+        follower fall back by the intrusion Δ₁ = max(0, −min_t slack(t)) (follower cruising, until
+        `t_to`), and the k-th vehicle behind by Δ_k = max(0, Δ_{k−1} − s_k), s_k its slack now
+        (gap − (φv + δ)). Absorbed: Δ_k = 0 within `absorbing_followers` vehicles, or the queue ends
+        first; otherwise a braking wave runs upstream (in dense traffic, a jam) that the disruption of
+        the cooperators alone does not see."""
+        rows = lanes.in_lane(veh.lane)
+        k = int(np.searchsorted(lanes.world.x_m[rows], veh.x_m))
+        if k == 0:
+            return True
+        w, hw = lanes.world, self.p.headway
+        follower = lanes.vehicle(int(rows[k - 1]))
+        intrusion = -self._slack(plan, follower.cruise(t0), veh.length_m, t0, t_to)
+        for j in range(k - 2, k - 1 - self.p.absorbing_followers, -1):
+            if intrusion <= 0 or j < 0:
+                return True
+            ahead, behind = rows[j + 1], rows[j]
+            intrusion -= max(0.0, w.x_m[ahead] - w.length_m[ahead] - w.x_m[behind] - hw.gap_m(w.speed_mps[behind]))
+        return intrusion <= 0
+
     def _slots(self, target: list[Vehicle], c_plan: Arc, t_f: float) -> list[tuple[Vehicle | None, Vehicle | None]]:
         """Consecutive (front, rear) pairs of the target lane whose slot lies within [x_C − L_r, x_C + L_f] at t_f."""
         x_c = c_plan.state(t_f)[0]
@@ -413,6 +481,12 @@ class Planner:
                 plan = self._cooperator_plan(veh, lead, slot, lines, v_flow, t0, T)
                 if plan is None:
                     return None, "no cooperator plan within the bounds and safe behind its leader"
+                if (
+                    role == "rear"
+                    and p.absorbing_followers
+                    and not self._absorbed(veh, plan, lanes, t0, t_f + self.t_lat)
+                ):
+                    return None, "the rear cooperator's follower would have to brake"
             dx, dv = disruption_parts(veh.x_m, veh.v_mps, *plan.state(t_f)[:2], T, p) if cooperates else (0.0, 0.0)
             plans[role] = CooperatorPlan(veh, role, plan, cooperates and needs_move, dx, dv)
         slack = math.inf
@@ -427,7 +501,13 @@ class Planner:
             slack = min(slack, self._slack(u.cruise(t0), c_plan, u.length_m, t0, end))
         if slack < 0:
             return None, "slot too tight for the lateral phase"
-        plan = LaneChangePlan(c, u, target_lane, c_plan, plans["front"], plans["rear"], t0, T, k, slack)
+        if (
+            self.cooperation
+            and p.absorbing_followers
+            and not self._absorbed(c, c_plan, lanes, t0, t_f + self.t_lat / 2)
+        ):
+            return None, "C's follower would have to brake"
+        plan = LaneChangePlan(c, u, target_lane, c_plan, plans["front"], plans["rear"], t0, T, k, slack, v_flow)
         if self.cooperation and sum(plan.disruption) > p.max_disruption:
             return None, "disruption above D_th"
         return plan, ""

@@ -3,6 +3,8 @@ group (`scenarios`, `experiments`, `rl`, `perception`, `hw`; what they share in 
 registered here, in the order `cavlab --help` lists them (`cavlab perception` as a sub-app), each
 wrapped in the error handling: errors a user can fix print one line and exit with code 2; a SUMO
 failure exits with 1; Ctrl-C (or SIGTERM) stops SUMO, removes the partial run and exits with 130.
+Help texts are plain text (`rich_markup_mode=None`), so units such as `[s]` or `[veh/h]` show as
+written instead of being read as rich markup.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 
 
@@ -68,7 +71,9 @@ for _name, _command in (
 ):
     app.command(_name)(_handle_errors(_command))
 
-perception_app = typer.Typer(help="Simulated sensors, perception datasets and models.", no_args_is_help=True)
+perception_app = typer.Typer(
+    help="Simulated sensors, perception datasets and models.", no_args_is_help=True, rich_markup_mode=None
+)
 for _name, _command in (
     ("dataset", perception.perception_dataset),
     ("train", perception.perception_train),

@@ -1,4 +1,5 @@
-"""What the command modules share: the two consoles, the option types and the progress bar."""
+"""What the command modules share: the two consoles, the option types (and the check of --workers), warnings and
+the progress bar."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from cavlab.errors import UserError
+
 out = Console()
 err = Console(stderr=True)
 
@@ -19,12 +22,25 @@ SetOption = Annotated[
     typer.Option("--set", "-s", help="Override a scenario field: key.path=value (repeatable)."),
 ]
 ModelArgument = Annotated[Path, typer.Argument(help="A model directory from `cavlab perception train`")]
-WorkersOption = Annotated[int | None, typer.Option(help="Parallel processes (default: CPU count)")]
+MAX_WORKERS = 1024
+WorkersOption = Annotated[int | None, typer.Option(help=f"Parallel processes, 1 to {MAX_WORKERS} (default: CPU count)")]
 DurationOption = Annotated[float, typer.Option(help="Simulated time per run [s]")]
 WarmupOption = Annotated[float, typer.Option(help="Warm-up per run [s]")]
 RayOption = Annotated[
     str | None, typer.Option(help="Run on Ray: 'local' for a local instance, or a cluster address (host:port, auto)")
 ]
+
+
+def check_workers(workers: int | None) -> int | None:
+    """`workers` if it is None (the default) or in [1, MAX_WORKERS]; else a `UserError` saying the range."""
+    if workers is not None and not 1 <= workers <= MAX_WORKERS:
+        raise UserError(f"--workers must be between 1 and {MAX_WORKERS} (got {workers})")
+    return workers
+
+
+def warn(line: str) -> None:
+    """One warning line on stderr."""
+    err.print(f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
 
 
 class ProgressBar:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,8 +17,10 @@ from cavlab.cli.common import (
     SetOption,
     WarmupOption,
     WorkersOption,
+    check_workers,
     err,
     out,
+    warn,
 )
 from cavlab.errors import UserError
 from cavlab.experiments.study import (
@@ -31,7 +34,17 @@ from cavlab.experiments.study import (
     plot_study,
     summarize_study,
 )
-from cavlab.experiments.sweep import default_workers, execute, execute_ray, load_rows, load_sweep, plan, write_summary
+from cavlab.experiments.sweep import (
+    default_workers,
+    execute,
+    execute_ray,
+    load_rows,
+    load_sweep,
+    plan,
+    prepare_folder,
+    write_summary,
+)
+from cavlab.runs.rundir import os_error_text, write_json, write_text
 
 
 def study(
@@ -75,10 +88,11 @@ def study(
     spec = bottleneck_sweep(scenarios, sorted(scales), sorted(shares), variants, seeds, duration, warmup)
     rows, _ = run_sweep(spec, out_dir, workers, ray, "study")
     summary = summarize_study(rows, offered_demand(spec))
-    (out_dir / "study.json").write_text(json.dumps(summary, indent=2, allow_nan=True) + "\n")
     report = markdown_report(summary)
-    (out_dir / "study.md").write_text(report)
-    plot_study(summary, out_dir)
+    with writing(out_dir):
+        write_json(out_dir / "study.json", summary)
+        write_text(out_dir / "study.md", report)
+        plot_study(summary, out_dir)
     out.print(report, highlight=False, markup=False, soft_wrap=True)
     if not summary["capacity"]:
         out.print("no sumo-default runs: no capacity (add --variant sumo-default)", highlight=False)
@@ -110,23 +124,22 @@ def sweep(
     if overrides:
         spec = spec.model_copy(update={"set": [*spec.set, *overrides]})
     rows, done_before = run_sweep(spec, out_dir, workers, ray, "sweep")
-    out.print(write_summary(spec, rows, out_dir), highlight=False)
+    with writing(out_dir):
+        table = write_summary(spec, rows, out_dir)
+    out.print(table, highlight=False, markup=False, soft_wrap=True)
     out.print(f"{len(rows)} runs ({done_before} from before) → [bold]{escape(str(out_dir))}[/]", highlight=False)
 
 
 def run_sweep(spec: Any, out_dir: Path, workers: int | None, ray: str | None, title: str) -> tuple[list[dict], int]:
     """Run (or resume) a sweep into `out_dir` with a progress bar; its rows and how many were there before."""
+    check_workers(workers)
     runs = plan(spec)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"{out_dir}: is a file, not a directory; choose another --out")
-    recorded = out_dir / "sweep.json"
-    if recorded.exists() and json.loads(recorded.read_text()) != spec.model_dump(mode="json"):
-        raise UserError(f"{out_dir}: holds another sweep (its sweep.json differs); choose another --out")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    recorded.write_text(json.dumps(spec.model_dump(mode="json"), indent=2) + "\n")
+    with writing(out_dir):
+        for line in prepare_folder(spec, runs, out_dir):
+            warn(line)
     done_before = sum((out_dir / "runs" / f"{r.run_id}.parquet").exists() for r in runs)
     try:
-        with ProgressBar(title, len(runs), "runs", completed=done_before) as bar:
+        with writing(out_dir), ProgressBar(title, len(runs), "runs", completed=done_before) as bar:
 
             def advance(_run: Any) -> None:
                 bar.advance()
@@ -140,5 +153,13 @@ def run_sweep(spec: Any, out_dir: Path, workers: int | None, ray: str | None, ti
         kept = len(list((out_dir / "runs").glob("*.parquet")))
         err.print(f"[yellow]interrupted[/]: {kept} of {len(runs)} runs kept in {escape(str(out_dir))}; rerun to resume")
         raise typer.Exit(130) from None
-    ids = {run.run_id for run in runs}
-    return [r for r in load_rows(out_dir) if r["run_id"] in ids], done_before
+    return load_rows(out_dir, [run.run_id for run in runs]), done_before
+
+
+@contextmanager
+def writing(out_dir: Path) -> Iterator[None]:
+    """An OSError in the block (a full disk, no permission) as one line naming the file and the reason."""
+    try:
+        yield
+    except OSError as exc:
+        raise UserError(f"{out_dir}: cannot write the sweep directory ({os_error_text(exc)})") from None

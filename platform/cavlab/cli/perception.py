@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-import yaml
 from rich.markup import escape
 
 from cavlab.cli.common import (
@@ -24,7 +23,7 @@ from cavlab.cli.experiments import run_sweep
 from cavlab.errors import UserError
 from cavlab.experiments.datasets import generate, plan_dataset
 from cavlab.experiments.sweep import load_sweep, write_summary
-from cavlab.perception.sensors import check_table
+from cavlab.perception.sensors import read_sensor_table
 from cavlab.runs.rundir import staged_run_dir
 
 
@@ -41,17 +40,7 @@ def perception_dataset(
     out_dir: Annotated[Path, typer.Option("--out", help="Dataset directory")] = Path("runs/perception-data"),
 ) -> None:
     """Simulate every CAV's camera, lidar and radar frames with their true neighbours, per context and seed."""
-    table = None
-    if sensors is not None:
-        try:
-            table = yaml.safe_load(sensors.read_text())
-        except OSError as exc:
-            raise UserError(f"{sensors}: cannot read the sensor table ({exc.strerror or exc})") from None
-        except yaml.YAMLError:
-            raise UserError(f"{sensors}: the sensor table is not valid YAML") from None
-        if not isinstance(table, dict):
-            raise UserError(f"{sensors}: the sensor table must be a mapping (camera, lidar, radar, weather, light)")
-        check_table(table)
+    table = None if sensors is None else read_sensor_table(sensors)
     weathers, lights = weather or ["clear", "rain", "fog", "snow"], light or ["day", "night"]
     plan = plan_dataset(scenario, overrides or [], weathers, lights, seeds, duration, warmup, every)
     runs = len(plan.contexts) * len(plan.seeds)
@@ -102,8 +91,11 @@ def perception_study(
 ) -> None:
     """Cooperative lane change on perception vs on the ground truth: clear, rain, fog and night; gated vs all
     branches; two edge targets (the sweep `perception-study`). Throughput, safety, perception energy."""
+    from cavlab.perception.training import load_checkpoint
+
     if seeds < 1 or not 0 <= warmup < duration:
         raise UserError("need --seeds ≥ 1 and 0 ≤ --warmup < --duration")
+    load_checkpoint(model)  # a clear error before any run starts
     spec = load_sweep("perception-study")
     sets = [*spec.set, f"simulation.duration_s={duration}", f"simulation.warmup_s={warmup}",
             f"perception.model={model.resolve()}"]  # fmt: skip

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import shlex
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -10,19 +10,30 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cavlab.cli.common import ProgressBar, out
+from cavlab.cli.common import MAX_WORKERS, ProgressBar, err, out
 from cavlab.config.scenario import apply_override
 from cavlab.errors import UserError
+from cavlab.rl.common import RECORD, TrainRecord, read_record, write_record
 from cavlab.rl.evaluation import BASELINES, plot_evaluation
 from cavlab.rl.evaluation import evaluate as run_evaluation
-from cavlab.rl.rllib import train_rllib
+from cavlab.rl.rllib import RllibResult, train_rllib
+from cavlab.rl.sb3 import CHECKPOINT_EVERY, TrainResult
 from cavlab.rl.sb3 import train as run_training
-from cavlab.runs.rundir import staged_run_dir
+from cavlab.runs.rundir import claimed, staged_run_dir, write_json
+
+DEFAULT_TIMESTEPS = 20_000
+MAX_SEED = 2**32 - 1  # numpy's seeds, which Stable-Baselines3 sets
 
 EnvOption = Annotated[
     list[str] | None,
     typer.Option("--env", "-e", help="An environment option: key.path=value, e.g. reward.collision=20 (repeatable)."),
 ]
+
+
+def _check_range(option: str, value: int, low: int, high: int) -> None:
+    """A `UserError` unless `low` ≤ `value` ≤ `high`."""
+    if not low <= value <= high:
+        raise UserError(f"{option} must be between {low} and {high} (got {value})")
 
 
 def _env_kwargs(options: list[str] | None) -> dict[str, Any]:
@@ -36,7 +47,10 @@ def _env_kwargs(options: list[str] | None) -> dict[str, Any]:
 def train(
     env_id: Annotated[str, typer.Argument(help="Environment id, e.g. cavlab/LaneChange-v0")],
     algo: Annotated[str, typer.Option(help="ppo or dqn (rllib: ppo only)")] = "ppo",
-    timesteps: Annotated[int, typer.Option(help="Environment steps to train for")] = 20_000,
+    timesteps: Annotated[
+        int | None,
+        typer.Option(help=f"Environment steps to train for (default {DEFAULT_TIMESTEPS}; --resume: the run's own)"),
+    ] = None,
     envs: Annotated[
         int, typer.Option("--envs", help="Parallel environments, one process each (rllib: env runners)")
     ] = 2,
@@ -48,9 +62,15 @@ def train(
         typer.Option(help="rllib: 'local' for a local Ray instance (default), or a cluster address (host:port, auto)"),
     ] = None,
     out_dir: Annotated[Path, typer.Option("--out", help="Training directory")] = Path("runs/train"),
+    checkpoint_every: Annotated[
+        int, typer.Option(help="sb3: save policy.zip and train.json every this many environment steps")
+    ] = CHECKPOINT_EVERY,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="sb3: go on from the last checkpoint in --out (same options)")
+    ] = False,
 ) -> None:
     """Train a policy with Stable-Baselines3 (policy.zip, TensorBoard logs) or RLlib (checkpoint/); both write
-    a learning curve and train.json."""
+    a learning curve and train.json. Ctrl-C keeps the last SB3 checkpoint; --resume goes on from it."""
     backends = ("sb3", "rllib")
     if backend not in backends:
         raise UserError(f"unknown backend '{backend}' (allowed: {', '.join(backends)})")
@@ -58,32 +78,118 @@ def train(
         raise UserError(f"--backend rllib trains PPO only, not '{algo}': use --algo ppo, or --backend sb3 for DQN")
     if backend == "sb3" and ray is not None:
         raise UserError("--ray needs --backend rllib")
+    if backend == "rllib" and resume:
+        raise UserError("--resume needs --backend sb3 (RLlib runs are not checkpointed on the way)")
+    _check_range("--seed", seed, 0, MAX_SEED)
+    if envs > MAX_WORKERS:
+        raise UserError(f"--envs must be at most {MAX_WORKERS} (got {envs})")
     kwargs = _env_kwargs(env)
     label = algo.upper() + (" (RLlib)" if backend == "rllib" else "")
-    with staged_run_dir(out_dir) as staging:
-        with ProgressBar(label, timesteps, "steps") as bar:
+    if resume:
+        record = _resumable(out_dir, env_id, algo, seed, kwargs)
+        target = timesteps if timesteps is not None else record.target_timesteps or DEFAULT_TIMESTEPS
+        with claimed(out_dir):
+            result = _train_sb3(env_id, algo, target, envs, seed, kwargs, out_dir, checkpoint_every, record)
+        folder_note = f" (resumed at {record.timesteps} steps)"
+    else:
+        target = timesteps if timesteps is not None else DEFAULT_TIMESTEPS
+        _refuse_interrupted(out_dir)
+        with staged_run_dir(out_dir) as staging:
+            if backend == "rllib":
+                result = _train_rllib(env_id, target, envs, seed, kwargs, staging, ray)
+            else:
+                result = _train_sb3(env_id, algo, target, envs, seed, kwargs, staging, checkpoint_every, None)
+        folder_note = ""
+    if result is None:  # interrupted, the last checkpoint kept
+        kept = read_record(out_dir)
+        command = ["cavlab", "train", env_id, "--algo", algo, "--timesteps", str(target), "--envs", str(envs),
+                   "--seed", str(seed), *[f"--env={option}" for option in env or []], "--out", str(out_dir),
+                   *(["--checkpoint-every", str(checkpoint_every)] if checkpoint_every != CHECKPOINT_EVERY else []),
+                   "--resume"]  # fmt: skip
+        err.print(
+            f"[yellow]interrupted[/]: the checkpoint at {kept.timesteps} of {target} steps is kept in "
+            f"{escape(str(out_dir))}; resume with: {escape(shlex.join(command))}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(130)
+    files = "checkpoint/, learning_curve.png, learning_curve.csv" if backend == "rllib" else (
+        "policy.zip, learning_curve.png, tensorboard/")  # fmt: skip
+    out.print(
+        f"trained {escape(label)} on {escape(env_id)}: {result.timesteps} steps, {result.episodes} episodes, "
+        f"{result.wall_time_s:.0f} s{folder_note} → [bold]{escape(str(out_dir))}[/] ({files})",
+        highlight=False,
+    )
+
+
+def _train_sb3(
+    env_id: str, algo: str, timesteps: int, envs: int, seed: int, kwargs: dict[str, Any], folder: Path,
+    checkpoint_every: int, resume: TrainRecord | None,
+) -> TrainResult | None:  # fmt: skip
+    """SB3 training into `folder` with a progress bar; None if Ctrl-C stopped it after a checkpoint."""
+    try:
+        with ProgressBar(algo.upper(), timesteps, "steps", completed=resume.timesteps if resume else 0) as bar:
 
             def progress(n: int) -> None:
                 bar.update(min(n, timesteps))
 
-            if backend == "rllib":
-                address = None if ray in (None, "local") else ray
-                result = train_rllib(env_id, timesteps, envs, seed, kwargs, staging, progress, address)
-                files = "checkpoint/, learning_curve.png, learning_curve.csv"
-            else:
-                result = run_training(env_id, algo, timesteps, envs, seed, kwargs, staging, progress=progress)
-                files = "policy.zip, learning_curve.png, tensorboard/"
-        meta = {"env_id": env_id, "algo": algo, "backend": backend, "timesteps": result.timesteps, "envs": envs,
-                "seed": seed, "env_kwargs": kwargs, "episodes": result.episodes,
-                "wall_time_s": round(result.wall_time_s, 1)}  # fmt: skip
-        if backend == "rllib":
-            meta |= {"ray": ray or "local", "startup_s": round(result.startup_s, 1)}
-        (staging / "train.json").write_text(json.dumps(meta, indent=2) + "\n")
-    out.print(
-        f"trained {escape(label)} on {escape(env_id)}: {result.timesteps} steps, {result.episodes} episodes, "
-        f"{result.wall_time_s:.0f} s → [bold]{escape(str(out_dir))}[/] ({files})",
-        highlight=False,
-    )
+            return run_training(env_id, algo, timesteps, envs, seed, kwargs, folder, progress=progress,
+                                checkpoint_every=checkpoint_every, resume=resume)  # fmt: skip
+    except KeyboardInterrupt:
+        if not (folder / RECORD).is_file():
+            raise  # before the first checkpoint: nothing to keep
+        return None
+
+
+def _train_rllib(
+    env_id: str, timesteps: int, envs: int, seed: int, kwargs: dict[str, Any], folder: Path, ray: str | None
+) -> RllibResult:
+    """RLlib training into `folder` with a progress bar, and its train.json."""
+    with ProgressBar("PPO (RLlib)", timesteps, "steps") as bar:
+
+        def progress(n: int) -> None:
+            bar.update(min(n, timesteps))
+
+        address = None if ray in (None, "local") else ray
+        result = train_rllib(env_id, timesteps, envs, seed, kwargs, folder, progress, address)
+    record = TrainRecord(env_id=env_id, algo="ppo", backend="rllib", timesteps=result.timesteps,
+                         target_timesteps=timesteps, envs=envs, seed=seed, env_kwargs=kwargs, episodes=result.episodes,
+                         wall_time_s=round(result.wall_time_s, 1), ray=ray or "local",
+                         startup_s=round(result.startup_s, 1))  # fmt: skip
+    write_record(folder, record)
+    return result
+
+
+def _resumable(out_dir: Path, env_id: str, algo: str, seed: int, kwargs: dict[str, Any]) -> TrainRecord:
+    """The record of the SB3 training in `out_dir`, if these options are the ones it was trained with."""
+    if not out_dir.is_dir():
+        raise UserError(f"--resume: {out_dir} is not a training directory; nothing to resume")
+    record = read_record(out_dir)
+    if record.backend != "sb3":
+        raise UserError(f"--resume: {out_dir} holds an RLlib run, which cannot be resumed here")
+    for option, given, trained in (("ENV_ID", env_id, record.env_id), ("--algo", algo, record.algo),
+                                   ("--seed", seed, record.seed), ("--env", kwargs, record.env_kwargs)):  # fmt: skip
+        if given != trained:
+            raise UserError(
+                f"--resume: {out_dir} was trained with {option} {trained}, not {given}; give the options it was "
+                f"trained with"
+            )
+    return record
+
+
+def _refuse_interrupted(out_dir: Path) -> None:
+    """Point a rerun into an interrupted training's directory at --resume."""
+    if not (out_dir / RECORD).is_file():
+        return
+    try:
+        record = read_record(out_dir)
+    except UserError:
+        return  # not ours: staged_run_dir refuses the directory
+    if not record.complete:
+        raise UserError(
+            f"{out_dir}: holds an interrupted training ({record.timesteps} of {record.target_timesteps} steps); "
+            f"add --resume to go on with it, or choose another --out"
+        )
 
 
 def evaluate(
@@ -100,6 +206,7 @@ def evaluate(
     """Compare trained policies with a random policy and the rule-based driver on the same episodes."""
     if episodes < 1:
         raise UserError("need --episodes ≥ 1")
+    _check_range("--seed", seed, 0, MAX_SEED - episodes + 1)
     kwargs = _env_kwargs(env)
     trained = ("policy.zip", "checkpoint")
     policies: dict[str, str | Path] = {f"trained:{p.parent.name}" if p.name in trained else p.stem: p
@@ -110,7 +217,7 @@ def evaluate(
             results = run_evaluation(env_id, policies, episodes, seed, kwargs, progress=bar.advance)
         meta = {"env_id": env_id, "episodes": episodes, "seeds": [seed, seed + episodes - 1], "env_kwargs": kwargs,
                 "policies": {k: str(v) for k, v in policies.items()}, "results": results}  # fmt: skip
-        (staging / "evaluation.json").write_text(json.dumps(meta, indent=2) + "\n")
+        write_json(staging / "evaluation.json", meta)
         plot_evaluation(results, staging / "returns.png", f"{env_id}, {episodes} episodes")
     table = Table(title=f"{env_id}: {episodes} episodes (seeds {seed}–{seed + episodes - 1})")
     for col in ("policy", "mean return ± 95 % CI", "collisions / lane ends", "mean speed [m/s]"):

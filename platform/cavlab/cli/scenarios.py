@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -15,8 +16,8 @@ from rich.syntax import Syntax
 from rich.table import Table
 
 from cavlab.cli.common import ProgressBar, SetOption, out
+from cavlab.config.files import read_text
 from cavlab.config.scenario import resolve_scenario_path, shipped_scenarios
-from cavlab.errors import UserError
 from cavlab.runs.rundir import SUMO_SUBDIR, default_run_dir, staged_run_dir, write_run
 from cavlab.sim.engine import Engine
 from cavlab.sim.resolve import load_scenario
@@ -26,23 +27,22 @@ ScenarioArgument = Annotated[str, typer.Argument(help="Shipped scenario name or 
 
 def list_scenarios() -> None:
     """List the shipped scenarios."""
-    table = Table(title="Shipped scenarios")
-    table.add_column("name", no_wrap=True)
-    for col in ("road", "lanes", "length", "demand", "controller", "description"):
-        table.add_column(col, overflow="fold")
+    out.print("[bold]Shipped scenarios[/]", highlight=False)
     for name in sorted(shipped_scenarios()):
         s = load_scenario(name)
         demand = sum(f.vehicles_per_hour for f in s.demand.flows) * s.demand.scale
-        table.add_row(
-            name, s.road.kind, str(s.road.lanes), f"{s.road.length_m:g} m", f"{demand:g} veh/h",
-            s.control.controller, _first_sentence(s.description),
-        )  # fmt: skip
-    out.print(table)
+        facts = (f"{s.road.kind}, {s.road.lanes} lane{'s' if s.road.lanes > 1 else ''}, {s.road.length_m:g} m, "
+                 f"{demand:g} veh/h, controller {s.control.controller}")  # fmt: skip
+        out.print()
+        out.print(_wrapped(f"{name}: {facts}", "", "    "), highlight=False, markup=False, soft_wrap=True)
+        if s.description.strip():
+            out.print(_wrapped(s.description, "  ", "  "), highlight=False, markup=False, soft_wrap=True)
 
 
-def _first_sentence(text: str, limit: int = 80) -> str:
-    sentence = " ".join(text.split()).split(". ")[0]
-    return sentence if len(sentence) <= limit else sentence[: limit - 1] + "…"
+def _wrapped(text: str, first: str, rest: str) -> str:
+    """`text` wrapped at spaces to the terminal's width, its first line indented by `first`, the others by `rest`."""
+    return textwrap.fill(" ".join(text.split()), width=max(out.width, 40), initial_indent=first, subsequent_indent=rest,
+                         break_long_words=False, break_on_hyphens=False)  # fmt: skip
 
 
 def show(
@@ -52,7 +52,7 @@ def show(
 ) -> None:
     """Print a scenario (as written, or fully resolved)."""
     loaded = load_scenario(scenario, overrides or [])
-    text = loaded.to_yaml() if resolved or overrides else resolve_scenario_path(scenario).read_text()
+    text = loaded.to_yaml() if resolved or overrides else read_text(resolve_scenario_path(scenario), "scenario file")
     if out.is_terminal:
         out.print(Syntax(text, "yaml", theme="ansi_dark", background_color="default"))
     else:  # piped into a file: the YAML exactly, never re-wrapped
@@ -158,7 +158,5 @@ def plot(
     """Draw a time-space diagram and a speed heatmap of a run."""
     from cavlab.runs.plot import plot_run  # imports matplotlib (~0.4 s): kept out of the CLI's start-up time
 
-    if not run_dir.is_dir():
-        raise UserError(f"{run_dir}: no such run directory")
     for path in plot_run(run_dir, out_dir):
         out.print(f"wrote {path}", highlight=False)

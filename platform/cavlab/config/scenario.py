@@ -2,16 +2,23 @@
 
 A scenario is one YAML file with the blocks `road`, `demand`, `control`, `simulation`,
 `outputs`, `context` and `perception`; docs/scenarios.md describes every field. The schema is
-pure: it imports no other part of cavlab and reads no file but the scenario. What needs the
-layers above (the controller's own parameters, the perception model directory, the edge
-target) is checked by `cavlab.sim.resolve`, whose `load_scenario` is what runs use. Every way
-a file can be wrong ends in a `ScenarioError` whose one-line message names the file, the field
-and what is allowed.
+pure: it imports nothing of cavlab outside `config` but `errors`, and reads no file but the
+scenario. What needs the layers above (the controller's own parameters, the perception model
+directory, the edge target) is checked by `cavlab.sim.resolve`, whose `load_scenario` is what
+runs use. Every way a file can be wrong ends in a `ScenarioError` whose one-line message names
+the file, the field and what is allowed. Files and `--set` values are read with
+`cavlab.config.files`.
+
+`InputModel` is the base of every pydantic model a user's values go into (these blocks, the
+environment options, controller parameters, edge targets): unknown fields are errors, numbers
+are finite and strict (`true` or `"2"` is not a number; an integer is a float), values are frozen.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -19,32 +26,42 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from cavlab.errors import ScenarioError, validation_message
+from cavlab.config.files import YAMLSyntaxError, check_regular_file, load_yaml, read_text
+from cavlab.errors import ScenarioError, UserError, validation_message
 
 NonNegative = Annotated[float, Field(ge=0)]
 Positive = Annotated[float, Field(gt=0)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
+Acceleration = Annotated[float, Field(gt=0, le=15)]
+"""A magnitude of acceleration or deceleration [m/s²], at most 15 (1.5 g)."""
+
+SUMO_ID_PATTERN = r"[A-Za-z0-9_.:-]{1,64}"
+SUMO_ID_ALLOWED = "1 to 64 letters, digits, '_', '-', '.' or ':'"
 
 
-class _Block(BaseModel):
-    """A scenario block: unknown fields are errors, values never change after validation."""
+class InputModel(BaseModel):
+    """Values from a user: unknown fields are errors; numbers finite and strict (no bool or string
+    for a number, no float for an integer); values never change after validation. Tuples accept
+    lists only where a field says `strict=False`."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 # ----------------------------------------------------------------------------- road
 
 
-class RampSpec(_Block):
+class RampSpec(InputModel):
     """An on-ramp: a one-lane ramp that joins the mainline through an acceleration lane."""
 
     merge_position_m: Positive = Field(description="Mainline position where the acceleration lane starts")
-    length_m: Positive = Field(300.0, description="Length of the ramp before the acceleration lane")
+    length_m: Annotated[float, Field(gt=0, le=10_000)] = Field(
+        300.0, description="Length of the ramp before the acceleration lane"
+    )
     acceleration_lane_m: Positive = Field(250.0, description="Length of the acceleration lane")
     speed_limit_mps: Annotated[float, Field(gt=0, le=70)] = Field(22.22, description="Ramp speed limit")
 
 
-class LaneDropSpec(_Block):
+class LaneDropSpec(InputModel):
     """Lanes that end at a point of the mainline; their vehicles must change lanes before it."""
 
     position_m: Positive = Field(description="Mainline position where the lanes end")
@@ -52,7 +69,7 @@ class LaneDropSpec(_Block):
     side: Literal["right", "left"] = Field("right", description="Which side the ending lanes are on")
 
 
-class RoadSpec(_Block):
+class RoadSpec(InputModel):
     """A straight multi-lane road, optionally with an on-ramp or a lane drop."""
 
     kind: Literal["highway", "on_ramp", "lane_drop"] = Field(description="Road layout")
@@ -108,7 +125,7 @@ class RoadSpec(_Block):
 # ----------------------------------------------------------------------------- demand
 
 
-class LaneChangeParams(_Block):
+class LaneChangeParams(InputModel):
     """SUMO's LC2013 lane-change model parameters (`lcStrategic`, `lcCooperative`, ...)."""
 
     strategic: Annotated[float, Field(ge=0)] = 1.0
@@ -119,18 +136,18 @@ class LaneChangeParams(_Block):
     sigma: Fraction = 0.0
 
 
-class VehicleTypeSpec(_Block):
+class VehicleTypeSpec(InputModel):
     """A vehicle type: Krauss or IDM car following, LC2013 lane changing."""
 
     kind: Literal["hdv", "cav"] = Field("hdv", description="Human-driven or connected automated")
     vehicle_class: Literal["passenger", "truck", "bus"] = "passenger"
-    length_m: Positive = 5.0
-    min_gap_m: NonNegative = 2.5
+    length_m: Annotated[float, Field(gt=0, le=50)] = 5.0
+    min_gap_m: Annotated[float, Field(ge=0, le=20)] = 2.5
     max_speed_mps: Annotated[float, Field(gt=0, le=70)] = 55.0
-    accel_mps2: Positive = 2.6
-    decel_mps2: Positive = 4.5
-    emergency_decel_mps2: Positive = 9.0
-    tau_s: Positive = Field(1.0, description="Desired time headway (reaction time)")
+    accel_mps2: Acceleration = 2.6
+    decel_mps2: Acceleration = 4.5
+    emergency_decel_mps2: Acceleration = 9.0
+    tau_s: Annotated[float, Field(gt=0, le=10)] = Field(1.0, description="Desired time headway (reaction time)")
     sigma: Fraction = Field(0.5, description="Driver imperfection (Krauss)")
     speed_factor_mean: Annotated[float, Field(gt=0, le=2)] = Field(
         1.0, description="Desired speed as a multiple of the speed limit (mean)"
@@ -155,13 +172,13 @@ DEFAULT_VEHICLE_TYPES = {
 }
 
 
-class FlowSpec(_Block):
+class FlowSpec(InputModel):
     """A stream of vehicles entering on one route (and optionally one lane)."""
 
     route: Literal["mainline", "ramp"] = "mainline"
     lane: Annotated[int, Field(ge=0)] | None = Field(None, description="Depart lane; null lets SUMO choose")
     vehicles_per_hour: Annotated[float, Field(ge=0, le=10_000)] = Field(description="Mean arrival rate")
-    vehicle_types: dict[str, Positive] = Field(
+    vehicle_types: dict[str, Annotated[float, Field(gt=0, le=1e6)]] = Field(
         default_factory=lambda: {"car": 1.0}, description="Human-driven type mix (weights, normalised)"
     )
     cav_share: Fraction | None = Field(None, description="Share of CAVs; null uses demand.cav_share")
@@ -185,7 +202,7 @@ class FlowSpec(_Block):
         return mix
 
 
-class DemandSpec(_Block):
+class DemandSpec(InputModel):
     """Traffic demand: vehicle types, flows and the CAV share.
 
     The built-in types `car` (human-driven) and `cav` always exist; a scenario's
@@ -217,6 +234,14 @@ class DemandSpec(_Block):
                 merged[name] = spec
         return merged
 
+    @field_validator("vehicle_types")
+    @classmethod
+    def _sumo_ids(cls, types: dict[str, VehicleTypeSpec]) -> dict[str, VehicleTypeSpec]:
+        for name in types:
+            if not re.fullmatch(SUMO_ID_PATTERN, name):
+                raise ValueError(f"type name {name!r} is not allowed; a type name (a SUMO id) is {SUMO_ID_ALLOWED}")
+        return types
+
     @model_validator(mode="after")
     def _check_types(self) -> DemandSpec:
         known = ", ".join(sorted(self.vehicle_types))
@@ -237,7 +262,7 @@ class DemandSpec(_Block):
 # ----------------------------------------------------------------------------- control etc.
 
 
-class ControlSpec(_Block):
+class ControlSpec(InputModel):
     """Which controller drives the CAVs, and its parameters (checked by the controller when the
     scenario is resolved for a run: `cavlab.sim.resolve`)."""
 
@@ -245,7 +270,7 @@ class ControlSpec(_Block):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
-class SimulationSpec(_Block):
+class SimulationSpec(InputModel):
     """Time, randomness and the SUMO options cavlab exposes."""
 
     step_length_s: Annotated[float, Field(gt=0, le=1)] = 0.1
@@ -253,13 +278,19 @@ class SimulationSpec(_Block):
     warmup_s: NonNegative = Field(120.0, description="Metrics ignore the time before this")
     seed: Annotated[int, Field(ge=0, lt=2**31)] = 42
     backend: Literal["libsumo", "traci", "gui"] = "libsumo"
-    lane_change_duration_s: NonNegative = Field(3.0, description="Lateral maneuver time; 0 = instantaneous")
+    lane_change_duration_s: Annotated[float, Field(ge=0, le=60)] = Field(
+        3.0, description="Lateral maneuver time; 0 = instantaneous"
+    )
     collision_action: Literal["remove", "warn"] = Field(
         "remove", description="What SUMO does with colliding vehicles (collisions are counted either way)"
     )
 
     @model_validator(mode="after")
     def _check_times(self) -> SimulationSpec:
+        if self.duration_s < self.step_length_s:
+            raise ValueError(
+                f"duration_s = {self.duration_s:g} must be at least one step (step_length_s = {self.step_length_s:g})"
+            )
         if self.warmup_s >= self.duration_s:
             raise ValueError(f"warmup_s = {self.warmup_s:g} must be less than duration_s = {self.duration_s:g}")
         if 0 < self.lane_change_duration_s < self.step_length_s:
@@ -281,7 +312,7 @@ class SimulationSpec(_Block):
 SUMO_OUTPUTS = ("tripinfo", "lanechange", "ssm")
 
 
-class OutputsSpec(_Block):
+class OutputsSpec(InputModel):
     """What goes into the run directory besides summary.json, lane_changes.csv and the SUMO log."""
 
     trajectories: bool = True
@@ -310,7 +341,7 @@ class OutputsSpec(_Block):
         return value
 
 
-class SensorFault(_Block):
+class SensorFault(InputModel):
     """A sensor fault that perception applies."""
 
     sensor: Literal["camera", "lidar", "radar"]
@@ -318,7 +349,7 @@ class SensorFault(_Block):
     severity: Fraction = Field(1.0, description="0 = no effect, 1 = full effect")
 
 
-class ContextSpec(_Block):
+class ContextSpec(InputModel):
     """Operating context for perception: weather, light and sensor faults."""
 
     weather: Literal["clear", "rain", "fog", "snow"] = "clear"
@@ -326,7 +357,7 @@ class ContextSpec(_Block):
     sensor_faults: list[SensorFault] = Field(default_factory=list)
 
 
-class PerceptionSpec(_Block):
+class PerceptionSpec(InputModel):
     """Perception in the loop: controllers plan on what the CAVs' sensors and a trained fusion model
     estimate instead of SUMO's ground truth (cavlab.sim.perception_loop)."""
 
@@ -338,11 +369,15 @@ class PerceptionSpec(_Block):
     backend: Literal["torch", "onnxruntime"] = "torch"
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="torch: CUDA when available, else CPU")
     target: str = Field("jetson-orin-nano", description="Edge target (hw/targets): latency and energy per frame")
-    latency_s: NonNegative | None = Field(
+    latency_s: Annotated[float, Field(ge=0, le=10)] | None = Field(
         None, description="Measured inference latency per frame; null = the target's cost model"
     )
-    extra_latency_s: NonNegative = Field(0.0, description="Added pipeline latency (capture, transfer)")
-    track_hold_s: NonNegative = Field(0.5, description="A vehicle no sensor sees is predicted this long")
+    extra_latency_s: Annotated[float, Field(ge=0, le=10)] = Field(
+        0.0, description="Added pipeline latency (capture, transfer)"
+    )
+    track_hold_s: Annotated[float, Field(ge=0, le=60)] = Field(
+        0.5, description="A vehicle no sensor sees is predicted this long"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> PerceptionSpec:
@@ -351,7 +386,7 @@ class PerceptionSpec(_Block):
         return self
 
 
-class Scenario(_Block):
+class Scenario(InputModel):
     """A complete, validated scenario."""
 
     name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", max_length=64)]
@@ -379,6 +414,11 @@ class Scenario(_Block):
                 )
         for name in ("trajectory_period_s", "detector_period_s"):
             period = getattr(self.outputs, name)
+            if period is not None and period > self.simulation.duration_s:
+                raise ValueError(
+                    f"outputs.{name} = {period:g} must be at most simulation.duration_s = "
+                    f"{self.simulation.duration_s:g}"
+                )
             if period is not None and not _is_multiple(period, self.simulation.step_length_s):
                 raise ValueError(f"outputs.{name} = {period:g} must be a multiple of step_length_s")
         return self
@@ -403,13 +443,17 @@ def shipped_scenarios() -> dict[str, Path]:
 
 
 def resolve_scenario_path(name_or_path: str) -> Path:
-    """A shipped scenario's file, or the given path if it is a file."""
+    """A shipped scenario's file, or the given path if it is a regular file within the size limit of
+    `cavlab.config.files` (a directory, FIFO or device is named as such)."""
     shipped = shipped_scenarios()
     if name_or_path in shipped:
         return shipped[name_or_path]
     path = Path(name_or_path)
-    if path.is_file():
-        return path
+    if os.path.lexists(path):
+        try:
+            return check_regular_file(path, "scenario")
+        except UserError as exc:
+            raise ScenarioError(str(exc)) from None
     if path.suffix in (".yaml", ".yml") or "/" in name_or_path:
         raise ScenarioError(f"{name_or_path}: no such file")
     raise ScenarioError(
@@ -421,23 +465,18 @@ def read_scenario(name_or_path: str | Path, overrides: list[str] | tuple[str, ..
     """Read, override and validate a scenario; every failure is a `ScenarioError`."""
     path = resolve_scenario_path(str(name_or_path))
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ScenarioError(f"{path}: cannot read the file ({exc.__class__.__name__}: {exc})") from None
+        text = read_text(path, "scenario")
+    except UserError as exc:
+        raise ScenarioError(str(exc)) from None
     return parse_scenario(text, source=str(path), overrides=overrides)
 
 
 def parse_scenario(text: str, source: str = "<scenario>", overrides: list[str] | tuple[str, ...] = ()) -> Scenario:
     """Validate scenario YAML text; `source` names it in error messages."""
     try:
-        raw = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
-        problem = exc.problem or exc.context or "invalid YAML"
-        raise ScenarioError(f"{source}{where}: YAML syntax error: {problem}") from None
-    except yaml.YAMLError as exc:
-        raise ScenarioError(f"{source}: YAML error: {' '.join(str(exc).split())}") from None
+        raw = load_yaml(text, source)
+    except UserError as exc:
+        raise ScenarioError(str(exc)) from None
     if not isinstance(raw, dict):
         raise ScenarioError(f"{source}: expected a mapping of blocks (road, demand, ...), got {_kind(raw)}")
     for override in overrides:
@@ -458,15 +497,19 @@ def validate_scenario(raw: dict[str, Any], source: str = "<scenario>") -> Scenar
 
 
 def apply_override(raw: dict[str, Any], override: str) -> None:
-    """Apply one `key.path=value` override in place; the value is parsed as YAML."""
+    """Apply one `key.path=value` override in place; the value is parsed as YAML (`load_yaml`)."""
     key, sep, text = override.partition("=")
     shown = override.replace("\r", "\\r").replace("\n", "\\n")  # messages stay on one line
+    if len(shown) > 100:  # ... and short
+        shown = shown[:99] + "…"
     if not sep or not key.strip():
         raise ScenarioError(f"override '{shown}' must look like key.path=value (e.g. simulation.seed=7)")
     try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
+        value = load_yaml(text, f"override '{shown}'")
+    except YAMLSyntaxError:
         raise ScenarioError(f"override '{shown}': the value is not valid YAML") from None
+    except UserError as exc:
+        raise ScenarioError(str(exc)) from None
     parts = key.strip().split(".")
     node: Any = raw
     for depth, part in enumerate(parts):

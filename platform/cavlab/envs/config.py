@@ -3,30 +3,28 @@
 Every environment class carries defaults (`TrafficEnv.defaults`); keyword arguments given to
 the class or to `gymnasium.make` are merged into them block by block, so
 `gymnasium.make("cavlab/LaneChange-v0", reward={"collision": 20})` changes one weight and
-keeps the others.
+keeps the others. The options are `InputModel`s: finite, strictly typed numbers (a list is
+accepted where a tuple is expected).
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
+from cavlab.config.scenario import InputModel
 from cavlab.errors import UserError, validation_message
 
-Positive = Annotated[float, Field(gt=0)]
-NonNegative = Annotated[float, Field(ge=0)]
+Speed = Annotated[float, Field(ge=0, le=70)]
+Distance = Annotated[float, Field(gt=0, le=1000)]
 
 
 class EnvConfigError(UserError):
     """Environment keyword arguments that do not validate."""
 
 
-class _Block(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class EgoSpec(_Block):
+class EgoSpec(InputModel):
     """Which vehicle the agent drives, chosen after the warm-up.
 
     `takeover`: the vehicle of `lane` nearest to `x_m` becomes the ego: it keeps its place and
@@ -39,11 +37,13 @@ class EgoSpec(_Block):
     """
 
     route: Literal["mainline", "ramp"] = "mainline"
-    lane: int = Field(0, description="Road lane (0 = rightmost mainline lane, −1 = ramp)")
-    x_m: NonNegative = 300.0
+    lane: Annotated[int, Field(ge=-1, le=7)] = Field(
+        0, description="Road lane (0 = rightmost mainline lane, −1 = ramp)"
+    )
+    x_m: Annotated[float, Field(ge=0, le=100_000)] = 300.0
     placement: Literal["takeover", "insert"] = "takeover"
-    leader_within_m: Positive | None = None
-    speed_mps: NonNegative | None = None
+    leader_within_m: Distance | None = None
+    speed_mps: Speed | None = None
     vehicle_type: str | None = Field(None, description="Vehicle type; null uses the scenario's CAV type")
 
 
@@ -51,7 +51,7 @@ KINEMATIC_FEATURES = ("presence", "x", "y", "vx", "ax", "lane", "cav")
 GRID_FEATURES = ("presence", "vx", "cav")
 
 
-class ObservationSpec(_Block):
+class ObservationSpec(InputModel):
     """What the agent sees: the nearest vehicles' kinematics, an occupancy grid around it, or its
     neighbours as its own perception estimates them (simulated sensors under the scenario's
     context, then a model from `cavlab perception train` in `model`)."""
@@ -60,10 +60,12 @@ class ObservationSpec(_Block):
     model: str | None = Field(None, description="perception: a model directory from `cavlab perception train`")
     vehicles_count: Annotated[int, Field(ge=1, le=64)] = Field(7, description="Rows, the ego's included")
     features: tuple[str, ...] | None = Field(
-        None, description=f"kinematics: any of {', '.join(KINEMATIC_FEATURES)}; grid: any of {', '.join(GRID_FEATURES)}"
+        None,
+        description=f"kinematics: any of {', '.join(KINEMATIC_FEATURES)}; grid: any of {', '.join(GRID_FEATURES)}",
+        strict=False,
     )
-    range_m: Positive = Field(150.0, description="Longitudinal half-window around the ego")
-    grid_step_m: Positive = 5.0
+    range_m: Distance = Field(150.0, description="Longitudinal half-window around the ego")
+    grid_step_m: Distance = 5.0
     normalize: bool = True
 
     @model_validator(mode="after")
@@ -82,6 +84,8 @@ class ObservationSpec(_Block):
             raise ValueError("needs at least one feature")
         if self.type == "occupancy_grid" and (2 * self.range_m / self.grid_step_m) > 400:
             raise ValueError("the grid would have more than 400 cells per lane: raise grid_step_m or lower range_m")
+        if self.type == "occupancy_grid" and self.grid_step_m > self.range_m:
+            raise ValueError(f"grid_step_m = {self.grid_step_m:g} must be at most range_m = {self.range_m:g}")
         return self
 
     @property
@@ -91,7 +95,7 @@ class ObservationSpec(_Block):
         return ("presence", "x", "y", "vx") if self.type == "kinematics" else ("presence", "vx")
 
 
-class ActionSpec(_Block):
+class ActionSpec(InputModel):
     """How actions drive the ego.
 
     `discrete_meta`: 0 LANE_LEFT, 1 IDLE, 2 LANE_RIGHT, 3 FASTER, 4 SLOWER (highway-env's
@@ -104,8 +108,8 @@ class ActionSpec(_Block):
     """
 
     type: Literal["discrete_meta", "continuous", "planner"] = "discrete_meta"
-    target_speeds_mps: tuple[Annotated[float, Field(ge=0)], ...] = (15.0, 20.0, 25.0, 30.0)
-    speed_gain_per_s: Positive = Field(1 / 0.6, description="k in u = k·(v* − v)")
+    target_speeds_mps: tuple[Speed, ...] = Field((15.0, 20.0, 25.0, 30.0), strict=False)
+    speed_gain_per_s: Annotated[float, Field(gt=0, le=100)] = Field(1 / 0.6, description="k in u = k·(v* − v)")
 
     @model_validator(mode="after")
     def _check_speeds(self) -> ActionSpec:
@@ -115,15 +119,15 @@ class ActionSpec(_Block):
         return self
 
 
-class RewardSpec(_Block):
+class RewardSpec(InputModel):
     """Weights of the reward terms (each term is documented in `TrafficEnv`)."""
 
     speed: float = 1.0
-    speed_range_mps: tuple[float, float] = (20.0, 30.0)
+    speed_range_mps: tuple[Speed, Speed] = Field((20.0, 30.0), strict=False)
     target_lane: float = 0.5
     comfort: float = 0.05
     disruption: float = 0.01
-    disruption_range_m: Positive = 100.0
+    disruption_range_m: Distance = 100.0
     collision: float = 10.0
 
     @model_validator(mode="after")
@@ -134,20 +138,24 @@ class RewardSpec(_Block):
         return self
 
 
-class EnvConfig(_Block):
+class EnvConfig(InputModel):
     """Everything an environment is built from."""
 
     scenario: str = Field("highway-lane-change", description="A shipped scenario name or a YAML path")
-    set: tuple[str, ...] = Field((), description="Scenario overrides, key.path=value")
+    set: tuple[str, ...] = Field((), description="Scenario overrides, key.path=value", strict=False)
     backend: Literal["libsumo", "traci"] = "libsumo"
-    decision_period_s: Positive = 1.0
-    episode_s: Positive = 40.0
-    warmup_s: NonNegative = Field(20.0, description="Traffic simulated before the ego enters")
+    decision_period_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+    episode_s: Annotated[float, Field(gt=0, le=86_400)] = 40.0
+    warmup_s: Annotated[float, Field(ge=0, le=86_400)] = Field(
+        20.0, description="Traffic simulated before the ego enters"
+    )
     metrics: bool = Field(
         False, description="Read every step and report the episode's run metrics (as `cavlab run`) in the last info"
     )
-    target_lane: int | None = Field(None, description="The lane the ego should reach (rewarded)")
-    goal_x_m: NonNegative | None = Field(
+    target_lane: Annotated[int, Field(ge=-1, le=7)] | None = Field(
+        None, description="The lane the ego should reach (rewarded)"
+    )
+    goal_x_m: Annotated[float, Field(ge=0, le=100_000)] | None = Field(
         None, description="Reaching it ends the episode; null: 50 m before the road end"
     )
     ego: EgoSpec = Field(default_factory=EgoSpec)

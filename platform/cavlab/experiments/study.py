@@ -45,7 +45,7 @@ import pyarrow as pa
 from cavlab.config.scenario import Scenario
 from cavlab.controllers.cooperative import CooperativeParams, disruption_parts
 from cavlab.experiments.sweep import SCENARIO_AXIS, SweepSpec, register_measure
-from cavlab.runs.stats import mean_ci
+from cavlab.runs.stats import format_mean_ci, mean_ci
 from cavlab.sim.resolve import load_scenario
 
 SCENARIO = "highway-lane-change"  # the lane-change study's
@@ -447,13 +447,6 @@ def summarize_study(rows: list[dict], offered: dict[tuple[str, float], float]) -
     return {"cells": cells, "capacity": capacity(rows, offered)}
 
 
-def _cell(mean: float, half: float, signed: bool = False) -> str:
-    if mean is None or math.isnan(mean):
-        return "—"
-    text = f"{mean:+.3g}" if signed else f"{mean:.3g}"
-    return text if half is None or math.isnan(half) else f"{text} ± {half:.2g}"
-
-
 def markdown_report(summary: dict[str, Any]) -> str:
     """The summary as Markdown: the cells (mean ± 95 % CI), the differences to sumo-default (paired over seeds)
     and the capacity per scenario."""
@@ -461,7 +454,7 @@ def markdown_report(summary: dict[str, Any]) -> str:
     lines = ["| scenario | demand level | offered [veh/h] | CAV share | variant | runs | " + " | ".join(names) + " |",
              "|" + "---|" * (6 + len(names))]  # fmt: skip
     for e in summary["cells"]:
-        cells = [_cell(e[m], e[f"{m}_ci95"]) for m in SUMMARY_METRICS]
+        cells = [format_mean_ci(e[m], e[f"{m}_ci95"]) for m in SUMMARY_METRICS]
         lines.append(f"| {e['scenario']} | {e['scale']:g} | {e['offered_vph']:.0f} | {e['cav_share']:g} | "
                      f"{e['variant']} | {e['runs']} | " + " | ".join(cells) + " |")  # fmt: skip
     lines += ["", f"Difference to {BASELINE} (mean ± 95 % CI of the per-seed differences):", "",
@@ -470,7 +463,7 @@ def markdown_report(summary: dict[str, Any]) -> str:
     for e in summary["cells"]:
         if e["variant"] == BASELINE:
             continue
-        cells = [_cell(e[f"{m}_diff"], e[f"{m}_diff_ci95"], signed=True) for m in SUMMARY_METRICS]
+        cells = [format_mean_ci(e[f"{m}_diff"], e[f"{m}_diff_ci95"], signed=True) for m in SUMMARY_METRICS]
         lines.append(f"| {e['scenario']} | {e['scale']:g} | {e['cav_share']:g} | {e['variant']} | "
                      + " | ".join(cells) + " |")  # fmt: skip
     lines += ["", f"Capacity under {BASELINE} (the largest demand level whose mean throughput is within "
@@ -496,6 +489,8 @@ def plot_study(summary: dict[str, Any], out_dir: Path) -> list[Path]:
     and CAV share (columns), a line per variant with its 95 % CI bars; the throughput panels also show the
     demand offered (dashed)."""
     from matplotlib.figure import Figure  # no pyplot: no global state, the backend stays the user's
+
+    from cavlab.runs.plot import save_png
 
     cells = summary["cells"]
     scenarios = list(dict.fromkeys(e["scenario"] for e in cells))
@@ -528,7 +523,5 @@ def plot_study(summary: dict[str, Any], out_dir: Path) -> list[Path]:
         if cells:
             axes[0, -1].legend(fontsize=7)
         fig.tight_layout()
-        path = Path(out_dir) / f"{metric}.png"
-        fig.savefig(path, dpi=110)
-        paths.append(path)
+        paths.append(save_png(fig, Path(out_dir) / f"{metric}.png", dpi=110))
     return paths

@@ -32,7 +32,10 @@ runs (its scenario, overrides, labels and measures: a sweep without the scenario
 ids it had before the axis existed), executes in a fresh process (one SUMO per process, nothing
 leaks between runs), and its results are written as soon as it ends to `<out>/runs/<id>.parquet`
 (atomically). A rerun of the same sweep into the same folder skips the runs already there, so an
-interrupted sweep loses only the runs that were in flight.
+interrupted sweep loses only the runs that were in flight; a row file that cannot be read (a corrupt or
+truncated file) is reported, removed and its run done again. The folder (`prepare_folder`) is new, empty, or
+this sweep's own (its `sweep.json` records the sweep; `metrics` may differ, as they only shape the summary):
+a run directory or another sweep's folder is refused. summary.json is strict JSON (NaN as null).
 
 A measure is a function (scenario, run result) -> {name: value} registered under its name with
 `register_measure`; the studies register theirs (cavlab.experiments.study: `lane_changes`,
@@ -45,9 +48,11 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 import os
+import stat
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from importlib.resources import files
@@ -61,14 +66,17 @@ import pyarrow.parquet as pq
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from cavlab.config.files import read_json, read_yaml
 from cavlab.errors import UserError, validation_message
-from cavlab.runs.stats import mean_ci
+from cavlab.runs.ray_local import init_ray
+from cavlab.runs.rundir import parquet_error_text, write_json, write_parquet, write_text
+from cavlab.runs.stats import format_mean_ci, mean_ci
 from cavlab.sim.engine import Engine
 from cavlab.sim.resolve import load_scenario
 
 
 class Distribution(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     uniform: tuple[float, float] | None = None
     choice: list[Any] | None = None
@@ -77,11 +85,15 @@ class Distribution(BaseModel):
     def _one(self) -> Distribution:
         if (self.uniform is None) == (self.choice is None):
             raise ValueError("give exactly one of uniform: [low, high] or choice: [...]")
+        if self.choice is not None and not self.choice:
+            raise ValueError("choice: give at least one value")
+        if self.uniform is not None and self.uniform[0] > self.uniform[1]:
+            raise ValueError(f"uniform: [low, high] needs low ≤ high (got [{self.uniform[0]:g}, {self.uniform[1]:g}])")
         return self
 
 
 class RandomSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     samples: int = Field(ge=1)
     seed: int = 0
@@ -93,6 +105,15 @@ Cases = dict[str | int | float, list[str] | dict[str, list[str]]]
 
 SCENARIO_AXIS = "scenario"
 """The grid axis that runs the other points in several scenarios."""
+
+MAX_RUNS = 100_000
+"""The most runs a sweep may plan."""
+
+RECORD = "sweep.json"
+"""The file in a sweep's folder that records the sweep."""
+
+ROW_MAX_BYTES = 16 * 1024 * 1024
+"""A run's row file is far smaller (a few kB); a larger one is not a row."""
 
 Measure = Callable[[Any, Any], dict[str, float]]
 MEASURES: dict[str, Measure] = {}
@@ -124,7 +145,7 @@ def get_measure(name: str) -> Measure:
 class SweepSpec(BaseModel):
     """A sweep file (see the module docstring)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     scenario: str | None = None
     set: list[str] = Field(default_factory=list)
@@ -133,6 +154,50 @@ class SweepSpec(BaseModel):
     seeds: int | list[int] = 3
     measures: list[str] = Field(default_factory=list)
     metrics: list[str] | None = None
+
+    @field_validator("grid", mode="before")
+    @classmethod
+    def _axes(cls, grid: Any) -> Any:
+        for key, values in grid.items() if isinstance(grid, dict) else ():
+            if key == SCENARIO_AXIS:
+                continue  # checked with the scenario (below)
+            if not isinstance(values, (list, dict)):
+                raise ValueError(f"axis '{key}': give a list of values or a mapping label → overrides")
+            if not values:
+                raise ValueError(f"axis '{key}' has no values; give at least one")
+            texts = [json.dumps(v, sort_keys=True, default=str) for v in values] if isinstance(values, list) else []
+            twice = _repeated(texts)
+            if twice is not None:
+                raise ValueError(f"axis '{key}' lists {twice} twice")
+        return grid
+
+    @field_validator("seeds", mode="before")
+    @classmethod
+    def _some_seeds(cls, seeds: Any) -> Any:
+        def integer(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        if not (integer(seeds) or (isinstance(seeds, list) and all(integer(v) for v in seeds))):
+            raise ValueError("give a number of seeds (an integer ≥ 1) or a list of integer seeds")
+        if integer(seeds) and seeds < 1:
+            raise ValueError(f"must be at least 1 (got {seeds}), or a list of seeds")
+        if isinstance(seeds, list):
+            if not seeds:
+                raise ValueError("the list of seeds is empty; give at least one")
+            twice = _repeated(seeds)
+            if twice is not None:
+                raise ValueError(f"lists seed {twice} twice")
+        return seeds
+
+    @field_validator("metrics")
+    @classmethod
+    def _some_metrics(cls, metrics: list[str] | None) -> list[str] | None:
+        if metrics is not None and not metrics:
+            raise ValueError("the list is empty; name at least one metric, or leave metrics out for all of them")
+        twice = _repeated(metrics or [])
+        if twice is not None:
+            raise ValueError(f"lists '{twice}' twice")
+        return metrics
 
     @field_validator("measures")
     @classmethod
@@ -177,6 +242,16 @@ class SweepSpec(BaseModel):
     def fields(self) -> list[str]:
         """The columns that tell the runs apart: the swept fields and the named axes, in grid order."""
         return [*self.grid, *(self.random.fields if self.random else {})]
+
+
+def _repeated(values: Iterable[Any]) -> Any:
+    """The first value that comes a second time, or None."""
+    seen: set = set()
+    for value in values:
+        if value in seen:
+            return value
+        seen.add(value)
+    return None
 
 
 @dataclass(frozen=True)
@@ -224,12 +299,11 @@ def load_sweep(path: Path | str) -> SweepSpec:
         if path.name not in shipped:
             raise UserError(f"{path}: no such sweep file, and not a shipped sweep ({', '.join(sorted(shipped))})")
         path = shipped[path.name]
-    try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read the sweep file ({exc.strerror or exc})") from None
-    except yaml.YAMLError:
-        raise UserError(f"{path}: not valid YAML") from None
+    raw = read_yaml(path, "sweep file")
+    if not isinstance(raw, dict):
+        fields = ", ".join(SweepSpec.model_fields)
+        got = "an empty file" if raw is None else f"a {type(raw).__name__}"
+        raise UserError(f"{path}: a sweep file is a mapping of {fields} (got {got})")
     try:
         return SweepSpec.model_validate(raw)
     except ValidationError as exc:
@@ -246,6 +320,10 @@ def plan(spec: SweepSpec) -> list[SweepRun]:
     axes = [[(key, label, sets) for label, sets in values.items()] if isinstance(values, dict)
             else [(key, value, () if key == SCENARIO_AXIS else None) for value in values]
             for key, values in spec.grid.items()]  # fmt: skip
+    count = math.prod(map(len, axes)) * (spec.random.samples if spec.random else 1)
+    count *= spec.seeds if isinstance(spec.seeds, int) else len(spec.seeds)
+    if count > MAX_RUNS:
+        raise UserError(f"the sweep has {count} runs; at most {MAX_RUNS} are allowed (give fewer values or seeds)")
     grid = list(itertools.product(*axes))
     samples: list[tuple[tuple[str, Any], ...]] = [()]
     if spec.random is not None:
@@ -305,6 +383,70 @@ def run_one(run: SweepRun) -> dict[str, Any]:
     return row
 
 
+def prepare_folder(spec: SweepSpec, runs: list[SweepRun], folder: Path) -> list[str]:
+    """Make `folder` the sweep's folder, its record (`RECORD`) written if it has none; the warnings to show, one line
+    each.
+
+    The folder must be new, empty or this sweep's (its record the same but for `metrics`, which `write_summary`
+    updates); a file, a run directory, another sweep's folder or one holding other things is a `UserError`, before
+    anything is written. A record that cannot be read is reported and written anew; a row file of `runs` that cannot
+    be read is reported and removed (its run is done again)."""
+    folder, record = Path(folder), Path(folder) / RECORD
+    warnings = []
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{folder}: is a file, not a directory; choose another --out")
+    recorded = None
+    if os.path.lexists(record):
+        try:
+            recorded = read_json(record, "sweep record")
+        except UserError as exc:
+            warnings.append(f"{exc}; written anew")
+        if recorded is not None and not (isinstance(recorded, dict) and set(recorded) == set(SweepSpec.model_fields)):
+            warnings.append(f"{record}: not the record of a sweep; written anew")
+            recorded = None
+        elif recorded is not None and _identity(recorded) != _identity(spec.model_dump(mode="json")):
+            raise UserError(f"{folder}: holds another sweep (its {RECORD} differs); choose another --out")
+    elif folder.is_dir() and any(folder.iterdir()):
+        run_dir = (folder / "summary.json").is_file() and (folder / "scenario.yaml").is_file()
+        what = "a run directory (written by `cavlab run`)" if run_dir else f"not empty and holds no sweep (no {RECORD})"
+        raise UserError(f"{folder}: is {what}; choose another --out: a new or empty directory, or a sweep's to resume")
+    folder.mkdir(parents=True, exist_ok=True)
+    if recorded is None:
+        write_json(record, spec.model_dump(mode="json"))
+    for run in runs:
+        path = folder / "runs" / f"{run.run_id}.parquet"
+        problem = _row_problem(path, run.run_id)
+        if problem is not None:
+            path.unlink()
+            warnings.append(f"{path}: {problem}; removed, the run is done again")
+    return warnings
+
+
+def _identity(record: dict[str, Any]) -> Any:
+    """What tells sweeps apart: the record without `metrics`, as JSON has it."""
+    return json.loads(json.dumps({k: v for k, v in record.items() if k != "metrics"}, sort_keys=True))
+
+
+def _row_problem(path: Path, run_id: str) -> str | None:
+    """Why the row file `path` of run `run_id` cannot be used (None: it can, or there is none); a `UserError` if it
+    is not a regular file (a directory, link or device is not removed for the user)."""
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(info.st_mode):
+        raise UserError(f"{path}: is not a run's row file (a directory, link or device); remove it to run it again")
+    if info.st_size > ROW_MAX_BYTES:
+        return f"{info.st_size} bytes, not one run's row"
+    try:
+        table = pq.read_table(path)
+    except (OSError, ValueError) as exc:
+        return f"cannot read it ({parquet_error_text(exc)})"
+    if table.num_rows != 1 or "run_id" not in table.column_names or table["run_id"][0].as_py() != run_id:
+        return "not the row of this run"
+    return None
+
+
 def execute(runs: list[SweepRun], folder: Path, workers: int,
             progress: Callable[[str], None] | None = None) -> int:  # fmt: skip
     """Run every run not yet in `folder/runs` (each in a fresh process), writing each row as it ends;
@@ -341,10 +483,7 @@ def execute_ray(runs: list[SweepRun], folder: Path, address: str | None, workers
     out = Path(folder) / "runs"
     out.mkdir(parents=True, exist_ok=True)
     todo = [r for r in runs if not (out / f"{r.run_id}.parquet").exists()]
-    if address is None:
-        ray.init(num_cpus=max(1, workers), include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-    else:
-        ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+    init_ray(address, max(1, workers))  # local: listening on the loopback only
     try:
         remote = ray.remote(num_cpus=1, max_calls=1, max_retries=1)(run_one)
         pending = {remote.remote(r): r for r in todo}
@@ -362,13 +501,16 @@ def execute_ray(runs: list[SweepRun], folder: Path, address: str | None, workers
 
 def write_row(folder: Path, row: dict[str, Any]) -> None:
     """One run's row as `<run_id>.parquet`, atomically (written aside, then renamed)."""
-    tmp = folder / f".{row['run_id']}.parquet.tmp"
-    pq.write_table(pa.Table.from_pylist([row]), tmp)
-    os.replace(tmp, folder / f"{row['run_id']}.parquet")
+    write_parquet(pa.Table.from_pylist([row]), Path(folder) / f"{row['run_id']}.parquet")
 
 
-def load_rows(folder: Path) -> list[dict[str, Any]]:
-    files = sorted((Path(folder) / "runs").glob("*.parquet"))
+def load_rows(folder: Path, run_ids: list[str] | None = None) -> list[dict[str, Any]]:
+    """The rows in `folder`/runs: every one, or those of `run_ids` that are there."""
+    rows = Path(folder) / "runs"
+    if run_ids is None:
+        files = sorted(rows.glob("*.parquet"))
+    else:
+        files = sorted(path for run_id in set(run_ids) if (path := rows / f"{run_id}.parquet").exists())
     if not files:
         return []
     tables = [pq.read_table(f) for f in files]
@@ -379,7 +521,14 @@ def summarize(spec: SweepSpec, rows: list[dict[str, Any]]) -> list[dict[str, Any
     """Per point (the swept fields' values): runs, and each metric's mean and 95 % CI over the seeds."""
     fields = spec.fields
     skip = {"run_id", "seed", *fields}
-    metrics = spec.metrics or sorted({k for r in rows for k, v in r.items() if k not in skip and isinstance(v, float)})
+    known = sorted({k for r in rows for k, v in r.items() if k not in skip and isinstance(v, float)})
+    for name in spec.metrics or []:
+        if rows and name not in known:
+            raise UserError(
+                f"metrics: unknown metric '{name}' (the runs give: {', '.join(known)}); the runs are kept, and a "
+                "rerun into the same --out with the name fixed only summarises them"
+            )
+    metrics = spec.metrics or known
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         groups.setdefault(tuple(row.get(f) for f in fields), []).append(row)
@@ -394,12 +543,14 @@ def summarize(spec: SweepSpec, rows: list[dict[str, Any]]) -> list[dict[str, Any
 
 
 def write_summary(spec: SweepSpec, rows: list[dict[str, Any]], folder: Path) -> str:
-    """summary.json, summary.md and the plots into `folder`; the Markdown table."""
+    """summary.json, summary.md and the plots into `folder`, and the sweep's record (`RECORD`, its `metrics` those
+    summarised); the Markdown table."""
     summary = summarize(spec, rows)
-    (Path(folder) / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=True) + "\n")
+    write_json(Path(folder) / "summary.json", summary)
     table = summary_markdown(spec, summary)
-    (Path(folder) / "summary.md").write_text(table)
+    write_text(Path(folder) / "summary.md", table)
     plot_summary(spec, summary, folder)
+    write_json(Path(folder) / RECORD, spec.model_dump(mode="json"))
     return table
 
 
@@ -413,7 +564,7 @@ def summary_markdown(spec: SweepSpec, summary: list[dict[str, Any]]) -> str:
     ]
     for e in summary:
         cells = [str(e[f]) for f in spec.fields] + [str(e["runs"])]
-        cells += [f"{e[m]:.4g} ± {e[m + '_ci95']:.2g}" for m in metrics]
+        cells += [format_mean_ci(e[m], e[m + "_ci95"], digits=4) for m in metrics]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -423,6 +574,8 @@ def plot_summary(spec: SweepSpec, summary: list[dict[str, Any]], folder: Path) -
     one line or bar colour per value of the others; with the scenario axis (and other fields), one panel
     per scenario, against the first field after it."""
     from matplotlib.figure import Figure  # no pyplot: no global state, the backend stays the user's
+
+    from cavlab.runs.plot import save_png
 
     if not spec.fields or not summary:
         return []
@@ -471,7 +624,5 @@ def plot_summary(spec: SweepSpec, summary: list[dict[str, Any]], folder: Path) -
         if others:
             axes[-1].legend(fontsize=7)
         fig.tight_layout()
-        path = Path(folder) / f"{m.replace('/', '_')}.png"
-        fig.savefig(path, dpi=110)
-        paths.append(path)
+        paths.append(save_png(fig, Path(folder) / f"{m.replace('/', '_')}.png", dpi=110))
     return paths

@@ -1,14 +1,20 @@
-"""What the training back ends share: environment ids for worker processes, environments, return plots."""
+"""What the training back ends share: environment ids for worker processes, environments, the training
+record (train.json), return plots."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import gymnasium as gym
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from cavlab.config.files import read_json
 from cavlab.envs import ENV_IDS
-from cavlab.errors import UserError
+from cavlab.errors import UserError, validation_message
+from cavlab.runs.rundir import write_json
+
+RECORD = "train.json"
 
 
 def check_env_id(env_id: str) -> str:
@@ -21,6 +27,42 @@ def check_env_id(env_id: str) -> str:
 def make_env(env_id: str, env_kwargs: dict[str, Any]):
     """One environment, its options validated (bad options raise `UserError`)."""
     return gym.make(check_env_id(env_id), **env_kwargs)
+
+
+class TrainRecord(BaseModel):
+    """train.json: what `cavlab train` trained, with which options, and how far it got. `timesteps` are
+    the environment steps in the saved policy; `complete` is false for a run interrupted after a
+    checkpoint (it resumes with `--resume`)."""
+
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
+
+    env_id: str
+    algo: Literal["ppo", "dqn"]
+    backend: Literal["sb3", "rllib"]
+    timesteps: int = Field(ge=0)
+    target_timesteps: int | None = Field(default=None, ge=1)
+    complete: bool = True
+    envs: int = Field(ge=1)
+    seed: int
+    env_kwargs: dict[str, Any]
+    episodes: int = Field(ge=0)
+    wall_time_s: float = Field(ge=0)
+
+
+def read_record(folder: Path) -> TrainRecord:
+    """The train.json of a training directory, checked (strict JSON, the fields above)."""
+    path = Path(folder) / RECORD
+    if not path.exists():
+        raise UserError(f"{folder}: no {RECORD} (not a training directory written by `cavlab train`)")
+    try:
+        return TrainRecord.model_validate(read_json(path, RECORD))
+    except ValidationError as exc:
+        raise UserError(f"{path}: " + validation_message(exc, TrainRecord, invalid_at_root="{msg}")) from None
+
+
+def write_record(folder: Path, record: TrainRecord) -> None:
+    """train.json, atomically."""
+    write_json(Path(folder) / RECORD, record.model_dump(mode="json"))
 
 
 def plot_returns(lines: list[tuple[Any, Any, str, dict[str, Any]]], path: Path, title: str) -> None:

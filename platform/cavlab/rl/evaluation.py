@@ -59,7 +59,7 @@ def _policy(policy: str | Path, env) -> Callable[[np.ndarray], Any]:
         return lambda obs: rule_based_action(env)
     path = Path(policy)
     if path.is_dir():  # an RLlib checkpoint
-        return rllib.load_policy(path)
+        return rllib.load_policy(path, env)
     return sb3.load_policy(path, env)
 
 

@@ -3,25 +3,46 @@
 libsumo runs one simulation per process, so every environment lives in its own remote
 EnvRunner actor (`num_envs_per_env_runner=1`, `num_env_runners` ≥ 1); the driver holds the
 learner and no environment. Observations are flattened (`RllibEnv`), as SB3's MlpPolicy does.
+
+A local Ray instance listens on the loopback only (`cavlab.runs.ray_local.init_ray`).
+
+RLlib's own loaders (`RLModule.from_checkpoint`, `Algorithm.from_checkpoint`) unpickle the
+checkpoint's `class_and_ctor_args.pkl` and state files, so a checkpoint can run code through them.
+`load_policy` uses neither: it rebuilds the module from cavlab's own settings and the
+environment's spaces and reads only the weights (`module_state.pkl`) with an unpickler that
+accepts a dict of numpy arrays and refuses every other class or function.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import logging
+import pickle
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
+from cavlab.config.files import read_bytes
 from cavlab.errors import UserError
-from cavlab.rl.common import check_env_id, make_env, plot_returns
+from cavlab.rl.common import check_env_id, make_env, plot_returns, read_record
+from cavlab.runs.ray_local import init_ray
 
 RLMODULE_SUBDIR = Path("learner_group", "learner", "rl_module", "default_policy")
+MODULE_STATE = "module_state.pkl"
+MAX_STATE_BYTES = 256 * 1024 * 1024
+# what a pickled dict of numpy arrays needs (numpy 1 and 2 names), and nothing else
+_ARRAY_GLOBALS = frozenset({
+    ("collections", "OrderedDict"), ("numpy", "dtype"), ("numpy", "ndarray"),
+    ("numpy._core.numeric", "_frombuffer"), ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "_reconstruct"),
+})  # fmt: skip
 
 
 class RllibEnv(gym.wrappers.FlattenObservation):
@@ -68,12 +89,10 @@ def train_rllib(
 
     ray = _rllib()
     from ray.rllib.algorithms.ppo import PPOConfig
-    from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
 
     if timesteps < 1 or env_runners < 1:
         raise UserError("need --timesteps ≥ 1 and --envs ≥ 1")
     make_env(env_id, env_kwargs).close()  # validates the options here, not in a runner (starts no SUMO)
-    mlp = DefaultModelConfig(fcnet_hiddens=[64, 64], fcnet_activation="tanh", vf_share_layers=False)
     config = (
         PPOConfig()
         .environment(RllibEnv, env_config={"env_id": env_id, "env_kwargs": env_kwargs})
@@ -94,49 +113,57 @@ def train_rllib(
             grad_clip=0.5,
             use_kl_loss=False,
         )
-        .rl_module(model_config=mlp)
+        .rl_module(model_config=_model_config())
         .debugging(seed=seed)
     )
-    rllib_log = logging.getLogger("ray.rllib")
-    level = rllib_log.level
-    rllib_log.setLevel(logging.ERROR)  # e.g. "You are running PPO on the new API stack!" at every build
     algo = None
-    try:
-        launched = time.perf_counter()
-        _init_ray(ray, address, env_runners + 1)
-        algo = config.build_algo()
-        started = time.perf_counter()
-        steps, episodes, curve = 0, 0, []
-        while steps < timesteps:
-            runners = algo.train()["env_runners"]
-            steps = int(runners.get("num_env_steps_sampled_lifetime", 0))
-            episodes = int(runners.get("num_episodes_lifetime", 0))
-            mean = runners.get("episode_return_mean")
-            if mean is not None and np.isfinite(mean):
-                curve.append((steps, float(mean)))
-            if progress is not None:
-                progress(steps)
-        algo.save_to_path(str(Path(out_dir, "checkpoint").resolve()))
-        wall = time.perf_counter() - started
-    finally:
-        if algo is not None:
-            algo.stop()
-        ray.shutdown()
-        rllib_log.setLevel(level)
+    with _quiet_rllib():
+        try:
+            launched = time.perf_counter()
+            init_ray(address, env_runners + 1)
+            algo = config.build_algo()
+            started = time.perf_counter()
+            steps, episodes, curve = 0, 0, []
+            while steps < timesteps:
+                runners = algo.train()["env_runners"]
+                steps = int(runners.get("num_env_steps_sampled_lifetime", 0))
+                episodes = int(runners.get("num_episodes_lifetime", 0))
+                mean = runners.get("episode_return_mean")
+                if mean is not None and np.isfinite(mean):
+                    curve.append((steps, float(mean)))
+                if progress is not None:
+                    progress(steps)
+            algo.save_to_path(str(Path(out_dir, "checkpoint").resolve()))
+            wall = time.perf_counter() - started
+        finally:
+            if algo is not None:
+                algo.stop()
+            ray.shutdown()
     write_curve(curve, Path(out_dir, "learning_curve.csv"))
     plot_curve(curve, Path(out_dir, "learning_curve.png"), f"PPO (RLlib) on {env_id}")
     return RllibResult(steps, episodes, wall, started - launched, curve)
 
 
-def _init_ray(ray: Any, address: str | None, num_cpus: int) -> None:
-    """A local Ray instance of `num_cpus` CPUs (address None), or the cluster at `address`."""
-    if address is None:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-        return
+@contextmanager
+def _quiet_rllib() -> Iterator[None]:
+    """RLlib's warnings off: "You are running PPO on the new API stack!" at every build, and Ray's deprecation
+    warning for the module config RLlib itself still builds."""
+    logs = [logging.getLogger(name) for name in ("ray.rllib", "ray._common.deprecation")]
+    levels = [log.level for log in logs]
+    for log in logs:
+        log.setLevel(logging.ERROR)
     try:
-        ray.init(address=address, logging_level="ERROR", log_to_driver=False)
-    except ConnectionError as exc:
-        raise UserError(f"--ray {address}: cannot connect to a Ray cluster there ({exc})") from None
+        yield
+    finally:
+        for log, level in zip(logs, levels, strict=True):
+            log.setLevel(level)
+
+
+def _model_config() -> Any:
+    """SB3's MlpPolicy networks: policy and value apart, 2 × 64 tanh each."""
+    from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
+
+    return DefaultModelConfig(fcnet_hiddens=[64, 64], fcnet_activation="tanh", vf_share_layers=False)
 
 
 def write_curve(curve: list[tuple[int, float]], path: Path) -> None:
@@ -156,20 +183,46 @@ def plot_curve(curve: list[tuple[int, float]], path: Path, title: str) -> None:
     plot_returns(lines, path, title)
 
 
-def load_policy(checkpoint: Path) -> Callable[[np.ndarray], Any]:
+def load_policy(checkpoint: Path, env: gym.Env | None = None) -> Callable[[np.ndarray], Any]:
     """The greedy policy of a checkpoint written by `train_rllib` (needs no Ray instance): maps an
-    environment's observation (flattened here) to an action of its action space."""
+    observation of `env` (flattened here; default: the training environment of train.json beside the
+    checkpoint) to an action of its action space. Only the weights are read, without running code."""
     import torch
 
     _rllib()
-    from ray.rllib.core.rl_module.rl_module import RLModule
+    from ray.rllib.algorithms.ppo.ppo_catalog import PPOCatalog
+    from ray.rllib.algorithms.ppo.torch.default_ppo_torch_rl_module import DefaultPPOTorchRLModule
 
-    path = Path(checkpoint) / RLMODULE_SUBDIR
+    checkpoint = Path(checkpoint)
+    path = checkpoint / RLMODULE_SUBDIR
     if not path.is_dir():
         raise UserError(f"{checkpoint}: not an RLlib checkpoint written by `cavlab train --backend rllib`")
-    module = RLModule.from_checkpoint(str(path.resolve()))
+    record = read_record(checkpoint.parent)
+    if record.backend != "rllib":
+        raise UserError(f"{checkpoint}: train.json beside it is of a Stable-Baselines3 run; give its policy.zip")
+    state = read_module_state(path / MODULE_STATE)
+    if env is None:
+        env = make_env(record.env_id, record.env_kwargs)  # for its spaces: starts no SUMO
+        env.close()
+    space = env.action_space
+    with _quiet_rllib():
+        module = DefaultPPOTorchRLModule(
+            observation_space=gym.spaces.flatten_space(env.observation_space), action_space=space,
+            inference_only=False, learner_only=False, model_config=asdict(_model_config()), catalog_class=PPOCatalog,
+        )  # fmt: skip
+    expected = module.state_dict()
+    if set(state) != set(expected):
+        key = sorted(set(state) ^ set(expected))[0]
+        raise UserError(f"{checkpoint}: not weights of cavlab's PPO module ('{key}' differs); retrain with this cavlab")
+    for key, tensor in expected.items():
+        if tuple(state[key].shape) != tuple(tensor.shape):
+            raise UserError(
+                f"{checkpoint}: trained for other observations or actions ({key} is {state[key].shape}, this "
+                f"environment needs {tuple(tensor.shape)}): use the same --env options as for training"
+            )
+    module.load_state_dict({k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in state.items()})
+    module.eval()
     dist_cls = module.get_inference_action_dist_cls()
-    space = module.action_space
 
     def act(obs: np.ndarray) -> Any:
         batch = {"obs": torch.as_tensor(np.asarray(obs, dtype=np.float32).reshape(1, -1))}
@@ -181,3 +234,34 @@ def load_policy(checkpoint: Path) -> Callable[[np.ndarray], Any]:
         return np.clip(action, space.low, space.high).astype(space.dtype)
 
     return act
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles containers of numpy arrays: any other class or function is refused before it is imported."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _ARRAY_GLOBALS:
+            raise pickle.UnpicklingError(f"{module}.{name}")
+        return super().find_class(module, name)
+
+
+def read_module_state(path: Path) -> dict[str, np.ndarray]:
+    """An RLModule's weights (RLlib's module_state.pkl: names → float arrays), unpickled with `_ArrayUnpickler`;
+    anything else is a `UserError`."""
+    data = read_bytes(path, "RLlib module state", MAX_STATE_BYTES)
+    try:
+        state = _ArrayUnpickler(io.BytesIO(data)).load()
+    except pickle.UnpicklingError as exc:
+        raise UserError(
+            f"{path}: holds objects other than arrays ({exc}); cavlab loads RLlib weights only as plain arrays"
+        ) from None
+    except Exception:
+        raise UserError(f"{path}: not an RLlib module state (a pickled dict of weight arrays)") from None
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, np.ndarray) and v.dtype.kind == "f" for k, v in state.items()
+    ):
+        raise UserError(f"{path}: not an RLlib module state (a dict of float weight arrays)")
+    bad = next((k for k, v in state.items() if not np.isfinite(v).all()), None)
+    if bad is not None:
+        raise UserError(f"{path}: {bad} holds NaN or infinite weights")
+    return state

@@ -2,28 +2,53 @@
 
 from __future__ import annotations
 
-import json
+import os
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 from matplotlib.figure import Figure
 
+from cavlab.config.files import check_regular_file, read_json
 from cavlab.errors import UserError
+from cavlab.runs.rundir import os_error_text, parquet_error_text
+
+ACCEPTS = "cavlab plot takes a run directory written by `cavlab run` (summary.json, trajectories.parquet)"
+TRAJECTORY_MAX_BYTES = 4 * 1024**3
 
 
 def _load(run_dir: Path) -> tuple[dict, dict[str, np.ndarray]]:
-    traj_file = run_dir / "trajectories.parquet"
+    """A run directory's summary and trajectories; a `UserError` saying what `run_dir` is if it is not one."""
+    if not run_dir.exists():
+        raise UserError(f"{run_dir}: no such run directory; {ACCEPTS}")
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: is a file, not a run directory; {ACCEPTS}")
+    if (run_dir / "sweep.json").exists():
+        raise UserError(
+            f"{run_dir}: is a sweep directory (its plots, one PNG per metric, are drawn by `cavlab sweep`); {ACCEPTS}"
+        )
     summary_file = run_dir / "summary.json"
-    if not summary_file.is_file():
-        raise UserError(f"{run_dir}: not a finished run directory (no summary.json)")
-    if not traj_file.is_file():
+    if not summary_file.exists():
+        raise UserError(f"{run_dir}: not a finished run directory (no summary.json); {ACCEPTS}")
+    try:
+        summary = read_json(summary_file, "run summary")
+    except UserError as exc:
+        raise UserError(f"{exc}; {ACCEPTS}") from None
+    missing = [k for k in ("scenario", "seed", "controller") if not isinstance(summary, dict) or k not in summary]
+    if missing:
+        raise UserError(f"{summary_file}: not the summary of a run (no '{missing[0]}'); {ACCEPTS}")
+    traj_file = run_dir / "trajectories.parquet"
+    if not traj_file.exists():
         raise UserError(f"{run_dir}: no trajectories.parquet (the run had outputs.trajectories: false)")
+    check_regular_file(traj_file, "trajectories", TRAJECTORY_MAX_BYTES)
     try:
         table = pq.read_table(traj_file, columns=["t_s", "lane", "x_m", "speed_mps"])
-        summary = json.loads(summary_file.read_text())
     except (OSError, ValueError) as exc:
-        raise UserError(f"{run_dir}: cannot read the run ({exc})") from None
+        raise UserError(f"{traj_file}: cannot read the trajectories ({parquet_error_text(exc)})") from None
+    for name in table.column_names:
+        if not (pa.types.is_integer(table[name].type) or pa.types.is_floating(table[name].type)):
+            raise UserError(f"{traj_file}: column {name} holds {table[name].type}, not numbers; {ACCEPTS}")
     if table.num_rows == 0:
         raise UserError(f"{run_dir}: the run has no vehicle data to plot (no vehicle entered the network)")
     return summary, {name: table[name].to_numpy() for name in table.column_names}
@@ -34,12 +59,24 @@ def plot_run(run_dir: Path, out_dir: Path | None = None, max_points: int = 400_0
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir else run_dir
     summary, data = _load(run_dir)
+    title = f"{summary['scenario']} · seed {summary['seed']} · {summary['controller']}"
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
+        return [_time_space(data, title, out_dir, max_points), _heatmap(data, title, out_dir)]
     except OSError as exc:
-        raise UserError(f"{out_dir}: cannot write plots there ({exc.strerror or exc})") from None
-    title = f"{summary['scenario']} · seed {summary['seed']} · {summary['controller']}"
-    return [_time_space(data, title, out_dir, max_points), _heatmap(data, title, out_dir)]
+        raise UserError(f"{out_dir}: cannot write plots there ({os_error_text(exc)})") from None
+
+
+def save_png(fig: Figure, path: Path, dpi: int = 120) -> Path:
+    """`fig` as the PNG `path`, atomically: a failed write leaves no half a picture."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        fig.savefig(tmp, dpi=dpi, format="png")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 def _time_space(data: dict[str, np.ndarray], title: str, out_dir: Path, max_points: int) -> Path:
@@ -60,9 +97,7 @@ def _time_space(data: dict[str, np.ndarray], title: str, out_dir: Path, max_poin
     axes[-1, 0].set_xlabel("time [s]")
     fig.colorbar(points, ax=axes[:, 0], label="speed [m/s]")
     fig.suptitle(f"Time-space diagram — {title}")
-    path = out_dir / "time_space.png"
-    fig.savefig(path, dpi=120)
-    return path
+    return save_png(fig, out_dir / "time_space.png")
 
 
 def _heatmap(
@@ -85,6 +120,4 @@ def _heatmap(
     ax.set_ylabel("x [m]")
     ax.set_title(f"Speed heatmap ({cell_s:g} s × {cell_m:g} m cells, all lanes) — {title}")
     fig.tight_layout()
-    path = out_dir / "speed_heatmap.png"
-    fig.savefig(path, dpi=120)
-    return path
+    return save_png(fig, out_dir / "speed_heatmap.png")

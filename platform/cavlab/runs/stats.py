@@ -19,3 +19,12 @@ def mean_ci(values: list[float]) -> tuple[float, float]:
 
     n = len(data)
     return float(data.mean()), float(t.ppf(0.975, n - 1) * data.std(ddof=1) / math.sqrt(n))
+
+
+def format_mean_ci(mean: float | None, half: float | None, digits: int = 3, signed: bool = False) -> str:
+    """The text "mean ± half" (`digits` significant digits, two for the half-width); the mean alone without a
+    half-width, "—" without a mean (None or NaN)."""
+    if mean is None or math.isnan(mean):
+        return "—"
+    text = f"{mean:{'+' if signed else ''}.{digits}g}"
+    return text if half is None or math.isnan(half) else f"{text} ± {half:.2g}"

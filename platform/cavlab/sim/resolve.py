@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cavlab.config.files import check_regular_file
 from cavlab.config.scenario import Scenario, read_scenario, resolve_scenario_path
 from cavlab.controllers import CONTROLLERS, controller_params
-from cavlab.errors import ScenarioError
+from cavlab.errors import ScenarioError, UserError
 from cavlab.hw.targets import targets
 
 
@@ -30,11 +31,17 @@ def resolve_scenario(scenario: Scenario, source: str = "<scenario>") -> Scenario
     except ScenarioError as exc:
         raise ScenarioError(f"{source}: {exc}") from None
     perception = scenario.perception
-    if perception.model is not None and not (Path(perception.model) / "checkpoint.pt").is_file():
-        raise ScenarioError(
-            f"{source}: perception.model: {perception.model} has no checkpoint.pt "
-            f"(a directory from `cavlab perception train`)"
-        )
+    if perception.model is not None:
+        checkpoint = Path(perception.model) / "checkpoint.pt"
+        if not checkpoint.exists():
+            raise ScenarioError(
+                f"{source}: perception.model: {perception.model} has no checkpoint.pt "
+                f"(a directory from `cavlab perception train`)"
+            )
+        try:  # its contents are checked when a run loads it (cavlab.perception.training.load_checkpoint)
+            check_regular_file(checkpoint, "checkpoint", max_bytes=None)
+        except UserError as exc:
+            raise ScenarioError(f"{source}: perception.model: {exc}") from None
     known = targets()
     if perception.target not in known:
         raise ScenarioError(

@@ -4,8 +4,15 @@ Reads with subscriptions — every lane's vehicle list, the simulation's departu
 arrivals and collision count, and each vehicle's lane position and speed — so one step is
 one round trip; per-vehicle getters over the socket are about 23× slower.
 
-The child is started directly (not through the pip wheel's `sumo` shim), dies with this
-process on Linux, and is killed if it does not exit after `close()`.
+The child is started directly (not through the pip wheel's `sumo` shim) in this process's
+working directory, like libsumo, so a relative run folder means the same to both; it dies with
+this process on Linux, and is killed if it does not exit after `close()`. If it quits before
+connecting, its own error (from sumo.console.log) is the message.
+
+SUMO has no option for the TraCI server's address: `--remote-port` listens on all interfaces
+(0.0.0.0). With `--num-clients 1` it stops listening once a client is connected, and this backend
+connects as soon as the port opens (tries every 10 ms), so the port is open for milliseconds
+after SUMO has loaded its inputs; see docs/security.md.
 """
 
 from __future__ import annotations
@@ -16,16 +23,29 @@ import io
 import signal
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from cavlab.errors import SimulationError
 from cavlab.sim.backends.base import RawEvents, RawVehicles, SumoBackend
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child
     """Ask Linux to kill the child when its parent dies (PR_SET_PDEATHSIG)."""
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
+
+
+def _sumo_errors(console_log: Path, most: int = 3) -> str:
+    """SUMO's error lines in its console output, as one line ('' if it wrote none)."""
+    try:
+        lines = console_log.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    errors = [line.removeprefix("Error:").strip() for line in lines if line.startswith("Error")]
+    more = f" (and {len(errors) - most} more)" if len(errors) > most else ""
+    return "; ".join(errors[:most]).replace(":; ", ": ") + more  # "On processing option 'x':" goes on
 
 
 class TraciBackend(SumoBackend):
@@ -56,11 +76,11 @@ class TraciBackend(SumoBackend):
         extra = ["--start", "--quit-on-end"] if self.gui else []
         port = getFreeSocketPort()
         cmd = [binary, *args, *extra, "--remote-port", str(port), "--num-clients", "1"]
-        console = open(self.inputs.folder / "sumo.console.log", "wb")  # noqa: SIM115 - closed below
+        console_log = self.inputs.folder / "sumo.console.log"
+        console = open(console_log, "wb")  # noqa: SIM115 - closed below
         try:
             self._proc = subprocess.Popen(
                 cmd,
-                cwd=self.inputs.folder,
                 stdout=console,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -71,8 +91,15 @@ class TraciBackend(SumoBackend):
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # traci prints every refused attempt
                 self._conn = traci.connect(
-                    port, numRetries=200, proc=self._proc, waitBetweenRetries=0.05, label=f"cavlab-{id(self)}"
-                )
+                    port, host="127.0.0.1", numRetries=1000, proc=self._proc, waitBetweenRetries=0.01,
+                    label=f"cavlab-{id(self)}",
+                )  # fmt: skip
+        except Exception as exc:
+            self._kill()
+            errors = _sumo_errors(console_log)
+            if errors:
+                raise SimulationError(f"SUMO did not start: {errors}") from exc
+            raise
         except BaseException:
             self._kill()
             raise

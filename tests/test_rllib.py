@@ -1,19 +1,26 @@
 """`cavlab train --backend rllib`: a real RLlib PPO run on real SUMO in a remote env runner, its
-checkpoint restored to a policy, and one clear error for every bad combination of options."""
+checkpoint restored to a policy, Ctrl-C keeping the last checkpoint and --resume going on from it,
+and one clear error for every bad combination of options."""
 
 from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import gymnasium as gym
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from cavlab.cli import app
-from cavlab.rl.rllib import load_policy, train_rllib
+from cavlab.rl.common import TrainRecord, write_record
+from cavlab.rl.rllib import MODULE_STATE, RLMODULE_SUBDIR, load_policy, read_module_state, train_rllib
 
 runner = CliRunner()
 
@@ -76,3 +83,71 @@ def test_missing_rllib_names_the_extra(tmp_path: Path, monkeypatch: pytest.Monke
 
     with pytest.raises(UserError, match=r"pip install 'cavlab\[distributed\]'"):
         train_rllib("cavlab/Merge-v0", 10, 1, 0, {}, tmp_path)
+
+
+def _curve_rows(out: Path) -> int:
+    return len((out / "learning_curve.csv").read_text().splitlines()) - 1
+
+
+def _train_command(out: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "cavlab.cli", "train", "cavlab/LaneChange-v0", "--backend", "rllib", "--envs", "1",
+            "--checkpoint-every", "1", "--out", str(out), *args]  # fmt: skip
+
+
+@pytest.mark.sumo
+def test_ctrl_c_keeps_the_rllib_checkpoint_and_resume_goes_on(tmp_path: Path) -> None:
+    out = tmp_path / "rllib"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(
+        _train_command(out, "--timesteps", "100000"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=env, start_new_session=True,
+        # a test runner started in the background by a shell ignores SIGINT, and children inherit that
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    deadline = time.monotonic() + 180
+    while not list(tmp_path.glob(".rllib.partial-*/train.json")):  # the first checkpoint, still staged
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C in a terminal: the whole process group, Ray's processes too
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    line = " ".join(stderr.split())
+    assert "interrupted: the checkpoint at" in line and "--backend rllib --timesteps 100000" in line
+    assert f"--out {out} --checkpoint-every 1 --resume" in line
+    kept = json.loads((out / "train.json").read_text())
+    assert (kept["backend"], kept["complete"], kept["target_timesteps"]) == ("rllib", False, 100000)
+    assert kept["timesteps"] >= 512 and _curve_rows(out) >= 1
+    assert not list(tmp_path.glob(".rllib.partial-*")) and not list(out.glob(".checkpoint.*"))
+    probe = gym.make("cavlab.envs:cavlab/LaneChange-v0")  # the checkpoint is a loadable policy
+    try:
+        assert probe.action_space.contains(load_policy(out / "checkpoint")(gym.spaces.flatten(
+            probe.observation_space, probe.observation_space.sample())))  # fmt: skip
+    finally:
+        probe.close()
+    weights = out / "checkpoint" / RLMODULE_SUBDIR / MODULE_STATE
+    before = read_module_state(weights)
+    target = kept["timesteps"] + 1  # one more iteration
+    resumed = subprocess.run(_train_command(out, "--timesteps", str(target), "--resume"), capture_output=True,
+                             text=True, env=env, timeout=180)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed at {kept['timesteps']} steps" in " ".join(resumed.stdout.split())
+    final = json.loads((out / "train.json").read_text())
+    assert final["complete"] is True and final["timesteps"] >= target and final["target_timesteps"] == target
+    assert final["wall_time_s"] > kept["wall_time_s"] and _curve_rows(out) > 1
+    # it went on from the kept weights: one update moves them a little, a fresh start would be as far as they are big
+    after = read_module_state(weights)
+    moved = sum(np.abs(after[k] - before[k]).sum() for k in before) / sum(np.abs(before[k]).sum() for k in before)
+    assert 0 < moved < 0.5
+
+
+def test_resume_into_another_backends_run_gives_one_line(tmp_path: Path) -> None:
+    folder = tmp_path / "train"
+    folder.mkdir()
+    write_record(folder, TrainRecord(env_id="cavlab/LaneChange-v0", algo="ppo", backend="rllib", timesteps=512,
+                                     target_timesteps=4096, complete=False, envs=1, seed=0, env_kwargs={},
+                                     episodes=1, wall_time_s=1.0))  # fmt: skip
+    result = runner.invoke(app, ["train", "cavlab/LaneChange-v0", "--out", str(folder), "--resume"])
+    assert result.exit_code == 2, result.output
+    assert "holds an RLlib run; --resume needs --backend rllib" in " ".join(result.output.split())
+    assert "Traceback" not in result.output

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shlex
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,7 +15,7 @@ from rich.table import Table
 from cavlab.cli.common import MAX_WORKERS, ProgressBar, err, out
 from cavlab.config.scenario import apply_override
 from cavlab.errors import UserError
-from cavlab.rl.common import RECORD, TrainRecord, read_record, write_record
+from cavlab.rl.common import RECORD, TrainRecord, read_record
 from cavlab.rl.evaluation import BASELINES, plot_evaluation
 from cavlab.rl.evaluation import evaluate as run_evaluation
 from cavlab.rl.rllib import RllibResult, train_rllib
@@ -63,14 +65,18 @@ def train(
     ] = None,
     out_dir: Annotated[Path, typer.Option("--out", help="Training directory")] = Path("runs/train"),
     checkpoint_every: Annotated[
-        int, typer.Option(help="sb3: save policy.zip and train.json every this many environment steps")
+        int,
+        typer.Option(
+            help="Save the policy (sb3: policy.zip, rllib: checkpoint/) and train.json every this many "
+            "environment steps"
+        ),
     ] = CHECKPOINT_EVERY,
     resume: Annotated[
-        bool, typer.Option("--resume", help="sb3: go on from the last checkpoint in --out (same options)")
+        bool, typer.Option("--resume", help="Go on from the last checkpoint in --out (same options)")
     ] = False,
 ) -> None:
     """Train a policy with Stable-Baselines3 (policy.zip, TensorBoard logs) or RLlib (checkpoint/); both write
-    a learning curve and train.json. Ctrl-C keeps the last SB3 checkpoint; --resume goes on from it."""
+    a learning curve and train.json. Ctrl-C keeps the last checkpoint; --resume goes on from it."""
     backends = ("sb3", "rllib")
     if backend not in backends:
         raise UserError(f"unknown backend '{backend}' (allowed: {', '.join(backends)})")
@@ -78,31 +84,33 @@ def train(
         raise UserError(f"--backend rllib trains PPO only, not '{algo}': use --algo ppo, or --backend sb3 for DQN")
     if backend == "sb3" and ray is not None:
         raise UserError("--ray needs --backend rllib")
-    if backend == "rllib" and resume:
-        raise UserError("--resume needs --backend sb3 (RLlib runs are not checkpointed on the way)")
     _check_range("--seed", seed, 0, MAX_SEED)
     if envs > MAX_WORKERS:
         raise UserError(f"--envs must be at most {MAX_WORKERS} (got {envs})")
     kwargs = _env_kwargs(env)
     label = algo.upper() + (" (RLlib)" if backend == "rllib" else "")
     if resume:
-        record = _resumable(out_dir, env_id, algo, seed, kwargs)
+        record = _resumable(out_dir, env_id, algo, backend, seed, kwargs)
         target = timesteps if timesteps is not None else record.target_timesteps or DEFAULT_TIMESTEPS
         with claimed(out_dir):
-            result = _train_sb3(env_id, algo, target, envs, seed, kwargs, out_dir, checkpoint_every, record)
+            if backend == "rllib":
+                result = _train_rllib(env_id, target, envs, seed, kwargs, out_dir, ray, checkpoint_every, record)
+            else:
+                result = _train_sb3(env_id, algo, target, envs, seed, kwargs, out_dir, checkpoint_every, record)
         folder_note = f" (resumed at {record.timesteps} steps)"
     else:
         target = timesteps if timesteps is not None else DEFAULT_TIMESTEPS
         _refuse_interrupted(out_dir)
         with staged_run_dir(out_dir) as staging:
             if backend == "rllib":
-                result = _train_rllib(env_id, target, envs, seed, kwargs, staging, ray)
+                result = _train_rllib(env_id, target, envs, seed, kwargs, staging, ray, checkpoint_every, None)
             else:
                 result = _train_sb3(env_id, algo, target, envs, seed, kwargs, staging, checkpoint_every, None)
         folder_note = ""
     if result is None:  # interrupted, the last checkpoint kept
         kept = read_record(out_dir)
-        command = ["cavlab", "train", env_id, "--algo", algo, "--timesteps", str(target), "--envs", str(envs),
+        command = ["cavlab", "train", env_id, "--algo", algo, *(["--backend", backend] if backend != "sb3" else []),
+                   *(["--ray", ray] if ray is not None else []), "--timesteps", str(target), "--envs", str(envs),
                    "--seed", str(seed), *[f"--env={option}" for option in env or []], "--out", str(out_dir),
                    *(["--checkpoint-every", str(checkpoint_every)] if checkpoint_every != CHECKPOINT_EVERY else []),
                    "--resume"]  # fmt: skip
@@ -127,46 +135,52 @@ def _train_sb3(
     checkpoint_every: int, resume: TrainRecord | None,
 ) -> TrainResult | None:  # fmt: skip
     """SB3 training into `folder` with a progress bar; None if Ctrl-C stopped it after a checkpoint."""
-    try:
-        with ProgressBar(algo.upper(), timesteps, "steps", completed=resume.timesteps if resume else 0) as bar:
+    with _kept_on_interrupt(folder), ProgressBar(algo.upper(), timesteps, "steps",
+                                                 completed=resume.timesteps if resume else 0) as bar:  # fmt: skip
 
-            def progress(n: int) -> None:
-                bar.update(min(n, timesteps))
+        def progress(n: int) -> None:
+            bar.update(min(n, timesteps))
 
-            return run_training(env_id, algo, timesteps, envs, seed, kwargs, folder, progress=progress,
-                                checkpoint_every=checkpoint_every, resume=resume)  # fmt: skip
-    except KeyboardInterrupt:
-        if not (folder / RECORD).is_file():
-            raise  # before the first checkpoint: nothing to keep
-        return None
+        return run_training(env_id, algo, timesteps, envs, seed, kwargs, folder, progress=progress,
+                            checkpoint_every=checkpoint_every, resume=resume)  # fmt: skip
+    return None
 
 
 def _train_rllib(
-    env_id: str, timesteps: int, envs: int, seed: int, kwargs: dict[str, Any], folder: Path, ray: str | None
-) -> RllibResult:
-    """RLlib training into `folder` with a progress bar, and its train.json."""
-    with ProgressBar("PPO (RLlib)", timesteps, "steps") as bar:
+    env_id: str, timesteps: int, envs: int, seed: int, kwargs: dict[str, Any], folder: Path, ray: str | None,
+    checkpoint_every: int, resume: TrainRecord | None,
+) -> RllibResult | None:  # fmt: skip
+    """RLlib training into `folder` with a progress bar; None if Ctrl-C stopped it after a checkpoint."""
+    with _kept_on_interrupt(folder), ProgressBar("PPO (RLlib)", timesteps, "steps",
+                                                 completed=resume.timesteps if resume else 0) as bar:  # fmt: skip
 
         def progress(n: int) -> None:
             bar.update(min(n, timesteps))
 
         address = None if ray in (None, "local") else ray
-        result = train_rllib(env_id, timesteps, envs, seed, kwargs, folder, progress, address)
-    record = TrainRecord(env_id=env_id, algo="ppo", backend="rllib", timesteps=result.timesteps,
-                         target_timesteps=timesteps, envs=envs, seed=seed, env_kwargs=kwargs, episodes=result.episodes,
-                         wall_time_s=round(result.wall_time_s, 1), ray=ray or "local",
-                         startup_s=round(result.startup_s, 1))  # fmt: skip
-    write_record(folder, record)
-    return result
+        return train_rllib(env_id, timesteps, envs, seed, kwargs, folder, progress, address,
+                           checkpoint_every=checkpoint_every, resume=resume)  # fmt: skip
+    return None
 
 
-def _resumable(out_dir: Path, env_id: str, algo: str, seed: int, kwargs: dict[str, Any]) -> TrainRecord:
-    """The record of the SB3 training in `out_dir`, if these options are the ones it was trained with."""
+@contextmanager
+def _kept_on_interrupt(folder: Path) -> Iterator[None]:
+    """Ctrl-C in the block ends it quietly once `folder` holds a checkpoint (its train.json); before, it goes on."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if not (folder / RECORD).is_file():
+            raise  # before the first checkpoint: nothing to keep
+
+
+def _resumable(out_dir: Path, env_id: str, algo: str, backend: str, seed: int, kwargs: dict[str, Any]) -> TrainRecord:
+    """The record of the training in `out_dir`, if these options are the ones it was trained with."""
     if not out_dir.is_dir():
         raise UserError(f"--resume: {out_dir} is not a training directory; nothing to resume")
     record = read_record(out_dir)
-    if record.backend != "sb3":
-        raise UserError(f"--resume: {out_dir} holds an RLlib run, which cannot be resumed here")
+    if record.backend != backend:
+        name = {"sb3": "a Stable-Baselines3", "rllib": "an RLlib"}[record.backend]
+        raise UserError(f"--resume: {out_dir} holds {name} run; --resume needs --backend {record.backend} for it")
     for option, given, trained in (("ENV_ID", env_id, record.env_id), ("--algo", algo, record.algo),
                                    ("--seed", seed, record.seed), ("--env", kwargs, record.env_kwargs)):  # fmt: skip
         if given != trained:

@@ -18,7 +18,12 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import math
+import os
 import pickle
+import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,13 +34,17 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from cavlab.config.files import read_bytes
+from cavlab.config.files import read_bytes, read_text
 from cavlab.errors import UserError
-from cavlab.rl.common import check_env_id, make_env, plot_returns, read_record
+from cavlab.rl.common import TrainRecord, check_env_id, make_env, plot_returns, read_record, write_record
 from cavlab.runs.ray_local import init_ray
 
-RLMODULE_SUBDIR = Path("learner_group", "learner", "rl_module", "default_policy")
+CHECKPOINT = "checkpoint"
+CURVE = "learning_curve.csv"
+MODULE_ID = "default_policy"
+RLMODULE_SUBDIR = Path("learner_group", "learner", "rl_module", MODULE_ID)
 MODULE_STATE = "module_state.pkl"
+CURVE_HEADER = ["env_steps", "episode_return_mean"]
 MAX_STATE_BYTES = 256 * 1024 * 1024
 # what a pickled dict of numpy arrays needs (numpy 1 and 2 names), and nothing else
 _ARRAY_GLOBALS = frozenset({
@@ -58,7 +67,7 @@ class RllibEnv(gym.wrappers.FlattenObservation):
 class RllibResult:
     timesteps: int
     episodes: int
-    wall_time_s: float  # the training iterations (sampling and updates) and the checkpoint
+    wall_time_s: float  # the training iterations (sampling and updates) and the checkpoints, earlier runs included
     startup_s: float  # Ray start and the env runners' construction
     curve: list[tuple[int, float]]  # (env steps, mean episode return) after each iteration with episodes
 
@@ -82,17 +91,31 @@ def train_rllib(
     out_dir: Path,
     progress: Callable[[int], None] | None = None,
     address: str | None = None,
+    checkpoint_every: int | None = None,
+    resume: TrainRecord | None = None,
 ) -> RllibResult:
     """Train PPO until `timesteps` env steps are sampled, on `env_runners` remote env runners (one
-    SUMO each); writes checkpoint/, learning_curve.csv and learning_curve.png into `out_dir`. Ray
-    runs locally (address None) or joins the cluster at `address`; it is shut down on every exit path."""
+    SUMO each); writes checkpoint/, train.json, learning_curve.csv and learning_curve.png into `out_dir`,
+    checkpoint/, train.json (`complete` false) and learning_curve.csv also after the iteration that passes
+    every `checkpoint_every` steps. With `resume` (the record of `out_dir`'s checkpoint) it goes on from the
+    checkpoint's weights and step count (not its optimiser state). Ctrl-C stops it with the last checkpoint
+    in `out_dir`. Ray runs locally (address None) or joins the cluster at `address`; it is shut down on
+    every exit path."""
 
     ray = _rllib()
     from ray.rllib.algorithms.ppo import PPOConfig
 
     if timesteps < 1 or env_runners < 1:
         raise UserError("need --timesteps ≥ 1 and --envs ≥ 1")
+    if checkpoint_every is not None and checkpoint_every < 1:
+        raise UserError("need --checkpoint-every ≥ 1")
+    done = resume.timesteps if resume is not None else 0
+    if done >= timesteps:
+        raise UserError(f"{out_dir}: already trained for {done} steps; give --timesteps over {done} to train on")
     make_env(env_id, env_kwargs).close()  # validates the options here, not in a runner (starts no SUMO)
+    state = read_module_state(out_dir / CHECKPOINT / RLMODULE_SUBDIR / MODULE_STATE) if resume else None
+    curve = read_curve(out_dir / CURVE) if resume else []
+    kept = list(curve)
     config = (
         PPOConfig()
         .environment(RllibEnv, env_config={"env_id": env_id, "env_kwargs": env_kwargs})
@@ -114,8 +137,14 @@ def train_rllib(
             use_kl_loss=False,
         )
         .rl_module(model_config=_model_config())
-        .debugging(seed=seed)
+        .debugging(seed=(seed + done) % 2**32)  # a resumed run meets other traffic than the first steps did
     )
+    earlier_s = resume.wall_time_s if resume is not None else 0.0
+    record = TrainRecord(env_id=env_id, algo="ppo", backend="rllib", timesteps=done, target_timesteps=timesteps,
+                         complete=False, envs=env_runners, seed=seed, env_kwargs=env_kwargs,
+                         episodes=resume.episodes if resume is not None else 0, wall_time_s=earlier_s,
+                         ray=address or "local")  # fmt: skip
+    title = f"PPO (RLlib) on {env_id}"
     algo = None
     with _quiet_rllib():
         try:
@@ -123,25 +152,75 @@ def train_rllib(
             init_ray(address, env_runners + 1)
             algo = config.build_algo()
             started = time.perf_counter()
-            steps, episodes, curve = 0, 0, []
+            if state is not None:
+                _check_weights(out_dir / CHECKPOINT, state, algo.learner_group.get_weights()[MODULE_ID])
+                algo.learner_group.set_weights({MODULE_ID: {k: v.astype(np.float32) for k, v in state.items()}})
+                algo.env_runner_group.sync_weights(from_worker_or_learner_group=algo.learner_group,
+                                                   inference_only=True, timeout_seconds=None)  # fmt: skip
+            record = record.model_copy(update={"startup_s": round(started - launched, 1)})
+            steps, saved = done, done
             while steps < timesteps:
                 runners = algo.train()["env_runners"]
-                steps = int(runners.get("num_env_steps_sampled_lifetime", 0))
-                episodes = int(runners.get("num_episodes_lifetime", 0))
+                steps = done + int(runners.get("num_env_steps_sampled_lifetime", 0))  # RLlib counts from 0
+                episodes = record.episodes + int(runners.get("num_episodes_lifetime", 0))
                 mean = runners.get("episode_return_mean")
                 if mean is not None and np.isfinite(mean):
                     curve.append((steps, float(mean)))
                 if progress is not None:
                     progress(steps)
-            algo.save_to_path(str(Path(out_dir, "checkpoint").resolve()))
-            wall = time.perf_counter() - started
+                update = {"timesteps": steps, "episodes": episodes,
+                          "wall_time_s": round(earlier_s + time.perf_counter() - started, 1)}  # fmt: skip
+                if steps >= timesteps:
+                    update["complete"] = True
+                elif checkpoint_every is None or steps - saved < checkpoint_every:
+                    continue
+                _save_checkpoint(algo, out_dir, record.model_copy(update=update), curve)
+                saved, kept = steps, list(curve)
+            wall = earlier_s + time.perf_counter() - started
+        except KeyboardInterrupt:
+            plot_curve(kept, Path(out_dir, "learning_curve.png"), title)  # the curve of the checkpoint kept
+            raise
         finally:
             if algo is not None:
                 algo.stop()
             ray.shutdown()
-    write_curve(curve, Path(out_dir, "learning_curve.csv"))
-    plot_curve(curve, Path(out_dir, "learning_curve.png"), f"PPO (RLlib) on {env_id}")
+    plot_curve(curve, Path(out_dir, "learning_curve.png"), title)
     return RllibResult(steps, episodes, wall, started - launched, curve)
+
+
+def _save_checkpoint(algo: Any, out_dir: Path, record: TrainRecord, curve: list[tuple[int, float]]) -> None:
+    """checkpoint/ (written aside, then swapped in), learning_curve.csv and then train.json, with Ctrl-C
+    held until all three are written: train.json never names steps that checkpoint/ does not hold."""
+    final, new, old = (Path(out_dir, name) for name in (CHECKPOINT, f".{CHECKPOINT}.new", f".{CHECKPOINT}.old"))
+    with _interrupts_held():
+        shutil.rmtree(new, ignore_errors=True)
+        algo.save_to_path(str(new.resolve()))
+        if final.exists():
+            os.rename(final, old)
+        os.rename(new, final)
+        shutil.rmtree(old, ignore_errors=True)
+        write_curve(curve, Path(out_dir, CURVE))
+        write_record(out_dir, record)
+
+
+@contextmanager
+def _interrupts_held() -> Iterator[None]:
+    """Ctrl-C and SIGTERM held back in the block and raised as KeyboardInterrupt after it (main thread only:
+    elsewhere Python delivers no signals)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {
+        sig: signal.signal(sig, lambda signum, _: caught.append(signum)) for sig in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if caught:
+        raise KeyboardInterrupt
 
 
 @contextmanager
@@ -169,8 +248,24 @@ def _model_config() -> Any:
 def write_curve(curve: list[tuple[int, float]], path: Path) -> None:
     with path.open("w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["env_steps", "episode_return_mean"])
+        writer.writerow(CURVE_HEADER)
         writer.writerows(curve)
+
+
+def read_curve(path: Path) -> list[tuple[int, float]]:
+    """The (env steps, mean return) rows of a learning_curve.csv that `write_curve` wrote, checked."""
+    rows = list(csv.reader(read_text(path, "learning curve").splitlines()))
+    try:
+        if rows[0] != CURVE_HEADER or any(len(row) != 2 for row in rows[1:]):
+            raise ValueError
+        curve = [(int(steps), float(mean)) for steps, mean in rows[1:]]
+        if not all(steps >= 0 and math.isfinite(mean) for steps, mean in curve):
+            raise ValueError
+    except (IndexError, ValueError):
+        raise UserError(
+            f"{path}: not a learning curve written by `cavlab train` ({', '.join(CURVE_HEADER)} rows)"
+        ) from None
+    return curve
 
 
 def plot_curve(curve: list[tuple[int, float]], path: Path, title: str) -> None:
@@ -210,16 +305,7 @@ def load_policy(checkpoint: Path, env: gym.Env | None = None) -> Callable[[np.nd
             observation_space=gym.spaces.flatten_space(env.observation_space), action_space=space,
             inference_only=False, learner_only=False, model_config=asdict(_model_config()), catalog_class=PPOCatalog,
         )  # fmt: skip
-    expected = module.state_dict()
-    if set(state) != set(expected):
-        key = sorted(set(state) ^ set(expected))[0]
-        raise UserError(f"{checkpoint}: not weights of cavlab's PPO module ('{key}' differs); retrain with this cavlab")
-    for key, tensor in expected.items():
-        if tuple(state[key].shape) != tuple(tensor.shape):
-            raise UserError(
-                f"{checkpoint}: trained for other observations or actions ({key} is {state[key].shape}, this "
-                f"environment needs {tuple(tensor.shape)}): use the same --env options as for training"
-            )
+    _check_weights(checkpoint, state, module.state_dict())
     module.load_state_dict({k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in state.items()})
     module.eval()
     dist_cls = module.get_inference_action_dist_cls()
@@ -234,6 +320,19 @@ def load_policy(checkpoint: Path, env: gym.Env | None = None) -> Callable[[np.nd
         return np.clip(action, space.low, space.high).astype(space.dtype)
 
     return act
+
+
+def _check_weights(checkpoint: Path, state: dict[str, np.ndarray], expected: dict[str, Any]) -> None:
+    """A `UserError` unless `state` holds exactly the arrays of `expected` (a module's weights), shapes included."""
+    if set(state) != set(expected):
+        key = sorted(set(state) ^ set(expected))[0]
+        raise UserError(f"{checkpoint}: not weights of cavlab's PPO module ('{key}' differs); retrain with this cavlab")
+    for key, tensor in expected.items():
+        if tuple(state[key].shape) != tuple(tensor.shape):
+            raise UserError(
+                f"{checkpoint}: trained for other observations or actions ({key} is {state[key].shape}, this "
+                f"environment needs {tuple(tensor.shape)}): use the same --env options as for training"
+            )
 
 
 class _ArrayUnpickler(pickle.Unpickler):

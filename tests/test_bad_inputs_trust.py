@@ -11,10 +11,8 @@ import ipaddress
 import json
 import os
 import pickle
-import signal
 import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
 
@@ -33,6 +31,7 @@ from cavlab.sim.backends import make_backend
 from cavlab.sim.engine import Engine
 
 from .conftest import short
+from .interrupt import interrupt_after_first_checkpoint, one_thread_env
 
 runner = CliRunner()
 ENV = "cavlab/LaneChange-v0"
@@ -460,20 +459,11 @@ def _train_command(out: Path, *args: str) -> list[str]:
 @pytest.mark.sumo
 def test_ctrl_c_keeps_the_checkpoint_and_resume_goes_on(tmp_path: Path) -> None:
     out = tmp_path / "train"
-    env = dict(os.environ, OMP_NUM_THREADS="1")  # a tiny MLP: one thread is fastest, on a busy machine by far
-    proc = subprocess.Popen(
-        _train_command(out, "--timesteps", "100000"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env=env, start_new_session=True,
-        # a test runner started in the background by a shell ignores SIGINT, and children inherit that
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while not list(tmp_path.glob(".train.partial-*/train.json")):  # the first checkpoint, still staged
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.1)
-    os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C in a terminal: the whole process group
-    _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130, stderr
+    done = interrupt_after_first_checkpoint(
+        _train_command(out, "--timesteps", "100000"), tmp_path, ".train.partial-*/train.json", 120, 60
+    )
+    stderr = done.stderr
+    assert done.returncode == 130, stderr
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "interrupted: the checkpoint at" in lines[0] and "Traceback" not in stderr
     assert f"--out {out} --checkpoint-every 1 --resume" in lines[0]
@@ -488,7 +478,7 @@ def test_ctrl_c_keeps_the_checkpoint_and_resume_goes_on(tmp_path: Path) -> None:
         probe.close()
     target = str(kept["timesteps"] + 512)
     resumed = subprocess.run(_train_command(out, "--timesteps", target, "--resume"), capture_output=True, text=True,
-                             env=env, timeout=120)  # fmt: skip
+                             env=one_thread_env(), timeout=120)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed at {kept['timesteps']} steps" in " ".join(resumed.stdout.split())
     final = json.loads((out / "train.json").read_text())

@@ -6,11 +6,8 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import gymnasium as gym
@@ -21,6 +18,8 @@ from typer.testing import CliRunner
 from cavlab.cli import app
 from cavlab.rl.common import TrainRecord, write_record
 from cavlab.rl.rllib import MODULE_STATE, RLMODULE_SUBDIR, load_policy, read_module_state, train_rllib
+
+from .interrupt import interrupt_after_first_checkpoint, one_thread_env
 
 runner = CliRunner()
 
@@ -97,20 +96,11 @@ def _train_command(out: Path, *args: str) -> list[str]:
 @pytest.mark.sumo
 def test_ctrl_c_keeps_the_rllib_checkpoint_and_resume_goes_on(tmp_path: Path) -> None:
     out = tmp_path / "rllib"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen(
-        _train_command(out, "--timesteps", "100000"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env=env, start_new_session=True,
-        # a test runner started in the background by a shell ignores SIGINT, and children inherit that
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )  # fmt: skip
-    deadline = time.monotonic() + 180
-    while not list(tmp_path.glob(".rllib.partial-*/train.json")):  # the first checkpoint, still staged
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.1)
-    os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C in a terminal: the whole process group, Ray's processes too
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, stderr
+    done = interrupt_after_first_checkpoint(
+        _train_command(out, "--timesteps", "100000"), tmp_path, ".rllib.partial-*/train.json", 180, 120
+    )
+    stderr = done.stderr
+    assert done.returncode == 130, stderr
     assert "Traceback" not in stderr
     line = " ".join(stderr.split())
     assert "interrupted: the checkpoint at" in line and "--backend rllib --timesteps 100000" in line
@@ -129,7 +119,7 @@ def test_ctrl_c_keeps_the_rllib_checkpoint_and_resume_goes_on(tmp_path: Path) ->
     before = read_module_state(weights)
     target = kept["timesteps"] + 1  # one more iteration
     resumed = subprocess.run(_train_command(out, "--timesteps", str(target), "--resume"), capture_output=True,
-                             text=True, env=env, timeout=180)  # fmt: skip
+                             text=True, env=one_thread_env(), timeout=180)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed at {kept['timesteps']} steps" in " ".join(resumed.stdout.split())
     final = json.loads((out / "train.json").read_text())

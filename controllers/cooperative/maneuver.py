@@ -88,7 +88,7 @@ class Maneuver:
         self.record.replans += 1
         self.record.front_id = plan.front.vehicle.id if plan.front else ""
         self.record.rear_id = plan.rear.vehicle.id if plan.rear else ""
-        self.record.cooperators = len(set(self.first_state) & set(self.tracked))
+        self.record.cooperators = len(plan.cooperators)
         self.record.longitudinal_time_s = plan.t0_s + plan.duration_s - self.record.request_time_s
         return [Release(vid) for vid in sorted(old - set(self.tracked))]
 

@@ -11,7 +11,7 @@ from cavlab.config.scenario import parse_scenario
 from cavlab.errors import SimulationError
 from cavlab.sim.backends import SumoBackend, make_backend
 from cavlab.sim.engine import Engine
-from cavlab.world import Accelerate, ChangeLane, Release, SetSpeed
+from cavlab.world import Accelerate, ChangeLane, HoldLane, Release, SetSpeed
 
 from .conftest import short
 
@@ -142,6 +142,25 @@ def test_change_lane_takes_the_scenario_duration(tmp_path: Path) -> None:
         assert world.time_s - t0 == pytest.approx(1.5, abs=0.15)
         with pytest.raises(ValueError, match=r"edge 'main\.0' has road lanes 0\.\.1"):
             b.apply([ChangeLane(vid, 2)])
+
+
+def test_hold_lane_keeps_sumo_driving_but_not_changing_lanes(tmp_path: Path) -> None:
+    """HoldLane sets only the lane-change mode (speed stays SUMO's, the vehicle is not counted as
+    controlled); Release gives lane changing back; a later Accelerate takes full control."""
+    with open_backend(cavs_only(), tmp_path) as b:
+        world = step_until(b, lambda w: len(w) > 0)
+        vid = str(world.ids[0])
+        b.apply([HoldLane(vid)])
+        v = b.api.vehicle
+        assert (v.getSpeedMode(vid), v.getLaneChangeMode(vid)) == (31, 0)
+        world, *_ = b.step()
+        assert not world.controlled[world.index_of(vid)]
+        b.apply([Release(vid)])
+        assert (v.getSpeedMode(vid), v.getLaneChangeMode(vid)) == (31, 1621)
+        b.apply([HoldLane(vid), Accelerate(vid, 0.0)])
+        assert (v.getSpeedMode(vid), v.getLaneChangeMode(vid)) == (32, 0)
+        b.apply([HoldLane(vid), Release(vid)])  # a hold on a controlled vehicle changes nothing; Release ends both
+        assert (v.getSpeedMode(vid), v.getLaneChangeMode(vid)) == (31, 1621)
 
 
 def test_commands_for_vehicles_that_left_are_ignored(tmp_path: Path) -> None:

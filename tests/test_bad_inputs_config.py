@@ -225,7 +225,8 @@ CASES = [
     pytest.param(_run(f"simulation.seed={10**30}"), ["simulation.seed", "less than 2147483648"], id="huge-seed"),
     pytest.param(_run(f"road.lanes={10**100}"), ["road.lanes", "less than or equal to 8"], id="huge-lanes"),
     pytest.param(
-        _run("road.kind=[x]"), ["road.kind", "'highway', 'on_ramp' or 'lane_drop'", "(got ['x'])"], id="brackets-kept"
+        _run("road.kind=[x]"), ["road.kind", "'highway', 'on_ramp', 'lane_drop' or 'network'", "(got ['x'])"],
+        id="brackets-kept",
     ),
     pytest.param(_run("demand.flows=[]"), ["demand.flows", "at least 1 item"], id="no-flows"),
     # ---- overrides read with the same loader

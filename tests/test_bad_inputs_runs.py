@@ -373,5 +373,8 @@ def test_list_fits_80_columns_with_whole_descriptions() -> None:
     assert "…" not in text
     for name in shipped_scenarios():
         s = load_scenario(name)
-        assert f"{name}: {s.road.kind}, {s.road.lanes} lanes" in text
+        if s.road.kind == "network":
+            assert f"{name}: network {Path(s.road.network.file).name}, " in text
+        else:
+            assert f"{name}: {s.road.kind}, {s.road.lanes} lanes" in text
         assert " ".join(s.description.split()) in text

@@ -281,3 +281,118 @@ def test_replanning_notices_a_cut_in() -> None:
     lanes = Lanes(world([*LOOSE, ("X", 1, gap_x, 28.0, False)], t=p.t0_s))
     again, why = Planner(CooperativeParams(**PAPER), SETUP).replan(lanes, p, set())
     assert again is None and why == "a vehicle cut into the slot"
+
+
+# ----------------------------------------------------------------------------- the safety filter
+
+
+def follow(gap_m: float, v_mps: float, v_lead_mps: float, a_lead_mps2: float, params: CooperativeParams,
+           plan_accel_mps2: float, seconds: float = 30.0, dt_s: float = 0.1) -> tuple[float, float, float, float]:
+    """A follower that wants `plan_accel_mps2` (its plan, blind to the leader) behind a leader braking at
+    `a_lead_mps2` down to standstill, the filter's bound applied each step, ballistic update as in SUMO:
+    the least slack, the least bumper gap, the hardest deceleration and the slack at the end."""
+    from cavlab.controllers.cooperative.safety import barrier_accel
+
+    x_l, x, least, closest, hardest = gap_m + 5.0, 0.0, math.inf, math.inf, 0.0
+    for _ in range(round(seconds / dt_s)):
+        a_l = a_lead_mps2 if v_lead_mps > 0 else 0.0
+        a = max(min(plan_accel_mps2, barrier_accel(x_l - 5.0 - x, v_mps, v_lead_mps, a_l, params, dt_s)), -v_mps / dt_s)
+        x_l, v_lead_mps = x_l + v_lead_mps * dt_s + a_l * dt_s**2 / 2, max(0.0, v_lead_mps + a_l * dt_s)
+        x, v_mps = x + v_mps * dt_s + a * dt_s**2 / 2, v_mps + a * dt_s
+        slack = x_l - 5.0 - x - params.headway.gap_m(v_mps)
+        least, closest, hardest = min(least, slack), min(closest, x_l - 5.0 - x), min(hardest, a)
+    return least, closest, hardest, slack
+
+
+@pytest.mark.parametrize("v_lead", [0.0, 10.0, 25.0])
+@pytest.mark.parametrize("v", [5.0, 20.0, 33.0])
+@pytest.mark.parametrize("plan_accel", [-1.0, 0.0, 2.5])
+def test_filter_keeps_the_slack_behind_a_cruising_leader(v: float, v_lead: float, plan_accel: float) -> None:
+    """From any start with the barrier h ≥ 0 (gap ≥ φv + δ + closing²/(2|u_min|)), whatever the plan
+    wants, the filtered follower never loses its safe gap behind a leader at constant speed, and
+    never brakes harder than |u_min| to keep it."""
+    from cavlab.controllers.cooperative.safety import barrier
+
+    p = CooperativeParams()
+    closing = max(0.0, v - v_lead)
+    gap = p.headway.gap_m(v) + closing**2 / (2 * -p.u_min_mps2) + 0.01
+    assert barrier(gap, v, v_lead, p) > 0
+    least, _, hardest, _ = follow(gap, v, v_lead, 0.0, p, plan_accel)
+    assert least >= -1e-6
+    assert hardest >= p.u_min_mps2 - 1e-6
+
+
+def test_filter_is_inactive_far_behind_and_recovers_after_a_cut_in() -> None:
+    from cavlab.controllers.cooperative.safety import barrier, barrier_accel
+
+    p = CooperativeParams()
+    assert barrier_accel(200.0, 30.0, 30.0, 0.0, p, 0.1) == math.inf
+    # a vehicle cuts in 10 m ahead, 5 m/s slower: the barrier is broken, the bound brakes harder than
+    # |u_min| but never past 2·u_min, there is no collision, and the safe gap comes back
+    assert barrier(10.0, 30.0, 25.0, p) < 0
+    bound = barrier_accel(10.0, 30.0, 25.0, 0.0, p, 0.1)
+    assert 2 * p.u_min_mps2 <= bound < p.u_min_mps2
+    least, closest, hardest, end = follow(10.0, 30.0, 25.0, 0.0, p, plan_accel_mps2=1.0, seconds=60.0)
+    assert least < 0 < closest and hardest >= 2 * p.u_min_mps2 - 1e-9
+    assert end >= 0
+
+
+def test_filter_bound_is_the_largest_acceleration_keeping_the_barrier() -> None:
+    """The closed form against bisection on the one-step prediction h'(a) = H (an independent check)."""
+    from cavlab.controllers.cooperative.safety import barrier, barrier_accel
+
+    p, dt = CooperativeParams(), 0.1
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        v, v_l = rng.uniform(0, 35), rng.uniform(0, 35)
+        a_l = rng.uniform(-4, 0)
+        gap = p.headway.gap_m(v) + rng.uniform(-10, 30)
+        bound = barrier_accel(gap, v, v_l, a_l, p, dt)
+        h = barrier(gap, v, v_l, p)
+        target = 0.0 if h >= 0 else (1 - dt) * h
+
+        def h_next(a: float, gap=gap, v=v, v_l=v_l, a_l=a_l) -> float:
+            gap_next = gap + (v_l - v) * dt + (a_l - a) * dt**2 / 2
+            return barrier(gap_next, v + a * dt, v_l + a_l * dt, p)
+
+        if math.isinf(bound):
+            assert h_next(p.u_max_mps2) >= target - 1e-9
+        elif bound == 2 * p.u_min_mps2:
+            assert h_next(bound) <= target + 1e-9
+        else:
+            assert h_next(bound) == pytest.approx(target, abs=1e-6)
+            assert h_next(bound + 1e-3) < target
+
+
+# ----------------------------------------------------------------------------- requests: claim, gate
+
+
+def stuck(t: float, c_lane: int = 0, target_speed: float = 30.0) -> WorldState:
+    """C (a CAV at 600 m, 25 m/s) 30 m behind a slower U; the target lane has two vehicles well clear of C."""
+    return world([("c", c_lane, 600.0, 25.0, True), ("u", 0, 635.0, 18.0, False),
+                  ("a", 1, 450.0, target_speed, False), ("b", 1, 800.0, target_speed, False)], t=t)  # fmt: skip
+
+
+def test_a_request_claims_the_cav_before_planning_and_hands_it_back_if_sumo_moved_it() -> None:
+    from cavlab.controllers.cooperative import CooperativeLaneChange
+    from cavlab.world import HoldLane, Release
+
+    params = CooperativeParams(request_patience_s=0.0, scan_period_s=0.5)
+    ctrl = CooperativeLaneChange(params, SETUP)
+    assert ctrl.step(stuck(100.0)) == [HoldLane("c")] and ctrl.records == []
+    assert ctrl.step(stuck(100.5)) == [] and ctrl.records == []  # held for t_lat/2 = 1.5 s first
+    commands = ctrl.step(stuck(101.5))
+    assert [m.record.vehicle_id for m in ctrl.active] == ["c"]  # planned: a maneuver runs
+    assert commands and all(cmd.vehicle_id == "c" for cmd in commands)  # C's first command (no cooperators)
+    # SUMO had begun a lane change before the hold: C turns up in the target lane; nobody plans for it
+    other = CooperativeLaneChange(params, SETUP)
+    other.step(stuck(100.0))
+    assert other.step(stuck(101.5, c_lane=1)) == [Release("c")] and other.records == []
+
+
+def test_no_request_into_a_congested_target_lane() -> None:
+    from cavlab.controllers.cooperative import CooperativeLaneChange
+
+    gated = CooperativeLaneChange(CooperativeParams(request_patience_s=0.0, min_flow_speed_mps=15.0), SETUP)
+    assert gated.step(stuck(100.0, target_speed=12.0)) == []
+    assert gated.step(stuck(100.0 + 0.5, target_speed=20.0)) != []  # flowing again: claimed

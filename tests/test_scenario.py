@@ -26,7 +26,7 @@ def test_shipped_scenarios_validate_and_cover_every_road_kind() -> None:
     names = set(shipped_scenarios())
     assert {"highway-lane-change", "on-ramp-merge", "lane-drop"} <= names
     kinds = {load_scenario(n).road.kind for n in names}
-    assert kinds == {"highway", "on_ramp", "lane_drop"}
+    assert kinds == {"highway", "on_ramp", "lane_drop", "network"}
 
 
 def test_defaults_fill_in() -> None:
@@ -93,7 +93,7 @@ def _error(text: str, *overrides: str) -> str:
         ("simulation.step_length_s=-0.1", "simulation.step_length_s: Input should be greater than 0"),
         ("simulation.backend=carla", "simulation.backend: Input should be 'libsumo', 'traci' or 'gui' (got 'carla')"),
         ("road.lanes=two", "road.lanes: Input should be a valid integer"),
-        ("road.kind=roundabout", "Input should be 'highway', 'on_ramp' or 'lane_drop'"),
+        ("road.kind=roundabout", "Input should be 'highway', 'on_ramp', 'lane_drop' or 'network'"),
         ("road.colour=red", "unknown field 'road.colour' (allowed: detectors_m, kind, lane_drop, lane_width_m, lanes"),
         ("demand.flows.0.speed=3", "unknown field 'demand.flows.0.speed' (allowed: arrivals, cav_share, depart_speed"),
         ("demand.vehicle_types.car.colour=1", "unknown field 'demand.vehicle_types.car.colour' (allowed: accel_mps2"),

@@ -13,7 +13,7 @@ from cavlab.controllers.cooperative.maneuver import Maneuver, ManeuverRecord
 from cavlab.controllers.cooperative.params import CooperativeParams
 from cavlab.controllers.cooperative.planner import OFF_GRID, SLOT_GONE, Planner
 from cavlab.controllers.cooperative.snapshot import Lanes, Vehicle
-from cavlab.world import Command, ControlModes, WorldState
+from cavlab.world import Command, ControlModes, HoldLane, Release, WorldState
 
 
 class CooperativeLaneChange(Controller):
@@ -34,17 +34,25 @@ class CooperativeLaneChange(Controller):
         self.autonomous = True  # serve stuck CAVs on its own; if not, only `request` starts maneuvers
         self._next_scan_s = 0.0
         self._retry_at: dict[str, float] = {}
+        self._refusals: dict[str, int] = {}  # consecutive refused requests per CAV
+        self._held_since: dict[str, float] = {}  # CAVs claimed (`HoldLane`) for a request, since when
+        self._lane_of_slot = np.full(0, -99, dtype=np.int16)  # per vehicle slot: its lane at the last step
+        self._flip_time_s = np.zeros(0)  # ... and when its lane index last changed
         self._waiting_since: dict[str, float] = {}
+        self._guards: set[str] = set()  # CAVs held in lane beside a slot (`_guard_slots`)
 
     def step(self, world: WorldState) -> list[Command]:
         if not len(world):
             return []
         lanes = Lanes(world)
+        self._note_lane_flips(world)
         commands: list[Command] = []
         for m in self.active:
             if self.params.replan_period_s > 0 and m.phase in ("longitudinal", "certify") \
                     and world.time_s >= m.next_replan_s - 1e-9:  # fmt: skip
                 commands += self._replan(world, lanes, m)
+            elif m.phase == "longitudinal" and not m.slot_intact(world, lanes):
+                commands += self._new_slot(world, lanes, m)
             commands += m.step(world, lanes)
             if m.phase == "done":
                 self.records.append(m.record)
@@ -52,7 +60,55 @@ class CooperativeLaneChange(Controller):
         if self.autonomous and world.time_s >= self._next_scan_s - 1e-9:
             self._next_scan_s = world.time_s + self.params.scan_period_s
             commands += self._serve_requests(world, lanes)
+        return commands + self._guard_slots(world, lanes)
+
+    def _guard_slots(self, world: WorldState, lanes: Lanes) -> list[Command]:
+        """Hold in lane (`HoldLane`) the CAVs beside a slot that is being opened, in the lanes either
+        side of the target lane, from `guard_margin_m` behind its rear vehicle to as far ahead of
+        its front one (C where one is missing), until the lane change is issued: the slot is for C
+        (human drivers may still take it: the maneuver is then not certified and aborts)."""
+        margin, guards = self.params.guard_margin_m, set()
+        for m in self.active if self.params.guard_slots else ():
+            if m.phase not in ("longitudinal", "certify") or m.plan.changer.id not in lanes.row_of:
+                continue
+            x_c = float(world.x_m[lanes.row_of[m.plan.changer.id]])
+            ends = [float(world.x_m[lanes.row_of[c.vehicle.id]]) for c in (m.plan.rear, m.plan.front)
+                    if c is not None and c.vehicle.id in lanes.row_of]  # fmt: skip
+            lo, hi = min([x_c, *ends]) - margin, max([x_c, *ends]) + margin
+            for lane in (m.plan.target_lane - 1, m.plan.target_lane + 1):
+                rows = lanes.in_lane(lane)
+                xs = world.x_m[rows]
+                for row in rows[np.searchsorted(xs, lo):np.searchsorted(xs, hi, side="right")]:
+                    if world.is_cav[row]:
+                        guards.add(str(world.ids[row]))
+        guards -= self._busy() | set(self._held_since)
+        commands: list[Command] = [HoldLane(vid) for vid in sorted(guards - self._guards)]
+        commands += [Release(vid) for vid in sorted(self._guards - guards - self._busy() - set(self._held_since))
+                     if vid in lanes.row_of]  # fmt: skip
+        self._guards = guards
         return commands
+
+    def _note_lane_flips(self, world: WorldState) -> None:
+        """When each vehicle's lane index last changed (per slot, vectorised)."""
+        if world.slot.max() >= self._lane_of_slot.size:
+            size = 2 * int(world.slot.max()) + 1024
+            self._lane_of_slot = np.concatenate([self._lane_of_slot, np.full(size - self._lane_of_slot.size, -99,
+                                                                                  dtype=np.int16)])  # fmt: skip
+            self._flip_time_s = np.concatenate([self._flip_time_s, np.full(size - self._flip_time_s.size, -np.inf)])
+        before = self._lane_of_slot[world.slot]
+        flipped = (before != world.lane) & (before != -99)
+        self._flip_time_s[world.slot[flipped]] = world.time_s
+        self._lane_of_slot[world.slot] = world.lane
+
+    def _changing_lanes(self, world: WorldState, row: int) -> bool:
+        """Whether SUMO may still be moving the vehicle across: its lane index flipped (the middle of a
+        lane change of duration t_lat) less than t_lat/2 ago. The first half of a lane change is not
+        visible in the world state; a maneuver whose vehicle turns up in another lane is aborted."""
+        return world.time_s - self._flip_time_s[world.slot[row]] < self.setup.lane_change_duration_s / 2 + 1e-9
+
+    def _changed_lanes_recently(self, world: WorldState, row: int) -> bool:
+        """Whether the vehicle's lane index flipped within the last t_lat (a cut-in, seen from behind)."""
+        return world.time_s - self._flip_time_s[world.slot[row]] < self.setup.lane_change_duration_s + 1e-9
 
     def maneuvering(self, vehicle_id: str) -> bool:
         """Whether a maneuver of this controller commands the vehicle now."""
@@ -123,7 +179,7 @@ class CooperativeLaneChange(Controller):
         waiting: set[str] = set()  # the CAVs that want a lane change now
         for row in np.flatnonzero(world.is_cav).tolist():
             vid = str(world.ids[row])
-            if vid in self._busy() or self._retry_at.get(vid, -math.inf) > t:
+            if vid in self._busy() or self._retry_at.get(vid, -math.inf) > t or self._changing_lanes(world, row):
                 continue
             lane, x = int(world.lane[row]), float(world.x_m[row])
             end_m = ends.get(lane, math.inf)
@@ -136,12 +192,11 @@ class CooperativeLaneChange(Controller):
                 close = u is not None and u.x_m - u.length_m - x < p.headway.gap_m(world.speed_mps[row])
                 if close or (u is not None and u.id in self._busy()):
                     continue  # not yet at a safe distance behind its leader, or the leader maneuvers: wait
-                if not self._patient(vid, t, waiting):
-                    continue  # LC2013 has the first go
-                _, maneuver, started = self._start(world, lanes, row, u, target)
-                if maneuver is None:
-                    self._retry_at[vid] = t + p.retry_after_s
-                commands += started
+                if self._flow_speed(lanes, target, x) < p.min_flow_speed_mps:
+                    continue  # a congested target lane: LC2013's zipper merge, no cooperator slows down in it
+                if not self._patient(vid, t, waiting) or not self._claimed(vid, t, commands):
+                    continue  # LC2013 has the first go; then SUMO must have finished any lane change it began
+                commands += self._request(world, lanes, row, u, target)
                 continue
             if not 0 <= lane < top_lane or x < p.request_after_m:
                 continue
@@ -150,22 +205,51 @@ class CooperativeLaneChange(Controller):
                 continue
             gap = world.x_m[lead] - world.length_m[lead] - world.x_m[row]
             target = int(world.lane[row]) + 1
-            flow = lanes.mean_speed(target, world.x_m[row] - p.search_behind_m, world.x_m[row] + p.search_ahead_m)
-            flow = min(self.setup.speed_limit_mps if flow is None else flow, p.v_max_mps)
-            if gap > p.request_gap_m or flow - world.speed_mps[lead] < p.request_speed_gain_mps:
+            flow = self._flow_speed(lanes, target, x)
+            if gap > p.request_gap_m or flow - world.speed_mps[lead] < p.request_speed_gain_mps \
+                    or flow < p.min_flow_speed_mps:  # fmt: skip
                 continue
             if gap < p.headway.gap_m(world.speed_mps[row]):
                 continue  # not yet at a safe distance behind U (a cut-in): wait until it is
             if str(world.ids[lead]) in self._busy():
                 continue  # U is in a maneuver of its own: it will not cruise as predicted
-            if not self._patient(vid, t, waiting):
-                continue  # LC2013 has the first go
-            _, maneuver, started = self._start(world, lanes, row, lanes.vehicle(lead), target)
-            if maneuver is None:
-                self._retry_at[vid] = t + p.retry_after_s
-            commands += started
+            if not self._patient(vid, t, waiting) or not self._claimed(vid, t, commands):
+                continue  # LC2013 has the first go; then SUMO must have finished any lane change it began
+            commands += self._request(world, lanes, row, lanes.vehicle(lead), target)
         self._waiting_since = {vid: s for vid, s in self._waiting_since.items() if vid in waiting}
+        busy = self._busy()
+        for vid in [vid for vid in self._held_since if vid not in waiting]:  # no longer asking: SUMO's again
+            del self._held_since[vid]
+            if vid not in busy:  # (a cooperator of another maneuver now: that one releases it)
+                commands.append(Release(vid))
         return commands
+
+    def _flow_speed(self, lanes: Lanes, lane: int, x_m: float) -> float:
+        """The lane's mean speed in [x − L_r, x + L_f] (the speed limit if empty), capped at v_max, as the
+        planner's v_flow."""
+        p = self.params
+        flow = lanes.mean_speed(lane, x_m - p.search_behind_m, x_m + p.search_ahead_m)
+        return min(self.setup.speed_limit_mps if flow is None else flow, p.v_max_mps)
+
+    def _claimed(self, vehicle_id: str, t: float, commands: list[Command]) -> bool:
+        """Whether the CAV has been held in its lane (`HoldLane`) for t_lat/2: a lane change SUMO began
+        before the hold has then flipped its lane index (and the request is dropped), so the plan
+        starts from where the vehicle really is. The first call holds it."""
+        since = self._held_since.get(vehicle_id)
+        if since is None:
+            self._held_since[vehicle_id] = t
+            commands.append(HoldLane(vehicle_id))
+            return False
+        return t - since >= self.setup.lane_change_duration_s / 2 - 1e-9
+
+    def _request(self, world: WorldState, lanes: Lanes, row: int, u: Vehicle | None, target: int) -> list[Command]:
+        """Plan a claimed CAV's request: its maneuver's first commands, or its lane changing handed back
+        to SUMO and the next request put off (`_back_off`)."""
+        vid = str(world.ids[row])
+        del self._held_since[vid]
+        _, maneuver, started = self._start(world, lanes, row, u, target)
+        self._back_off(vid, world.time_s, refused=maneuver is None)
+        return started if maneuver is not None else [Release(vid)]
 
     def _replan(self, world: WorldState, lanes: Lanes, m: Maneuver) -> list[Command]:
         """Receding horizon, every `replan_period_s`: the slot planned again from the measured states
@@ -189,12 +273,33 @@ class CooperativeLaneChange(Controller):
                 return []
         elif m.certified_now(world, lanes):
             return []  # the lane change is issued now
+        return self._new_slot(world, lanes, m)
+
+    def _new_slot(self, world: WorldState, lanes: Lanes, m: Maneuver) -> list[Command]:
+        """A running maneuver whose slot is gone (a vehicle cut into it, one of its vehicles left the
+        lane) planned again as a new request from the measured state, while it is younger than
+        `max_maneuver_s`; without a plan it goes on (and aborts if the slot is not certified)."""
+        row = lanes.row_of.get(m.plan.changer.id)
+        if row is None or world.time_s - m.record.request_time_s > self.params.max_maneuver_s:
+            return []
+        busy = self._busy(besides=m)
         lead = lanes.leader(row)
         u = lanes.vehicle(lead) if lead is not None else None
         if u is not None and u.id in busy:
             return []
-        outcome = self.planner.plan(lanes, row, u, m.plan.target_lane, busy, end)
+        outcome = self.planner.plan(lanes, row, u, m.plan.target_lane, busy, self._lane_end(world, row))
         return m.replace(outcome.plan) if outcome.plan is not None else []
+
+    def _back_off(self, vehicle_id: str, t: float, refused: bool) -> None:
+        """After the n-th refusal in a row a CAV asks again only after min(2ⁿ⁻¹·retry_after_s,
+        retry_after_max_s): a request refused once is likely refused again soon (the traffic around it
+        changes slowly), and each costs a full slot search."""
+        if not refused:
+            self._refusals.pop(vehicle_id, None)
+            return
+        n = self._refusals[vehicle_id] = self._refusals.get(vehicle_id, 0) + 1
+        p = self.params
+        self._retry_at[vehicle_id] = t + min(p.retry_after_s * 2 ** (n - 1), max(p.retry_after_s, p.retry_after_max_s))
 
     def _patient(self, vehicle_id: str, t: float, waiting: set[str]) -> bool:
         """Whether a CAV that wants a lane change has wanted it for `request_patience_s` (outside its
@@ -213,6 +318,7 @@ class CooperativeLaneChange(Controller):
             request_time_s=world.time_s, vehicle_id=str(world.ids[row]), leader_id=u.id if u is not None else "",
             target_lane=target, status=outcome.status, reason=outcome.reason, candidates=outcome.candidates,
             solve_time_changer_s=outcome.solve_time_changer_s, solve_time_slots_s=outcome.solve_time_slots_s,
+            numeric_solves=outcome.numeric_solves,
         )  # fmt: skip
         if outcome.plan is None:
             self.records.append(record)
@@ -230,7 +336,7 @@ class CooperativeLaneChange(Controller):
             c.plan.energy_m2ps3 for c in plan.cooperators
         )
         record.min_slack_planned_m = plan.min_slack_m
-        maneuver = Maneuver(plan, record, p, self.setup)
+        maneuver = Maneuver(plan, record, p, self.setup, cut_in=self._changed_lanes_recently)
         self.active.append(maneuver)
         return record, maneuver, maneuver.step(world, lanes)
 

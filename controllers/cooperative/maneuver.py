@@ -4,6 +4,7 @@ hand-back, and the fallback behind U after an abort; `ManeuverRecord` is what be
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -12,7 +13,7 @@ import numpy as np
 from cavlab.controllers.base import ControlSetup
 from cavlab.controllers.cooperative.params import CooperativeParams
 from cavlab.controllers.cooperative.planner import LaneChangePlan, Plan, disruption_parts
-from cavlab.controllers.cooperative.safety import safe_accel
+from cavlab.controllers.cooperative.safety import barrier, safe_accel
 from cavlab.controllers.cooperative.snapshot import Lanes
 from cavlab.world import Accelerate, ChangeLane, Command, Release, WorldState
 
@@ -49,13 +50,19 @@ class ManeuverRecord:
     solve_time_changer_s: float = 0.0
     solve_time_slots_s: float = 0.0
     replans: int = 0  # plans replaced while the maneuver ran (receding horizon, a new slot)
+    numeric_solves: int = 0  # QP and NLP solves of the request's planning
+    cut_ins: int = 0  # vehicles outside the maneuver that changed lanes into the gap ahead of one of its vehicles
 
 
 class Maneuver:
     """Executes one `LaneChangePlan` step by step."""
 
-    def __init__(self, plan: LaneChangePlan, record: ManeuverRecord, params: CooperativeParams, setup: ControlSetup):
+    def __init__(self, plan: LaneChangePlan, record: ManeuverRecord, params: CooperativeParams, setup: ControlSetup,
+                 cut_in: Callable[[WorldState, int], bool]):  # fmt: skip
+        """`cut_in(world, row)`: whether the vehicle of that row just changed into its lane."""
         self.plan = plan
+        self.cut_in = cut_in
+        self._cut_in: dict[str, str] = {}  # a maneuver vehicle -> the vehicle that cut in ahead of it
         self.record = record
         self.p = params
         self.dt = setup.step_length_s
@@ -92,6 +99,16 @@ class Maneuver:
         self.record.longitudinal_time_s = plan.t0_s + plan.duration_s - self.record.request_time_s
         return [Release(vid) for vid in sorted(old - set(self.tracked))]
 
+    def slot_intact(self, world: WorldState, lanes: Lanes) -> bool:
+        """Whether the slot's front and rear vehicles are still in the target lane, with no vehicle
+        between them (nobody cut into the slot)."""
+        ids = [str(world.ids[r]) for r in lanes.in_lane(self.plan.target_lane)]
+        at = [ids.index(c.vehicle.id) if c.vehicle.id in ids else None for c in (self.plan.front, self.plan.rear)
+              if c is not None]  # fmt: skip
+        if None in at:
+            return False
+        return len(at) < 2 or at[0] == at[1] + 1
+
     def certified_now(self, world: WorldState, lanes: Lanes) -> bool:
         """Whether C could change lanes now (the target lane beside it, the gaps safe)."""
         return self._target_beside(world, lanes.row_of[self.plan.changer.id]) and self._certified(world, lanes)
@@ -111,6 +128,9 @@ class Maneuver:
         c_row = lanes.row_of[c_id]
         if self.phase == "fallback":
             return self._fall_back(world, lanes, c_row)
+        if self.phase in ("longitudinal", "certify") and self._lane_changed(world, lanes):
+            self.phase = "done"  # SUMO's lane change under way at the request: nobody is held any more
+            return self._finish("aborted", "a vehicle of the maneuver changed lanes on its own")
         self._account(world, lanes)
         t_f = p.t0_s + p.duration_s
         if self.phase == "longitudinal" and t >= t_f - 1e-9:
@@ -134,6 +154,14 @@ class Maneuver:
             commands.append(Accelerate(vid, self._safe(u, lanes.row_of[vid], world, lanes)))
         return commands
 
+    def _lane_changed(self, world: WorldState, lanes: Lanes) -> bool:
+        """Whether C left its lane, or a cooperator the target lane, before the lane change."""
+        lane_of = {vid: int(world.lane[lanes.row_of[vid]]) for vid in self.tracked}
+        c_id = self.plan.changer.id
+        return lane_of[c_id] != self.plan.changer.lane or any(
+            lane != self.plan.target_lane for vid, lane in lane_of.items() if vid != c_id
+        )
+
     def _target_beside(self, world: WorldState, row: int) -> bool:
         """Whether the target lane exists on C's edge now (an on-ramp joins the road only further on)."""
         if not self.edge_lanes:
@@ -144,7 +172,7 @@ class Maneuver:
     def _safe(self, u: float, row: int, world: WorldState, lanes: Lanes) -> float:
         """The plan's u, unless the measured leader (which need not behave as predicted) is too
         close: see `safe_accel`."""
-        return min(u, safe_accel(row, world, lanes, self.p, self.lane_ends_m))
+        return min(u, safe_accel(row, world, lanes, self.p, self.dt, self.lane_ends_m))
 
     def _certified(self, world: WorldState, lanes: Lanes) -> bool:
         """Safe gaps to the target lane's actual neighbours now and, at constant speeds, through the
@@ -154,28 +182,40 @@ class Maneuver:
         rows = lanes.in_lane(self.plan.target_lane)
         xs = world.x_m[rows]
         k = int(np.searchsorted(xs, x_c))
-        hw = self.p.headway
+        v = world.speed_mps
         for horizon in (0.0, self.t_lat):
             if k < len(rows):  # front neighbour
                 f = rows[k]
-                gap = (world.x_m[f] + world.speed_mps[f] * horizon) - world.length_m[f] - (x_c + v_c * horizon)
-                if gap < hw.gap_m(v_c):
+                gap = (world.x_m[f] + v[f] * horizon) - world.length_m[f] - (x_c + v_c * horizon)
+                if barrier(float(gap), v_c, float(v[f]), self.p) < 0:
                     return False
             if k > 0:  # rear neighbour
                 r = rows[k - 1]
-                gap = (x_c + v_c * horizon) - l_c - (world.x_m[r] + world.speed_mps[r] * horizon)
-                if gap < hw.gap_m(float(world.speed_mps[r])):
+                gap = (x_c + v_c * horizon) - l_c - (world.x_m[r] + v[r] * horizon)
+                if barrier(float(gap), float(v[r]), v_c, self.p) < 0:
                     return False
         return True
 
     def _account(self, world: WorldState, lanes: Lanes) -> None:
+        """Energy, and the least slack behind the actual leaders, but for the time from a cut-in (a
+        vehicle outside the maneuver that changed into the lane just ahead, `cut_in`) until the
+        follower has its safe gap back: those are counted in `cut_ins`."""
         for vid in self.tracked:
             row = lanes.row_of[vid]
             self.energy += 0.5 * float(world.accel_mps2[row]) ** 2 * self.dt
             lead = lanes.leader(row)
-            if lead is not None:
-                gap = world.x_m[lead] - world.length_m[lead] - world.x_m[row]
-                self.min_slack = min(self.min_slack, float(gap - self.p.headway.gap_m(world.speed_mps[row])))
+            if lead is None:
+                continue
+            lead_id = str(world.ids[lead])
+            slack = float(world.x_m[lead] - world.length_m[lead] - world.x_m[row]
+                          - self.p.headway.gap_m(world.speed_mps[row]))  # fmt: skip
+            if lead_id not in self.tracked and self._cut_in.get(vid) != lead_id and self.cut_in(world, lead):
+                self._cut_in[vid] = lead_id
+                self.record.cut_ins += 1
+            if self._cut_in.get(vid) == lead_id and slack < 0:
+                continue
+            self._cut_in.pop(vid, None)
+            self.min_slack = min(self.min_slack, slack)
 
     def _record_executed(self, world: WorldState, lanes: Lanes) -> None:
         dx = dv = 0.0
@@ -223,4 +263,4 @@ class Maneuver:
             self.phase = "done"
             return [Release(c_id)]
         u = min(self.p.u_max_mps2, max(self.p.u_min_mps2, 0.25 * slack + 0.8 * (v_lead - v)))
-        return [Accelerate(c_id, min(u, safe_accel(c_row, world, lanes, self.p, self.lane_ends_m)))]
+        return [Accelerate(c_id, min(u, safe_accel(c_row, world, lanes, self.p, self.dt, self.lane_ends_m)))]

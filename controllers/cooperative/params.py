@@ -52,6 +52,9 @@ class CooperativeParams(InputModel):
     request_after_m: Distance = Field(
         200.0, description="No requests nearer the road start: vehicles appear there unannounced"
     )
+    min_flow_speed_mps: Speed = Field(
+        25.0, description="No request into a target lane flowing slower than this (congestion: SUMO's zipper merge)"
+    )
     request_speed_gain_mps: Speed = Field(
         2.0, description="... and the target lane flows at least this much faster than U"
     )
@@ -59,7 +62,10 @@ class CooperativeParams(InputModel):
     request_patience_s: Time = Field(
         3.0, description="A CAV asks only after wanting the lane change this long (LC2013 has the first go)"
     )
-    retry_after_s: Annotated[Time, Field(gt=0)] = Field(3.0, description="Wait before a refused request is tried again")
+    retry_after_s: Annotated[Time, Field(gt=0)] = Field(
+        3.0, description="Wait before a refused request is tried again (doubling with each refusal in a row)"
+    )
+    retry_after_max_s: Annotated[Time, Field(gt=0)] = Field(12.0, description="The longest wait between requests")
     absorbing_followers: Annotated[int, Field(ge=0, le=20)] = Field(
         3, description="Vehicles behind C and the rear cooperator that must absorb their plans (0: not modelled)"
     )
@@ -67,6 +73,11 @@ class CooperativeParams(InputModel):
         0.0, description="A running maneuver is planned again from the measured state this often (0: open loop)"
     )
     certify_timeout_s: Time = Field(2.0, description="Wait for a certifiable slot")
+    guard_slots: bool = Field(True, description="Hold the CAVs beside a slot being opened in their lanes")
+    guard_margin_m: Distance = Field(30.0, description="... from this far behind the slot to this far ahead of it")
+    max_solves_per_request: Annotated[int, Field(ge=1, le=10_000)] = Field(
+        1000, description="QP and NLP solves one request may use; the search ends there with the plans found"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> CooperativeParams:

@@ -13,6 +13,7 @@ import numpy as np
 
 from cavlab.controllers.base import ControlSetup
 from cavlab.controllers.cooperative.params import CooperativeParams
+from cavlab.controllers.cooperative.safety import barrier
 from cavlab.controllers.cooperative.snapshot import Lanes, Vehicle
 from cavlab.controllers.longitudinal import (
     Arc,
@@ -31,6 +32,8 @@ MIN_REPLAN_S = 1.0  # re-planning stops when less of the longitudinal phase is l
 OFF_GRID = "what is left of the plan is off the numeric grid"
 SLOT_GONE = ("a vehicle cut into the slot", "the slot's front vehicle left the target lane",
              "the slot's rear vehicle left the target lane")  # fmt: skip
+FOLLOWER_BRAKES = "C's follower would have to brake"
+BUDGET_SPENT = "solve budget spent"
 
 
 @dataclass
@@ -81,6 +84,7 @@ class PlanOutcome:
     candidates: int
     solve_time_changer_s: float
     solve_time_slots_s: float
+    numeric_solves: int  # QP and NLP solves of this request
 
 
 def disruption_parts(
@@ -135,7 +139,7 @@ class Planner:
         p, t0 = self.p, lanes.world.time_s
         c = lanes.vehicle(changer_row)
         self._end = self._end_line(c, lane_end_m)
-        started = time.perf_counter()
+        started, solves_before = time.perf_counter(), self.numeric_solves
         v_flow = lanes.mean_speed(target_lane, c.x_m - p.search_behind_m, c.x_m + p.search_ahead_m)
         v_flow = min(v_flow if v_flow is not None else self.setup.speed_limit_mps, p.v_max_mps)
         T0 = self._start_duration(c, u, v_flow, t0) if self.cooperation else p.min_maneuver_s
@@ -163,11 +167,17 @@ class Planner:
             if self.cooperation and c_plan is None:
                 reasons.add("C cannot reach the flow speed behind its leader and before its lane ends")
                 continue
+            if not self._changer_absorbed(c, c_plan, lanes, t0, T):
+                reasons.add(FOLLOWER_BRAKES)
+                continue
             probe = c_plan or Arc(t0, T, c.x_m, c.v_mps, (v_flow - c.v_mps) / T, 0.0)
             for front, rear in self._slots(target, probe, t0 + T):
                 key = (front.id if front else None, rear.id if rear else None)
                 if key in valid:
                     continue  # already valid with less relaxation
+                if self.numeric_solves - solves_before >= p.max_solves_per_request:
+                    reasons.add(BUDGET_SPENT)
+                    break
                 candidates += 1
                 plan, why = self._slot_plan(c, u, c_plan, front, rear, v_flow, target_lane, t0, T, k, busy, lanes)
                 if plan is None:
@@ -176,14 +186,15 @@ class Planner:
                 valid[key] = plan
                 if not self.cooperation:
                     break  # selfish: the nearest slot at the least time
-            if valid and not self.cooperation:
+            if (valid and not self.cooperation) or BUDGET_SPENT in reasons:
                 break
         slots_time = time.perf_counter() - started - changer_time
+        solves = self.numeric_solves - solves_before
         if not valid:
             reason = "; ".join(sorted(reasons)) or "no slot in range"
-            return PlanOutcome(None, "infeasible", reason, candidates, changer_time, slots_time)
+            return PlanOutcome(None, "infeasible", reason, candidates, changer_time, slots_time, solves)
         best = min(valid.values(), key=lambda m: (sum(m.disruption), m.duration_s))
-        return PlanOutcome(best, "planned", "", candidates, changer_time, slots_time)
+        return PlanOutcome(best, "planned", "", candidates, changer_time, slots_time, solves)
 
     def replan(self, lanes: Lanes, current: LaneChangePlan, busy: set[str], lane_end_m: float | None = None
                ) -> tuple[LaneChangePlan | None, str]:  # fmt: skip
@@ -223,6 +234,8 @@ class Planner:
         c_plan = self._changer_plan(c, u, v_flow, t0, T) if self.cooperation else None
         if self.cooperation and c_plan is None:
             return None, "C cannot reach the flow speed behind its leader and before its lane ends"
+        if not self._changer_absorbed(c, c_plan, lanes, t0, T):
+            return None, FOLLOWER_BRAKES
         return self._slot_plan(c, u, c_plan, front, rear, v_flow, current.target_lane, t0, T,
                                current.relaxations, busy, lanes)  # fmt: skip
 
@@ -398,6 +411,13 @@ class Planner:
         return self._numeric(veh, t0, T, v_flow, beta, leader=lead, slot=qp_lines[0], check=ok,
                              more_slots=qp_lines[1:])  # fmt: skip
 
+    def _changer_absorbed(self, c: Vehicle, c_plan: Plan | None, lanes: Lanes, t0: float, T: float) -> bool:
+        """Whether C's followers absorb C's plan until C leaves its lane (half-way through the lateral
+        phase), for every slot at this T (`_absorbed`; the selfish C is not checked)."""
+        if c_plan is None or not self.p.absorbing_followers:
+            return True
+        return self._absorbed(c, c_plan, lanes, t0, t0 + T + self.t_lat / 2)
+
     def _absorbed(self, veh: Vehicle, plan: Plan, lanes: Lanes, t0: float, t_to: float) -> bool:
         """Whether the vehicles behind `veh` absorb its plan: a vehicle that falls back into its
         follower's safe gap (a rear cooperator opening the slot, C dropping back to it) makes the
@@ -436,6 +456,22 @@ class Planner:
                 keep.append((0.0 if lo <= x_c <= hi else min(abs(x_c - lo), abs(hi - x_c)), front, rear))
         # nearest slots first (for the selfish baseline; cooperative ties are resolved by disruption)
         return [(front, rear) for _, front, rear in sorted(keep, key=lambda item: item[0])]
+
+    def _sheds_closing(self, c: Vehicle, c_plan: Plan, front: CooperatorPlan | None, rear: CooperatorPlan | None,
+                       t_s: float) -> bool:  # fmt: skip
+        """Whether, when the lateral phase ends, C behind the front vehicle and the rear one behind C
+        have the barrier h ≥ 0 (`safety.barrier`: the slack covers shedding the closing speed at
+        |u_min|), the condition the maneuver certifies on the measured state."""
+        x_c, v_c, _ = c_plan.state(t_s)
+        if front is not None:
+            x_f, v_f, _ = front.plan.state(t_s)
+            if barrier(x_f - front.vehicle.length_m - x_c, v_c, v_f, self.p) < 0:
+                return False
+        if rear is not None:
+            x_r, v_r, _ = rear.plan.state(t_s)
+            if barrier(x_c - c.length_m - x_r, v_r, v_c, self.p) < 0:
+                return False
+        return True
 
     def _slot_plan(
         self,
@@ -499,14 +535,13 @@ class Planner:
             slack = min(slack, self._slack(c_plan, r.plan, c.length_m, t_f, end))
         if u is not None:
             slack = min(slack, self._slack(u.cruise(t0), c_plan, u.length_m, t0, end))
-        if slack < 0:
+        if slack < 0 or not self._sheds_closing(c, c_plan, plans["front"], plans["rear"], end):
             return None, "slot too tight for the lateral phase"
-        if (
-            self.cooperation
-            and p.absorbing_followers
-            and not self._absorbed(c, c_plan, lanes, t0, t_f + self.t_lat / 2)
-        ):
-            return None, "C's follower would have to brake"
+        f, r = plans["front"], plans["rear"]
+        if f is not None and r is not None and (f.cooperates or r.cooperates) \
+                and self._slack(f.plan, r.plan, f.vehicle.length_m, t0, t_f + self.t_lat / 2) < 0:  # fmt: skip
+            # the rear one is planned behind the front one's cruise: checked behind its plan until C is between
+            return None, "the rear cooperator is not safe behind the front one's plan"
         plan = LaneChangePlan(c, u, target_lane, c_plan, plans["front"], plans["rear"], t0, T, k, slack, v_flow)
         if self.cooperation and sum(plan.disruption) > p.max_disruption:
             return None, "disruption above D_th"

@@ -8,26 +8,23 @@ from cavlab.controllers.cooperative.params import CooperativeParams
 from cavlab.controllers.cooperative.snapshot import Lanes
 from cavlab.world import WorldState
 
+RECOVERY_RATE_PER_S = 1.0
+"""κ: a barrier already broken (a cut-in) must recover at least this fast, h' ≥ (1 − κΔt)·h."""
 
-def safe_accel(row: int, world: WorldState, lanes: Lanes, params: CooperativeParams,
+
+def safe_accel(row: int, world: WorldState, lanes: Lanes, params: CooperativeParams, dt_s: float,
                lane_ends_m: dict[int, float] | None = None) -> float:  # fmt: skip
-    """An upper bound on a controlled vehicle's acceleration from its measured leader and, where its
-    lane ends, from the end: stop δ short of it, braking only once that needs 2·|u_min| (an
-    emergency: a planned lane change leaves before that, the planner's `_end_line`),
-    a = −v²/(2·(x_end − x − δ)).
-
-    Inactive (+∞) while gap − (φv + δ) covers the distance needed to shed the closing speed at
-    the comfortable rate, (v − v_lead)²/(2|u_min|). Otherwise the follow law
-    k_g·(gap − φv − δ) + k_v·(v_lead − v) (k_g = 0.5 s⁻², k_v = 1 s⁻¹), no harder than u_min
-    unless stopping the closing before the standstill gap needs more,
-    a_stop = (v − v_lead)²/(2·(gap − δ)), which is then applied (down to 2·u_min).
-    """
+    """An upper bound on a controlled vehicle's acceleration from its measured leader (`barrier_accel`)
+    and, where its lane ends, from the end: stop δ short of it, braking only once that needs 2·|u_min|
+    (an emergency: a planned lane change leaves before that, the planner's `_end_line`),
+    a = −v²/(2·(x_end − x − δ))."""
     lead = lanes.leader(row)
     x, v = float(world.x_m[row]), float(world.speed_mps[row])
     bound = math.inf
     if lead is not None:
         gap = float(world.x_m[lead] - world.length_m[lead]) - x
-        bound = _behind_leader(gap, v, float(world.speed_mps[lead]), params)
+        v_lead, a_lead = float(world.speed_mps[lead]), min(0.0, float(world.accel_mps2[lead]))
+        bound = barrier_accel(gap, v, v_lead, a_lead, params, dt_s)
     end_m = (lane_ends_m or {}).get(int(world.lane[row]))
     if end_m is not None and end_m > x:
         room = end_m - x - params.standstill_gap_m
@@ -36,13 +33,42 @@ def safe_accel(row: int, world: WorldState, lanes: Lanes, params: CooperativePar
     return bound
 
 
-def _behind_leader(gap: float, v: float, v_lead: float, params: CooperativeParams) -> float:
-    slack = gap - params.headway.gap_m(v)
-    closing = max(0.0, v - v_lead)
-    if slack - closing**2 / (2 * -params.u_min_mps2) >= 0:
+def barrier(gap_m: float, v_mps: float, v_lead_mps: float, params: CooperativeParams) -> float:
+    """h = gap − (φv + δ) − max(0, v − v_L)²/(2|u_min|): the safe-gap slack less what shedding the
+    closing speed at the comfortable rate uses up. h ≥ 0 keeps the slack ≥ 0 behind a leader that
+    does not brake harder than it does now."""
+    closing = max(0.0, v_mps - v_lead_mps)
+    return gap_m - params.headway.gap_m(v_mps) - closing * closing / (2 * -params.u_min_mps2)
+
+
+def barrier_accel(gap_m: float, v_mps: float, v_lead_mps: float, a_lead_mps2: float, params: CooperativeParams,
+                  dt_s: float) -> float:  # fmt: skip
+    """The largest acceleration a over the next step Δt that keeps the barrier h (`barrier`) at
+    h' ≥ H, H = 0 while h ≥ 0 and H = (1 − κΔt)·h after a cut-in broke it; +∞ where u_max does,
+    and never below 2·u_min (an emergency). Ballistic step, the leader at its measured deceleration a_L:
+
+        h'(a) = A − B·a − max(0, c + a·Δt)²/(2b),   b = |u_min|, B = Δt²/2 + φΔt, c = v − v_L − a_LΔt,
+        A = gap + (v_L − v)Δt + a_LΔt²/2 − φv − δ,
+
+    strictly decreasing in a: the bound is the root of h'(a) = H, on the closing branch the larger
+    root of (Δt²/2b)·a² + (cΔt/b + B)·a + c²/(2b) + H − A = 0."""
+    p, b, phi = params, -params.u_min_mps2, params.reaction_time_s
+    h = barrier(gap_m, v_mps, v_lead_mps, p)
+    target = 0.0 if h >= 0 else (1 - RECOVERY_RATE_PER_S * dt_s) * h
+    A = gap_m + (v_lead_mps - v_mps) * dt_s + a_lead_mps2 * dt_s * dt_s / 2 - phi * v_mps - p.standstill_gap_m
+    B = dt_s * dt_s / 2 + phi * dt_s
+    c = v_mps - v_lead_mps - a_lead_mps2 * dt_s
+
+    def h_next(a: float) -> float:
+        return A - B * a - max(0.0, c + a * dt_s) ** 2 / (2 * b)
+
+    if h_next(p.u_max_mps2) >= target:
         return math.inf
-    a_stop = closing**2 / (2 * max(gap - params.standstill_gap_m, 0.5))
-    follow = 0.5 * slack + 1.0 * (v_lead - v)
-    if a_stop <= -params.u_min_mps2:
-        return max(params.u_min_mps2, min(follow, -a_stop))
-    return max(2 * params.u_min_mps2, -a_stop)
+    floor = 2 * p.u_min_mps2
+    if h_next(floor) <= target:
+        return floor
+    a = (A - target) / B  # the branch without closing
+    if c + a * dt_s > 0:
+        k, m, n = dt_s * dt_s / (2 * b), c * dt_s / b + B, c * c / (2 * b) + target - A
+        a = (-m + math.sqrt(max(m * m - 4 * k * n, 0.0))) / (2 * k)
+    return max(floor, a)

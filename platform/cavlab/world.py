@@ -164,13 +164,21 @@ class ChangeLane:
 
 
 @dataclass(frozen=True)
+class HoldLane:
+    """Keep the vehicle in its lane (the controller's lane-change mode, a lane change SUMO has begun
+    is finished), its speed still SUMO's: a controller claims a CAV before planning for it."""
+
+    vehicle_id: str
+
+
+@dataclass(frozen=True)
 class Release:
     """Hand the vehicle back to SUMO's driver models (default speed and lane-change modes)."""
 
     vehicle_id: str
 
 
-Command = Accelerate | SetSpeed | ChangeLane | Release
+Command = Accelerate | SetSpeed | ChangeLane | HoldLane | Release
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from cavlab.config.files import read_text
 from cavlab.config.scenario import resolve_scenario_path, shipped_scenarios
 from cavlab.runs.rundir import SUMO_SUBDIR, default_run_dir, staged_run_dir, write_run
 from cavlab.sim.engine import Engine
+from cavlab.sim.network import build_network
 from cavlab.sim.resolve import load_scenario
 
 ScenarioArgument = Annotated[str, typer.Argument(help="Shipped scenario name or YAML file.")]
@@ -30,13 +31,25 @@ def list_scenarios() -> None:
     out.print("[bold]Shipped scenarios[/]", highlight=False)
     for name in sorted(shipped_scenarios()):
         s = load_scenario(name)
-        demand = sum(f.vehicles_per_hour for f in s.demand.flows) * s.demand.scale
-        facts = (f"{s.road.kind}, {s.road.lanes} lane{'s' if s.road.lanes > 1 else ''}, {s.road.length_m:g} m, "
-                 f"{demand:g} veh/h, controller {s.control.controller}")  # fmt: skip
+        demand = f"{sum(f.vehicles_per_hour for f in s.demand.flows) * s.demand.scale:g} veh/h"
+        if s.road.network is not None and build_network(s.road).external.route_files:
+            demand = f"{demand} and its route files" if s.demand.flows else "its route files' demand"
+        facts = f"{_road_facts(s)}, {demand}, controller {s.control.controller}"
         out.print()
         out.print(_wrapped(f"{name}: {facts}", "", "    "), highlight=False, markup=False, soft_wrap=True)
         if s.description.strip():
             out.print(_wrapped(s.description, "  ", "  "), highlight=False, markup=False, soft_wrap=True)
+
+
+def _road_facts(s: Any) -> str:
+    """The road in a few words: kind, lanes and length, or the external network's file and size."""
+    road = s.road
+    if road.network is None:
+        return f"{road.kind}, {road.lanes} lane{'s' if road.lanes > 1 else ''}, {road.length_m:g} m"
+    network = build_network(road)
+    edges = [e for e in network.edges if not e.internal]
+    return (f"network {Path(road.network.file).name}, {len(edges)} edges, up to {max(e.lanes for e in edges)} "
+            f"lanes, {sum(e.length_m for e in edges) / 1000:.1f} km")  # fmt: skip
 
 
 def _wrapped(text: str, first: str, rest: str) -> str:
@@ -62,11 +75,9 @@ def show(
 def validate(scenario: ScenarioArgument, overrides: SetOption = None) -> None:
     """Check a scenario file without running it."""
     s = load_scenario(scenario, overrides or [])
-    out.print(
-        f"[green]ok[/]: {s.name} — {s.road.kind}, {s.road.lanes} lanes, {s.road.length_m:g} m, "
-        f"{len(s.demand.flows)} flow{'s' if len(s.demand.flows) > 1 else ''}, controller {s.control.controller}",
-        highlight=False,
-    )
+    flows = f"{len(s.demand.flows)} flow{'' if len(s.demand.flows) == 1 else 's'}"
+    out.print(f"[green]ok[/]: {escape(s.name)} — {escape(_road_facts(s))}, {flows}, controller {s.control.controller}",
+              highlight=False)  # fmt: skip
 
 
 def run(

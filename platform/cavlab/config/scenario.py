@@ -69,12 +69,51 @@ class LaneDropSpec(InputModel):
     side: Literal["right", "left"] = Field("right", description="Which side the ending lanes are on")
 
 
-class RoadSpec(InputModel):
-    """A straight multi-lane road, optionally with an on-ramp or a lane drop."""
+NETWORK_SUFFIXES = (".net.xml", ".net.xml.gz", ".sumocfg", ".osm", ".osm.xml", ".osm.gz")
 
-    kind: Literal["highway", "on_ramp", "lane_drop"] = Field(description="Road layout")
-    length_m: Annotated[float, Field(gt=0, le=100_000)] = Field(description="Mainline length")
-    lanes: Annotated[int, Field(ge=1, le=8)] = Field(description="Mainline lanes (upstream of a drop)")
+
+class NetworkDetectorSpec(InputModel):
+    """A measurement point on an edge of an external network: one E1 loop per lane of the edge."""
+
+    edge: str = Field(description="Edge id")
+    position_m: NonNegative | None = Field(
+        None, description="Position on the edge; null = max(length − 100 m, length / 2)"
+    )
+
+
+class NetworkSpec(InputModel):
+    """An existing SUMO network: a .net.xml (or .net.xml.gz), a .sumocfg, or an OpenStreetMap file converted
+    by netconvert. Paths are relative to the scenario file (`sumo:` paths to the installed SUMO's home);
+    the files are checked when the scenario is resolved (`cavlab.sim.network`)."""
+
+    file: str = Field(description="A .net.xml[.gz], .sumocfg or .osm[.xml|.gz] file")
+    route_files: list[str] = Field(default_factory=list, description="SUMO route files used as they are")
+    additional_files: list[str] = Field(default_factory=list, description="SUMO additional files (TLS programs, ...)")
+    detectors: list[NetworkDetectorSpec] | None = Field(
+        None, description="Measurement points; null = one on every exit edge (an edge with no successor)"
+    )
+    lane_change_edges: list[str] | None = Field(
+        None, description="Edges where the controller plans for CAVs; null = every edge with two or more lanes"
+    )
+
+    @field_validator("file")
+    @classmethod
+    def _suffix(cls, value: str) -> str:
+        if not value.lower().endswith(NETWORK_SUFFIXES):
+            raise ValueError(f"must be a file ending in {', '.join(NETWORK_SUFFIXES)} (got {value!r})")
+        return value
+
+
+class RoadSpec(InputModel):
+    """A straight multi-lane road, optionally with an on-ramp or a lane drop; or an existing SUMO network."""
+
+    kind: Literal["highway", "on_ramp", "lane_drop", "network"] = Field(description="Road layout")
+    length_m: Annotated[float, Field(gt=0, le=100_000)] | None = Field(
+        None, description="Mainline length (generated roads)"
+    )
+    lanes: Annotated[int, Field(ge=1, le=8)] | None = Field(
+        None, description="Mainline lanes (upstream of a drop; generated roads)"
+    )
     lane_width_m: Annotated[float, Field(ge=2.5, le=5.0)] = 3.2
     speed_limit_mps: Annotated[float, Field(gt=0, le=70)] = Field(33.33, description="Mainline limit")
     ramp: RampSpec | None = Field(None, description="Required when kind is on_ramp")
@@ -83,9 +122,26 @@ class RoadSpec(InputModel):
         None,
         description="Mainline positions of the induction loops (one per lane); default max(length − 100 m, length / 2)",
     )
+    network: NetworkSpec | None = Field(None, description="Required when kind is network")
 
     @model_validator(mode="after")
     def _check_layout(self) -> RoadSpec:
+        if self.kind == "network":
+            if self.network is None:
+                raise ValueError("kind 'network' needs a 'network' block (file, route_files, ...)")
+            given = [name for name in ("length_m", "lanes", "ramp", "lane_drop", "detectors_m")
+                     if getattr(self, name) is not None]  # fmt: skip
+            if given:
+                raise ValueError(
+                    f"'{given[0]}' is not allowed with kind 'network' (the network gives its edges; "
+                    f"measurement points are network.detectors)"
+                )
+            return self
+        if self.network is not None:
+            raise ValueError(f"'network' is only allowed with kind 'network', not '{self.kind}'")
+        for name in ("length_m", "lanes"):
+            if getattr(self, name) is None:
+                raise ValueError(f"kind '{self.kind}' needs '{name}'")
         if self.kind == "on_ramp":
             if self.ramp is None:
                 raise ValueError("kind 'on_ramp' needs a 'ramp' block (merge_position_m, ...)")
@@ -173,9 +229,12 @@ DEFAULT_VEHICLE_TYPES = {
 
 
 class FlowSpec(InputModel):
-    """A stream of vehicles entering on one route (and optionally one lane)."""
+    """A stream of vehicles entering on one route (and optionally one lane); on an external network, from
+    one edge to another (SUMO finds the route)."""
 
     route: Literal["mainline", "ramp"] = "mainline"
+    from_edge: str | None = Field(None, description="Origin edge (road.kind network)")
+    to_edge: str | None = Field(None, description="Destination edge (road.kind network)")
     lane: Annotated[int, Field(ge=0)] | None = Field(None, description="Depart lane; null lets SUMO choose")
     vehicles_per_hour: Annotated[float, Field(ge=0, le=10_000)] = Field(description="Mean arrival rate")
     vehicle_types: dict[str, Annotated[float, Field(gt=0, le=1e6)]] = Field(
@@ -215,7 +274,9 @@ class DemandSpec(InputModel):
     cav_type: str = Field("cav", description="Vehicle type used for the CAV share of every flow")
     cav_share: Fraction = Field(0.0, description="Share of CAVs in flows that do not set their own")
     scale: Annotated[float, Field(ge=0, le=10)] = Field(1.0, description="Multiplies every flow's rate")
-    flows: list[FlowSpec] = Field(min_length=1)
+    flows: list[FlowSpec] = Field(
+        default_factory=list, description="At least one, unless an external network's route files give the vehicles"
+    )
 
     @field_validator("vehicle_types", mode="before")
     @classmethod
@@ -401,7 +462,18 @@ class Scenario(InputModel):
 
     @model_validator(mode="after")
     def _check_cross_references(self) -> Scenario:
+        network = self.road.network
+        if not self.demand.flows and network is None:
+            raise ValueError("demand.flows: needs at least 1 item (a flow)")
         for i, flow in enumerate(self.demand.flows):
+            if network is not None:
+                if flow.from_edge is None or flow.to_edge is None:
+                    raise ValueError(f"demand.flows.{i}: on road.kind 'network' a flow needs from_edge and to_edge")
+                if flow.route != "mainline":
+                    raise ValueError(f"demand.flows.{i}: route '{flow.route}' needs road.kind 'on_ramp'")
+                continue
+            if flow.from_edge is not None or flow.to_edge is not None:
+                raise ValueError(f"demand.flows.{i}: from_edge and to_edge need road.kind 'network'")
             if flow.route == "ramp":
                 if self.road.kind != "on_ramp":
                     raise ValueError(f"demand.flows.{i}: route 'ramp' needs road.kind 'on_ramp'")

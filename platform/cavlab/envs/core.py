@@ -78,6 +78,11 @@ class AgentTraffic:
         self.config = config
         self.scenario = self._scenario(config)
         road = self.scenario.road
+        if road.kind == "network":
+            raise EnvConfigError(
+                f"scenario '{self.scenario.name}': road.kind 'network' is not supported by the environments yet "
+                "(they need a generated road: highway, on_ramp or lane_drop)"
+            )
         self.step_length_s = self.scenario.simulation.step_length_s
         self.substeps = round(config.decision_period_s / self.step_length_s)
         if self.substeps < 1 or abs(self.substeps * self.step_length_s - config.decision_period_s) > 1e-9:

@@ -6,11 +6,13 @@ all step through `Engine.step`. SUMO is closed on every exit path (exception, Ct
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 
 from cavlab.config.scenario import Scenario
@@ -21,9 +23,15 @@ from cavlab.sim.metrics import LaneChange, MetricsCollector
 from cavlab.sim.network import Network, SumoInputs, build_network, write_sumo_inputs
 from cavlab.sim.recorder import TrajectoryRecorder
 from cavlab.sim.sumo_outputs import sumo_measures
-from cavlab.world import Collision, Command, StepEvents, WorldState
+from cavlab.world import Collision, Command, Release, StepEvents, WorldState
 
 ProgressCallback = Callable[[WorldState, int], None]
+CORRIDOR_END_GUARD_M = 100.0
+CORRIDOR_END_DECEL_MPS2 = 2.0
+"""On an external network, a vehicle closer to its corridor's end than CORRIDOR_END_GUARD_M plus its
+braking distance at CORRIDOR_END_DECEL_MPS2, v²/(2·2 m/s²), is left to SUMO: the controller sees no
+leader beyond the end (past a junction x jumps to another corridor) and no traffic light or queue at
+the junction; SUMO's car following does."""
 
 
 @dataclass
@@ -42,16 +50,22 @@ class RunResult:
 
 
 def control_setup(scenario: Scenario) -> ControlSetup:
-    """What the scenario tells a controller about the run (its network built, or taken from the cache)."""
+    """What the scenario tells a controller about the run (its network built, or taken from the cache).
+
+    On an external network: the most road lanes of any edge, the highest speed limit, the lanes of
+    every edge, and no lane ends (`ControlSetup.lane_ends_m` holds one x per road lane for the whole
+    road, which a network of many corridors cannot give; SUMO's lane-change model takes vehicles off
+    lanes that end, as it does at every junction)."""
     sim = scenario.simulation
     network = build_network(scenario.road)
+    external = network.external is not None
     return ControlSetup(
         step_length_s=sim.step_length_s,
-        lanes=scenario.road.lanes,
-        speed_limit_mps=scenario.road.speed_limit_mps,
+        lanes=max(e.lane_offset + e.lanes for e in network.edges) if external else scenario.road.lanes,
+        speed_limit_mps=max(e.speed_limit_mps for e in network.edges) if external else scenario.road.speed_limit_mps,
         lane_change_duration_s=sim.lane_change_duration_s,
         seed=sim.seed,
-        lane_ends_m=network.road_lane_ends(),
+        lane_ends_m={} if external else network.road_lane_ends(),
         edge_lanes=tuple((e.lane_offset, e.lane_offset + e.lanes - 1) for e in network.edges),
     )
 
@@ -94,6 +108,16 @@ class Engine:
         self.collect_metrics = collect_metrics
         self.network: Network = build_network(scenario.road)
         self.inputs = write_sumo_inputs(scenario, self.network, self.workdir)
+        external = self.network.external
+        self._control_edges = None  # on an external network: per edge, whether the controller plans there
+        self._corridor_end_m = None  # ... and the x where its corridor ends
+        if external is not None:
+            self._control_edges = np.zeros(len(self.network.edges), dtype=bool)
+            self._control_edges[list(external.control_edges)] = True
+            ends: dict[int, float] = {}
+            for c, e in zip(external.corridor, self.network.edges, strict=True):
+                ends[c] = max(ends.get(c, -np.inf), e.start_m + e.length_m)
+            self._corridor_end_m = np.array([ends[c] for c in external.corridor])
         self.backend: SumoBackend | None = None
         self.world: WorldState | None = None
         self.events: StepEvents | None = None
@@ -144,12 +168,20 @@ class Engine:
         unread only when `read_world` is false and nothing needs every step: no metrics, and a
         controller that issues no commands."""
         backend = self.backend
-        planned = self.controller.step(self.perception.observe(self.world)) if self._plan else []
+        planned = (
+            self._guarded(self.controller.step(self.perception.observe(self._controlled_view(self.world))))
+            if self._plan
+            else []
+        )
         backend.apply([*planned, *commands] if commands else planned)
         world, events = backend.step(read_world or self._reads_every_step)
         self.steps += 1
         self.events = events
         self._plan = world is not None
+        if self.metrics is not None and self.network.external is not None:
+            v = backend.api.vehicle
+            for d in events.departures:  # routes SUMO found (flows from edge to edge) or the route files gave
+                self.metrics.route_edges[d.slot] = (tuple(v.getRoute(d.vehicle_id)), v.getLanePosition(d.vehicle_id))
         if world is not None:
             self.world = world
             self.vehicle_steps += len(world)
@@ -158,6 +190,27 @@ class Engine:
                 if self.recorder is not None:
                     self.recorder.observe(world)
         return world, events
+
+    def _controlled_view(self, world: WorldState) -> WorldState:
+        """The world as the controller sees it: on an external network, CAVs off `lane_change_edges`
+        (junctions, single-lane edges, edges left out) count as human-driven, so they are left to SUMO."""
+        if self._control_edges is None:
+            return world
+        return dataclasses.replace(world, is_cav=world.is_cav & self._control_edges[world.edge])
+
+    def _guarded(self, commands: list[Command]) -> list[Command]:
+        """On an external network, the controller's commands without those for vehicles that near their
+        corridor's end (CORRIDOR_END_GUARD_M), which are handed back to SUMO (`Release`)."""
+        world = self.world
+        if self._corridor_end_m is None or not (commands or world.controlled.any()):
+            return commands
+        reach = CORRIDOR_END_GUARD_M + world.speed_mps**2 / (2 * CORRIDOR_END_DECEL_MPS2)
+        near = self._corridor_end_m[world.edge] - world.x_m < reach
+        if not near.any():
+            return commands
+        ids = set(world.ids[near].tolist())
+        kept = [c for c in commands if c.vehicle_id not in ids]
+        return kept + [Release(vid) for vid in world.ids[near & world.controlled].tolist()]
 
     def read(self) -> WorldState:
         """The world now, read afresh (after unread steps)."""
@@ -171,7 +224,8 @@ class Engine:
         self.close()
         metrics = {**self.metrics.finish(self.inputs.detector_output, self._end_s), **self.perception.metrics()}
         if self.inputs.sumo_outputs:
-            metrics["sumo"] = sumo_measures(self.scenario, self.inputs.sumo_outputs)
+            measured = {d.edge for d in self.network.detectors} if self.network.external is not None else None
+            metrics["sumo"] = sumo_measures(self.scenario, self.inputs.sumo_outputs, measured)
         return RunResult(
             metrics=metrics,
             lane_changes=self.metrics.lane_changes,

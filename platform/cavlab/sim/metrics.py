@@ -10,6 +10,12 @@
 - safety of the vehicles a controller commands, on the true state: the least bumper-to-bumper
   gap to the leader in the lane, and the time spent with a time to collision
   TTC = gap / (v − v_lead) below `CRITICAL_TTC_S` (vehicle-seconds).
+
+On an external network (`road.kind: network`) the throughput is the sum over its measurement
+points (by default the exits, so the flow leaving the network), with each point's edge; a vehicle
+that moves onto the next edge changes lanes only if no connection of the network leads from its
+lane to the new one (its road lane index may change at a junction), and `per_edge` gives every
+normal edge's mean speed and vehicle-hours.
 """
 
 from __future__ import annotations
@@ -68,11 +74,19 @@ class MetricsCollector:
         self._hard_braking = 0
         self._min_gap_controlled_m = math.inf
         self._critical_ttc_steps = 0
+        self.route_edges: dict[int, tuple[tuple[str, ...], float]] = {}  # external networks: slot → route, depart pos
+        external = network.external
+        self._continues = external.continuations if external else None  # (edge, lane, edge, lane) of connections
+        self._edge_offset = [e.lane_offset for e in network.edges]
+        self._prev_edge = np.zeros(capacity, dtype=np.intp)
+        self._edge_speed_sum = np.zeros(len(network.edges))
+        self._edge_steps = np.zeros(len(network.edges), dtype=np.int64)
 
     def _ensure(self, slots: int) -> None:
         while slots > len(self._energy):
             grow = len(self._energy)
             self._prev_lane = np.concatenate([self._prev_lane, np.full(grow, _NO_LANE, dtype=np.int16)])
+            self._prev_edge = np.concatenate([self._prev_edge, np.zeros(grow, dtype=np.intp)])
             self._braking = np.concatenate([self._braking, np.zeros(grow, dtype=bool)])
             self._energy = np.concatenate([self._energy, np.zeros(grow)])
 
@@ -89,8 +103,20 @@ class MetricsCollector:
         slot, lane = world.slot, world.lane
         prev = self._prev_lane[slot]
         changed = prev != lane
-        if changed.any():
-            for row in np.flatnonzero(changed & (prev != _NO_LANE)).tolist():
+        moved = changed & (prev != _NO_LANE)
+        if self._continues is not None:
+            edge = world.edge
+            prev_edge = self._prev_edge[slot]
+            crossed = (prev_edge != edge) & (prev != _NO_LANE)
+            if crossed.any():  # onto the next edge: a lane change unless a connection leads there
+                moved &= ~crossed
+                off = self._edge_offset
+                for row in np.flatnonzero(crossed).tolist():
+                    a, b = int(prev_edge[row]), int(edge[row])
+                    moved[row] = (a, int(prev[row]) - off[a], b, int(lane[row]) - off[b]) not in self._continues
+            self._prev_edge[slot] = edge
+        if changed.any() or moved.any():
+            for row in np.flatnonzero(moved).tolist():
                 self.lane_changes.append(
                     LaneChange(
                         time_s=world.time_s,
@@ -113,6 +139,10 @@ class MetricsCollector:
                 self._hard_braking += int(np.count_nonzero(braking & ~self._braking[slot]))
             self._speed_sum += float(world.speed_mps.sum())
             self._vehicle_steps += len(world)
+            if self.network.external is not None:
+                edges = len(self._edge_steps)
+                self._edge_speed_sum += np.bincount(world.edge, weights=world.speed_mps, minlength=edges)
+                self._edge_steps += np.bincount(world.edge, minlength=edges)
             if world.controlled.any():
                 self._observe_controlled(world)
         self._braking[slot] = braking
@@ -139,13 +169,22 @@ class MetricsCollector:
             if arrived is None or dep.time_s < self.warmup_s or dep.vehicle_id in collided:
                 continue
             spec = specs[dep.type_name]
-            free = self.network.route_free_flow_time_s(dep.route, dep.speed_factor, spec.max_speed_mps)
+            route, start_m = self.route_edges.get(slot, (dep.route, 0.0))
+            free = self.network.route_free_flow_time_s(route, dep.speed_factor, spec.max_speed_mps, start_m)
             trips.append((arrived - dep.time_s, free, float(self._energy[slot]), spec.kind == "cav"))
         tt = np.array([t[0] for t in trips])
         ff = np.array([t[1] for t in trips])
         energy = np.array([t[2] for t in trips])
         cav = np.array([t[3] for t in trips], dtype=bool)
         after = [c for c in self.lane_changes if c.time_s > self.warmup_s + 1e-9]
+        per_edge = {}
+        if self.network.external is not None:
+            per_edge = {"per_edge": {
+                e.id: {"mean_speed_mps": self._edge_speed_sum[k] / n if n else math.nan,
+                       "vehicle_hours": n * self.dt / 3600}
+                for k, (e, n) in enumerate(zip(self.network.edges, self._edge_steps.tolist(), strict=True))
+                if not e.internal
+            }}  # fmt: skip
         return {
             **throughput(detector_output, self.network, self.warmup_s, end_s),
             "mean_speed_mps": self._speed_sum / self._vehicle_steps if self._vehicle_steps else math.nan,
@@ -165,6 +204,7 @@ class MetricsCollector:
             "control_energy_per_trip_m2ps3": _mean(energy),
             "control_energy_per_trip_cav_m2ps3": _mean(energy[cav]),
             "control_energy_per_trip_hdv_m2ps3": _mean(energy[~cav]),
+            **per_edge,
         }
 
     def lane_change_rows(self) -> list[dict]:
@@ -179,7 +219,8 @@ def throughput(detector_output: Path, network: Network, start_s: float, end_s: f
     """Flow through each induction loop between `start_s` and `end_s`, in veh/h.
 
     Counts vehicles whose front entered a loop (E1 `nVehEntered`), per road lane; the
-    headline figure is the most downstream measurement point.
+    headline figure is the most downstream measurement point. On an external network every point
+    is on one edge, and the headline figure is their sum (by default: the flow out of the exits).
     """
     counts: dict[str, int] = {}
     for _, node in ET.iterparse(detector_output):
@@ -187,6 +228,8 @@ def throughput(detector_output: Path, network: Network, start_s: float, end_s: f
             counts[node.get("id")] = counts.get(node.get("id"), 0) + int(node.get("nVehEntered"))
         node.clear()
     hours = (end_s - start_s) / 3600
+    if network.external is not None:
+        return _edge_throughput(counts, network, hours)
     points: dict[float, dict[int, float]] = {}
     for det in network.detectors:
         points.setdefault(det.x_m, {})[det.lane] = counts.get(det.id, 0) / hours
@@ -198,5 +241,31 @@ def throughput(detector_output: Path, network: Network, start_s: float, end_s: f
     return {
         "throughput_vph": last["throughput_vph"],
         "throughput_per_lane_vph": last["per_lane_vph"],
+        "detectors": by_point,
+    }
+
+
+def _edge_throughput(counts: dict[str, int], network: Network, hours: float) -> dict:
+    """Throughput at the measurement points of an external network, each on one edge."""
+    points: dict[tuple[str, float], dict[int, float]] = {}
+    for det in network.detectors:
+        points.setdefault((det.edge, det.x_m), {})[det.lane] = points.get((det.edge, det.x_m), {}).get(
+            det.lane, 0.0) + counts.get(det.id, 0) / hours  # fmt: skip
+    by_point = [
+        {
+            "edge": edge,
+            "x_m": x,
+            "throughput_vph": sum(lanes.values()),
+            "per_lane_vph": {str(k): v for k, v in lanes.items()},
+        }
+        for (edge, x), lanes in points.items()
+    ]
+    per_edge: dict[str, float] = {}
+    for point in by_point:
+        per_edge[point["edge"]] = per_edge.get(point["edge"], 0.0) + point["throughput_vph"]
+    return {
+        "throughput_vph": sum(p["throughput_vph"] for p in by_point),
+        "throughput_per_lane_vph": {},
+        "throughput_per_edge_vph": per_edge,
         "detectors": by_point,
     }

@@ -15,7 +15,9 @@ applied to those seen times, with the rules of `cavlab.sim.metrics`: a trip coun
 seen at or after the warm-up (the trip set), an event if it was seen after it (t > T_w).
 
 - tripinfo (`--tripinfo-output`): one record per vehicle that arrived; `duration` is arrival −
-  depart, the same difference as cavlab's travel time, since both ends are stamped alike.
+  depart, the same difference as cavlab's travel time, since both ends are stamped alike. On an
+  external network, the arrivals after the warm-up on the edges of the measurement points, per
+  hour: with the default points (the exits, 1 m before their ends) what cavlab's throughput counts.
 - lanechange (`--lanechange-output`): one `change` record when the vehicle's centre enters the new
   lane (with `lanechange.duration` > 0 that is the middle of the manoeuvre, the step in which its
   lane index flips), with SUMO's reason for it.
@@ -87,11 +89,12 @@ class Window:
 
     step_s: float
     warmup_steps: int
+    hours: float = math.nan  # the window's length, T − T_w
 
     @classmethod
     def of(cls, scenario: Scenario) -> Window:
         sim = scenario.simulation
-        return cls(sim.step_length_s, round(sim.warmup_s / sim.step_length_s))
+        return cls(sim.step_length_s, round(sim.warmup_s / sim.step_length_s), (sim.duration_s - sim.warmup_s) / 3600)
 
     def seen_step(self, stamp: str) -> int:
         """The step after which cavlab sees what SUMO stamped at `stamp` (the stamp + Δt), as an index."""
@@ -109,13 +112,16 @@ class Window:
 # ----------------------------------------------------------------------------- the parsers
 
 
-def sumo_measures(scenario: Scenario, files: dict[str, Path]) -> dict:
+def sumo_measures(scenario: Scenario, files: dict[str, Path], measured_edges: set[str] | None = None) -> dict:
     """The measures of every SUMO output in `files` (name → file), as one flat JSON-ready mapping
-    (NaN where there is no data); call it after SUMO has closed, when the files are complete."""
+    (NaN where there is no data); call it after SUMO has closed, when the files are complete. On an
+    external network, `measured_edges` (the edges of its measurement points) add `arrival_measures`."""
     window = Window.of(scenario)
     measures: dict = {}
     if "tripinfo" in files:
         measures.update(tripinfo_measures(files["tripinfo"], window))
+        if measured_edges is not None:
+            measures.update(arrival_measures(files["tripinfo"], window, measured_edges))
     if "lanechange" in files:
         cav_types = {name for name, spec in scenario.demand.vehicle_types.items() if spec.kind == "cav"}
         measures.update(lanechange_measures(files["lanechange"], window, cav_types))
@@ -140,6 +146,17 @@ def tripinfo_measures(path: Path, window: Window) -> dict:
         "mean_time_loss_s": _mean(losses),
         "mean_depart_delay_s": _mean(delays),
     }
+
+
+def arrival_measures(path: Path, window: Window, edges: set[str]) -> dict:
+    """`arrivals_on_measured_edges_vph`: the vehicles that arrived (not `vaporized`) after the warm-up,
+    whenever they entered, on one of `edges` (an external network's edges with measurement points; by
+    default its exits, where the arrivals are the flow out of the network), per hour."""
+    arrivals = 0
+    for node in _records(path, "tripinfo", "tripinfo"):
+        if not node.get("vaporized") and window.event(node.get("arrival")):
+            arrivals += node.get("arrivalLane", "").rpartition("_")[0] in edges
+    return {"arrivals_on_measured_edges_vph": arrivals / window.hours}
 
 
 def lanechange_measures(path: Path, window: Window, cav_types: set[str]) -> dict:

@@ -26,6 +26,7 @@ from cavlab.world import (
     Command,
     ControlModes,
     Departure,
+    HoldLane,
     Release,
     SetSpeed,
     StepEvents,
@@ -94,6 +95,7 @@ class SumoBackend(ABC):
         self._slot_length = np.zeros(capacity)
         self._slot_edge = np.zeros(capacity, dtype=np.intp)
         self._controlled = np.zeros(capacity, dtype=bool)
+        self._held = np.zeros(capacity, dtype=bool)  # kept in lane by `HoldLane`, speed SUMO's
         self._modes = ControlModes()
         self._modes_idle_differ = False
         self._routes_added: set[str] = set()
@@ -227,7 +229,7 @@ class SumoBackend(ABC):
         self._slot_length[slot] = self._type_length[k]
 
     def _grow(self) -> None:
-        for name in ("_prev_speed", "_slot_type", "_slot_is_cav", "_slot_length", "_slot_edge", "_controlled"):
+        for name in ("_prev_speed", "_slot_type", "_slot_is_cav", "_slot_length", "_slot_edge", "_controlled", "_held"):
             old = getattr(self, name)
             new = np.zeros(2 * len(old), old.dtype)
             new[: len(old)] = old
@@ -277,14 +279,22 @@ class SumoBackend(ABC):
             slot = self._slot_of.get(vid)
             if slot is None:
                 continue
+            idle = self._modes if self._slot_is_cav[slot] else SUMO_DEFAULT_MODES
             if isinstance(cmd, Release):
                 if self._controlled[slot]:
-                    idle = self._modes if self._slot_is_cav[slot] else SUMO_DEFAULT_MODES
                     v.setSpeed(vid, -1)
                     v.setSpeedMode(vid, idle.idle_speed_mode)
                     v.setLaneChangeMode(vid, idle.idle_lane_change_mode)
                     self._controlled[slot] = False
                     self._ease_back(vid)
+                elif self._held[slot]:
+                    v.setLaneChangeMode(vid, idle.idle_lane_change_mode)
+                self._held[slot] = False
+                continue
+            if isinstance(cmd, HoldLane):
+                if not self._controlled[slot] and not self._held[slot]:
+                    v.setLaneChangeMode(vid, self._modes.lane_change_mode)
+                    self._held[slot] = True
                 continue
             if not self._controlled[slot]:
                 v.setSpeedMode(vid, self._modes.speed_mode)

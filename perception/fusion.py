@@ -43,6 +43,7 @@ FEATURES = 64
 SPEED_SCALE_MPS = 30.0
 OUTPUTS = len(SLOTS) * 3  # per slot: presence logit, gap / RANGE_M, relative speed / 30 m/s
 BATCH = 256  # frames per training batch
+HIDDEN = 512  # the branch heads' default width
 
 
 def frames_of(arrays: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, Tensor]:
@@ -94,9 +95,10 @@ class RadarStem(nn.Module):
 
 
 class BranchHead(nn.Module):
-    """64·k stem features → 512 → 512 → the six slots (the expensive part, like HydraFusion's branches)."""
+    """64·k stem features → hidden → hidden (512 by default) → the six slots (the expensive part, like
+    HydraFusion's branches)."""
 
-    def __init__(self, stems: int, hidden: int = 512) -> None:
+    def __init__(self, stems: int, hidden: int = HIDDEN) -> None:
         super().__init__()
         self.net = nn.Sequential(
             nn.Linear(FEATURES * stems, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
@@ -111,16 +113,17 @@ class BranchHead(nn.Module):
 
 
 class FusionModel(nn.Module):
-    """Stems and branches; `forward` runs the branches asked for (and only their stems)."""
+    """Stems and branches (heads `hidden` wide); `forward` runs the branches asked for (and only their stems)."""
 
-    def __init__(self, shapes: dict[str, list[int]]) -> None:
+    def __init__(self, shapes: dict[str, list[int]], hidden: int = HIDDEN) -> None:
         super().__init__()
+        self.hidden = hidden
         self.stems = nn.ModuleDict({
             "camera": GridStem(shapes["camera"][-1]),
             "lidar": GridStem(shapes["lidar"][-1]),
             "radar": RadarStem(shapes["radar"][0]),
         })  # fmt: skip
-        self.heads = nn.ModuleDict({name: BranchHead(len(mods)) for name, mods in BRANCHES.items()})
+        self.heads = nn.ModuleDict({name: BranchHead(len(mods), hidden) for name, mods in BRANCHES.items()})
 
     def forward(self, frames: dict[str, Tensor], branches: tuple[str, ...] = tuple(BRANCHES)) -> dict[str, Tensor]:
         needed = {m for b in branches for m in BRANCHES[b]}

@@ -362,10 +362,10 @@ class TimeStepMask(nn.Module):
         self.scores = nn.Parameter(torch.full((time_steps,), initial_score))
 
     def mask(self) -> Tensor:
-        """mask[T]: hard 0/1 values, sigmoid gradient."""
+        """mask[T]: exactly 0 or 1 in the forward pass (hard + 0), sigmoid gradient."""
         probability = torch.sigmoid(self.scores)
         hard = (probability > 0.5).to(probability.dtype)
-        return hard + probability - probability.detach()
+        return hard + (probability - probability.detach())
 
     def forward(self, spikes: Tensor) -> Tensor:
         """spikes[T, ...] with the switched-off steps zeroed."""

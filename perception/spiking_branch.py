@@ -1,19 +1,27 @@
-"""A spiking version of a fusion branch, next to its non-spiking original.
+"""A spiking version of a fusion branch, next to its non-spiking original, and its run on a stream.
 
 The branch's stems (trained with the fusion model, frozen) give analog features f; the head
 runs T time steps with direct encoding (Datta et al.'s setting):
 
-    z = W₁·f                           computed once (MACs)
+    z = W₁·f                           computed once per frame (MACs)
     s¹_t = LIF(z)                      t = 1..T, β = 0.9, ϑ = 1
     s²_t = LIF(W₂·s¹_t)                accumulates only (SOPs = rate(s¹)·T·MACs₂)
     y = Σ_t m_t·W₃·s²_t / Σ_t m_t      readout of the spikes (SOPs = rate(s²)·T·MACs₃)
 
-with a learned time-step mask m_t (`TimeStepMask`) that can switch steps off. Energy per
-frame: 4.6 pJ per MAC (stems and W₁), 0.9 pJ per SOP (`spiking.ENERGY_PJ`).
+with a learned time-step mask m_t ∈ {0, 1} (`TimeStepMask`). A step with m_t = 0 is skipped:
+the membranes keep their values (v_t = m_t·v'_t + (1 − m_t)·v_{t−1}, exact for m_t ∈ {0, 1}, with
+the mask's gradient in training) and it adds nothing to y, exactly as the deployed host loop, which
+runs the exported step (`cavlab.hw.export.SpikingStep`) on the active steps only.
+
+The membranes (v¹, v²) are the head's state (`SpikingHead.run`): training starts every frame
+from zero; on a stream (`SpikingStream`) each vehicle's membranes carry over from one frame to the
+next, kept per vehicle id in a `StateTable`. Energy per frame: 4.6 pJ per MAC (stems and W₁), 0.9 pJ
+per SOP (`spiking.ENERGY_PJ`).
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
@@ -21,10 +29,12 @@ import torch
 from torch import Tensor, nn
 
 from cavlab.perception.fusion import BATCH, BRANCHES, FEATURES, OUTPUTS, FusionModel, estimates, frames_of, slot_loss
+from cavlab.perception.inference import StateTable
 from cavlab.perception.spiking import LIF, TimeStepMask, energy_pj, linear_macs, synaptic_ops
 from cavlab.perception.task import SLOTS, slot_correct
 
 TIME_STEPS = 4
+STATE_NAMES = ("lif1.v", "lif2.v")  # the membranes of the two LIF layers
 MASK_WEIGHT = 0.01  # weight of the active-step count in the loss
 
 
@@ -41,20 +51,36 @@ class SpikingHead(nn.Module):
         self.lif2 = LIF(0.9, 1.0)
         self.mask = TimeStepMask(time_steps)
 
-    def forward(self, features: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    def initial_state(self, batch: int) -> dict[str, Tensor]:
+        """Zero membranes for `batch` frames: {"lif1.v", "lif2.v"}, each [batch, hidden]."""
+        zeros = self.w1.weight.new_zeros
+        return {name: zeros(batch, self.w1.out_features) for name in STATE_NAMES}
+
+    def run(self, features: Tensor, state: dict[str, Tensor] | None = None
+            ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:  # fmt: skip
+        """One frame from `state` (zero if None): the slots [batch, 6, 3], the spikes {"s1", "s2"}
+        [T, batch, hidden] (zero on skipped steps) and the membranes after the frame."""
         z = self.w1(features)
-        v1 = v2 = None
+        state = self.initial_state(len(z)) if state is None else state
+        v1, v2 = state["lif1.v"], state["lif2.v"]
         mask = self.mask.mask()
         s1_all, s2_all, out = [], [], 0.0
         for t in range(self.time_steps):
-            s1, v1 = self.lif1(z, v1)
-            s1 = s1 * mask[t]
-            s2, v2 = self.lif2(self.w2(s1), v2)
-            out = out + self.w3(s2) * mask[t]
-            s1_all.append(s1)
-            s2_all.append(s2)
+            m = mask[t]
+            s1, v1_next = self.lif1(z, v1)
+            s2, v2_next = self.lif2(self.w2(s1), v2)
+            v1, v2 = m * v1_next + (1 - m) * v1, m * v2_next + (1 - m) * v2  # m = 0: the step is skipped
+            out = out + self.w3(s2) * m
+            s1_all.append(s1 * m)
+            s2_all.append(s2 * m)
         out = out / mask.sum().clamp(min=1.0)
-        return out.view(-1, len(SLOTS), 3), {"s1": torch.stack(s1_all), "s2": torch.stack(s2_all)}
+        spikes = {"s1": torch.stack(s1_all), "s2": torch.stack(s2_all)}
+        return out.view(-1, len(SLOTS), 3), spikes, {"lif1.v": v1, "lif2.v": v2}
+
+    def forward(self, features: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """One frame from zero membranes (training): the slots and the spikes of `run`."""
+        out, spikes, _ = self.run(features)
+        return out, spikes
 
     def energy_pj(self, rate1: float, rate2: float, active_steps: int) -> float:
         """W₁ as MACs; W₂ and W₃ as SOPs of their input spikes over the active steps."""
@@ -126,3 +152,23 @@ def train_spiking_branch(
             "ann_energy_pj": ann_pj,
         }
     return head, results
+
+
+class SpikingStream:
+    """The spiking branch over a stream of frames: each vehicle's membranes carry over from one frame to
+    the next (a `StateTable` keyed by vehicle id; a vehicle seen for the first time starts at zero, one
+    absent from a frame is dropped)."""
+
+    def __init__(self, model: FusionModel, head: SpikingHead, branch: str) -> None:
+        # a CPU copy of the branch's stems: the fusion model may have moved to CUDA for the gated branches
+        self.stems = nn.ModuleDict({m: copy.deepcopy(model.stems[m]) for m in BRANCHES[branch]}).cpu().eval()
+        self.head = head.cpu().eval()
+        self.table = StateTable({name: (head.w1.out_features,) for name in STATE_NAMES})
+
+    @torch.no_grad()
+    def estimate(self, ids: list[str], frames: dict[str, np.ndarray]) -> np.ndarray:
+        """(N, 6, 3) estimates of the frames of vehicles `ids` (one frame each, in that order)."""
+        features = torch.cat([stem(torch.from_numpy(frames[m])) for m, stem in self.stems.items()], dim=1)
+        out, _, state = self.head.run(features, self.table.gather(ids))
+        self.table.scatter(ids, state)
+        return estimates(out)

@@ -28,6 +28,7 @@ from cavlab.perception.fusion import (
     BATCH,
     BRANCHES,
     CONFIGURATIONS,
+    HIDDEN,
     DeepGate,
     FusionModel,
     Selection,
@@ -121,14 +122,16 @@ def fit_deep_gate(model: FusionModel, arrays: dict[str, np.ndarray], rows: np.nd
 
 def train_fusion(
     data_dir: Path, out_dir: Path, epochs: int = 6, seed: int = 0, selection: Selection | None = None,
-    progress: Callable[[str], None] | None = None,
+    progress: Callable[[str], None] | None = None, hidden: int = HIDDEN, spiking: bool = True,
 ) -> dict[str, Any]:  # fmt: skip
-    """Train the branches, fit the gates, train the spiking branch, save `checkpoint.pt` into `out_dir`
-    and evaluate on the test seed (results.json, accuracy_energy.png, spiking.png); the results."""
+    """Train the branches (heads `hidden` wide), fit the gates, train the spiking branch (if `spiking`),
+    save `checkpoint.pt` into `out_dir` and evaluate on the test seed (results.json, accuracy_energy.png,
+    spiking.png); the results."""
     selection = selection or Selection()
     manifest, arrays = load_dataset(data_dir)
     train, held_out, test = split(arrays, seed)
-    model = FusionModel(manifest["shapes"])
+    torch.manual_seed(seed)  # the initial weights
+    model = FusionModel(manifest["shapes"], hidden)
     started = time.perf_counter()
     train_branches(model, arrays, train, epochs, seed,
                    progress=lambda e, loss: progress and progress(f"epoch {e}/{epochs}: loss {loss:.3f}"))  # fmt: skip
@@ -141,20 +144,23 @@ def train_fusion(
         mean = held_losses[arrays["context"][held_out] == k].mean(axis=0, keepdims=True)
         table[label] = CONFIGURATIONS[int(selection.choose(mean, energies)[0])]
     gate = fit_deep_gate(model, arrays, held_out, held_losses, epochs=30, seed=seed)
-    if progress is not None:
-        progress("the spiking branch")
-    head, spiking = train_spiking_branch(model, arrays, train, test, manifest["contexts"], seed=seed)
+    checkpoint = {"model": model.state_dict(), "gate": gate.state_dict(), "shapes": manifest["shapes"],
+                  "hidden": hidden, "knowledge_table": table, "selection": vars(selection),
+                  "spiking": None}  # fmt: skip
+    if spiking:
+        if progress is not None:
+            progress("the spiking branch")
+        head, spiking_results = train_spiking_branch(model, arrays, train, test, manifest["contexts"], seed=seed)
+        checkpoint["spiking"] = {"branch": spiking_results["branch"], "state": head.state_dict()}
     out_dir.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": model.state_dict(), "gate": gate.state_dict(), "shapes": manifest["shapes"],
-                "knowledge_table": table, "selection": vars(selection),
-                "spiking": {"branch": spiking["branch"], "state": head.state_dict()}},
-               out_dir / "checkpoint.pt")  # fmt: skip
+    torch.save(checkpoint, out_dir / "checkpoint.pt")
     results = evaluate(out_dir, data_dir, rows=test)
-    results["spiking"] = spiking
+    if spiking:
+        results["spiking"] = spiking_results
+        plot_spiking(spiking_results, out_dir / "spiking.png")
     results["train_time_s"] = round(train_s, 1)
     results["frames"] = {"train": len(train), "gates": len(held_out), "test": len(test)}
     write_results(results, out_dir)
-    plot_spiking(spiking, out_dir / "spiking.png")
     return results
 
 
@@ -170,7 +176,7 @@ def configuration_energies(model: FusionModel) -> np.ndarray:
 
 
 MAX_CHECKPOINT_BYTES = 256 * 1024**2
-CHECKPOINT_HOLDS = (
+CHECKPOINT_HOLDS = (  # and the heads' width, hidden (512 where absent)
     "a checkpoint from `cavlab perception train` holds model, gate, shapes, knowledge_table, selection, spiking"
 )
 StateDict = dict[str, torch.Tensor]
@@ -198,6 +204,7 @@ class Checkpoint(_Part):
     model: StateDict
     gate: StateDict
     shapes: Annotated[dict[str, list[int]], BeforeValidator(frame_shapes)]
+    hidden: Annotated[int, Field(ge=1, le=4096)] = HIDDEN
     knowledge_table: dict[str, Literal[CONFIGURATIONS]]
     selection: _Selection
     spiking: _Spiking | None = None
@@ -224,10 +231,10 @@ def load_checkpoint(out_dir: Path) -> tuple[FusionModel, DeepGate, dict[str, Any
     except ValidationError as exc:
         line = validation_message(exc, Checkpoint, missing="missing key '{field}'", invalid_at_root="not a mapping")
         raise UserError(f"{path}: not a cavlab perception checkpoint: {line} ({CHECKPOINT_HOLDS})") from None
-    model, gate = FusionModel(spec.shapes), DeepGate()
+    model, gate = FusionModel(spec.shapes, spec.hidden), DeepGate()
     _load_weights(model, spec.model, path, "model")
     _load_weights(gate, spec.gate, path, "gate")
-    ckpt = {**raw, "shapes": spec.shapes}
+    ckpt = {**raw, "shapes": spec.shapes, "hidden": spec.hidden}
     spiking_head(ckpt, path)
     model.eval()
     gate.eval()
@@ -257,14 +264,19 @@ def _load_weights(module: torch.nn.Module, state: dict[str, torch.Tensor], path:
                         f"({first[:160]}{'…' if len(first) > 160 else ''})") from None  # fmt: skip
 
 
+def check_shapes(model: dict[str, list[int]], data: dict[str, list[int]], data_dir: Path) -> None:
+    """A `UserError` unless a dataset's frame shapes are the model's."""
+    if {k: list(v) for k, v in model.items()} != {k: list(v) for k, v in data.items()}:
+        raise UserError(f"{data_dir}: its frames ({data}) differ from the model's ({model})")
+
+
 def evaluate(model_dir: Path, data_dir: Path, rows: np.ndarray | None = None) -> dict[str, Any]:
     """Per context of the dataset (all its frames, or `rows`): accuracy and energy per frame of every
     configuration and of the knowledge, deep and oracle gates. A context the knowledge table does not
     know runs all branches."""
     model, gate, ckpt = load_checkpoint(model_dir)
     manifest, arrays = load_dataset(data_dir)
-    if {k: list(v) for k, v in ckpt["shapes"].items()} != {k: list(v) for k, v in manifest["shapes"].items()}:
-        raise UserError(f"{data_dir}: its frames ({manifest['shapes']}) differ from the model's ({ckpt['shapes']})")
+    check_shapes(ckpt["shapes"], manifest["shapes"], data_dir)
     rows = np.arange(len(arrays["targets"])) if rows is None else rows
     selection = Selection(**ckpt["selection"])
     table = ckpt["knowledge_table"]

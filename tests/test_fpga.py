@@ -22,11 +22,28 @@ pytest.importorskip("hls4ml")
 pytest.importorskip("qonnx")
 
 from cavlab.errors import UserError
-from cavlab.hw.backends.hls4ml import QONNX_DOMAIN, LIFStep, csim_parity, fpga_onnx, hls_model, predict
-from cavlab.hw.export import SpikingStep
+from cavlab.hw.backends.hls4ml import (
+    QONNX_DOMAIN,
+    RESOURCE_SHARE,
+    LayerShape,
+    LIFStep,
+    csim_parity,
+    export_fpga,
+    fpga_onnx,
+    hls_model,
+    plan_reuse,
+    predict,
+    resource_estimate,
+    valid_reuse_factors,
+)
+from cavlab.hw.export import SpikingInput, SpikingStep, load_components
+from cavlab.hw.targets import get_target
 from cavlab.perception.fusion import FEATURES, BranchHead, DeepGate, GridStem
+from cavlab.perception.sensors import sample_frames
 from cavlab.perception.spiking import LIF, lif_step
 from cavlab.perception.spiking_branch import SpikingHead
+
+from .conftest import PERCEPTION_SHAPES
 
 # hls4ml keeps the β·v scaling of a LIF as its own layer instead of moving it below the Add; harmless
 pytestmark = pytest.mark.filterwarnings("ignore:Failed to propagate quantization bias:UserWarning")
@@ -34,6 +51,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:Failed to propagate quantization
 MLP_TOL = 0.02
 SPIKING_TOL = 1e-3
 LIF_PRECISION = "fixed<24,8,RND,SAT>"
+HEAD_PRECISION = "fixed<24,10,RND,SAT>"  # export_fpga's default
+ZCU104 = get_target("zynq-zcu104").resources
 
 
 def test_branch_head_matches_torch(tmp_path: Path) -> None:
@@ -41,8 +60,16 @@ def test_branch_head_matches_torch(tmp_path: Path) -> None:
     head = BranchHead(stems=2)  # the real size: 128 → 512 → 512 → 18
     model = fpga_onnx(head, torch.rand(1, 2 * FEATURES))
     assert {n.op_type for n in model.graph.node} == {"MatMul", "Add", "Relu", "Reshape"}
-    hls = hls_model(model, tmp_path / "head")
+    hls = hls_model(model, tmp_path / "head", precision=HEAD_PRECISION)
     assert csim_parity(head, hls, (torch.rand(64, 2 * FEATURES),)) < MLP_TOL
+    # the project as planned for the ZCU104: Resource strategy, reuse factors from the DSP budget
+    assert hls.config.config["HLSConfig"]["Model"]["Strategy"] == "Resource"
+    estimate = resource_estimate(hls, model, HEAD_PRECISION)
+    assert estimate["io_type"] == "io_parallel" and estimate["fits"], estimate["total"]
+    big = next(r for r in estimate["layers"] if (r["n_in"], r["n_out"]) == (512, 512))
+    # 262,144 multiplications at 2 DSPs each within 80 % of 1,728 DSPs: R ≥ 380, a divisor or multiple of 512
+    assert big["reuse_factor"] >= 380 and big["reuse_factor"] % 512 == 0 and big["multipliers"] <= 690
+    assert estimate["total"]["dsp"] <= RESOURCE_SHARE * ZCU104["dsp"]
 
 
 def test_gate_network_matches_torch(tmp_path: Path) -> None:
@@ -59,6 +86,9 @@ def test_grid_stem_matches_torch_with_nchw_input(tmp_path: Path) -> None:
     assert [n.op_type for n in model.graph.node][:2] == ["Transpose", "Conv"]  # qonnx turns NCHW to NHWC inside
     hls = hls_model(model, tmp_path / "stem")
     assert csim_parity(stem, hls, (torch.rand(32, 2, 3, 24),)) < MLP_TOL
+    estimate = resource_estimate(hls, model, "fixed<16,6,RND,SAT>")
+    assert estimate["io_type"] == "io_stream" and estimate["fits"]  # convolutions stream
+    assert [r["kind"] for r in estimate["layers"]] == ["Conv2D", "Conv2D", "Dense"]
 
 
 @pytest.fixture(scope="module")
@@ -162,15 +192,75 @@ def test_a_comparison_that_is_not_a_spike_is_rejected() -> None:
 def test_export_fpga_converts_what_it_can_and_keeps_the_radar_stem_on_the_host(
     tmp_path: Path, perception_model_dir: Path
 ) -> None:
-    from cavlab.hw.backends.hls4ml import export_fpga
-
-    model_dir = perception_model_dir
-    out = tmp_path / "fpga"
+    out = tmp_path / "staging"
     out.mkdir()
-    report = export_fpga(model_dir, out, only=["stem.radar", "head.radar", "gate"])
+    final = tmp_path / "export"
+    frames = sample_frames(PERCEPTION_SHAPES, 40, 0)  # the simulated sensors' frames, as a dataset holds them
+    report = export_fpga(perception_model_dir, out, only=["stem.radar", "head.radar", "gate", "spiking.step"],
+                         batch=12, frames=frames, final_dir=final)  # fmt: skip
     assert report["stem.radar"]["runs_on"] == "host"
     assert "Slice" in report["stem.radar"]["reason"] and "ReduceMax" in report["stem.radar"]["reason"]
-    for name in ("head.radar", "gate"):
-        assert report[name]["runs_on"] == "fpga" and report[name]["csim_max_abs_error"] < MLP_TOL, report[name]
-        assert "Gemm" not in report[name]["operators"] and (out / report[name]["file"]).exists()
-        assert (out / report[name]["project"] / "firmware").is_dir()  # the hls4ml project, ready for synthesis
+    for name in ("head.radar", "gate", "spiking.step"):
+        r = report[name]
+        assert r["runs_on"] == "fpga" and r["inputs"] == "dataset frames" and r["resources"]["fits"], r
+        assert "Gemm" not in r["operators"] and (out / r["file"]).exists()
+        project = out / r["project"]
+        assert (project / "firmware").is_dir()  # the hls4ml project, ready for synthesis
+        config = (project / "hls4ml_config.yml").read_text()
+        assert f"OutputDir: {final / r['project']}" in config and str(out) not in config
+        x = np.loadtxt(project / "tb_data" / "tb_input_features.dat", ndmin=2)
+        y = np.loadtxt(project / "tb_data" / "tb_output_predictions.dat", ndmin=2)
+        assert len(x) == len(y) == 12 and np.isfinite(x).all() and x.std() > 0
+    assert report["head.radar"]["csim_max_abs_error"] < MLP_TOL and report["gate"]["csim_max_abs_error"] < MLP_TOL
+    # the tb_data predictions are torch's outputs on those inputs
+    head = out / report["head.radar"]["project"] / "tb_data"
+    x = np.loadtxt(head / "tb_input_features.dat", ndmin=2).astype(np.float32)
+    module = next(c.module for c in load_components(perception_model_dir) if c.name == "head.radar")
+    with torch.no_grad():
+        expected = module(torch.from_numpy(x)).reshape(len(x), -1).numpy()
+    np.testing.assert_allclose(np.loadtxt(head / "tb_output_predictions.dat", ndmin=2), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_valid_reuse_factors_are_hls4ml_s() -> None:
+    import hls4ml
+
+    backend = hls4ml.backends.get_backend("Vitis")
+    for n_in, n_out in ((128, 512), (512, 18), (18, 16), (76, 64), (1440, 64), (512, 1)):
+        assert valid_reuse_factors(n_in, n_out) == backend.get_valid_reuse_factors(n_in, n_out)
+
+
+def test_reuse_factors_follow_the_dsp_budget_per_layer() -> None:
+    """R_l ∝ √(M_l / P_l): a convolution's many pixels get a small R, the big dense layer a large one; a
+    device too small for even the largest reuse factors is reported, not hidden."""
+    shapes = [LayerShape("conv", "Conv2D", 144, 16, pixels=180), LayerShape("dense", "Dense", 1440, 64)]
+    reuse = plan_reuse(shapes, ZCU104, bits=24)
+    assert reuse["conv"] < reuse["dense"]
+    for s in shapes:
+        assert reuse[s.node] in valid_reuse_factors(s.n_in, s.n_out)
+    dsp = sum(2 * s.multiplications // reuse[s.node] for s in shapes)
+    assert dsp <= RESOURCE_SHARE * ZCU104["dsp"]
+    tiny = {"dsp": 4, "bram_36k": 1, "lut": 100}
+    assert plan_reuse(shapes, tiny, bits=24) == {"conv": 144 * 16, "dense": 1440 * 64}  # the largest: still too big
+
+
+@pytest.mark.parametrize(
+    ("name", "module", "inputs", "precision"),
+    [
+        ("head, three stems", BranchHead(stems=3), (torch.rand(1, 3 * FEATURES),), HEAD_PRECISION),
+        ("lidar stem", GridStem(60), (torch.rand(1, 2, 3, 60),), HEAD_PRECISION),
+        ("gate network", DeepGate().net, (torch.rand(1, 76),), HEAD_PRECISION),
+        ("spiking input", SpikingInput(SpikingHead(2)), (torch.rand(1, 2 * FEATURES),), HEAD_PRECISION),
+        ("spiking step", SpikingStep(SpikingHead(2).eval()), (torch.rand(1, 512),) * 3, LIF_PRECISION),
+    ],
+)
+def test_real_size_projects_fit_the_zcu104(
+    tmp_path: Path, name: str, module: nn.Module, inputs, precision: str
+) -> None:
+    model = fpga_onnx(module, inputs)
+    hls = hls_model(model, tmp_path / "project", precision=precision, compile_csim=False)
+    estimate = resource_estimate(hls, model, precision)
+    assert estimate["fits"], (name, estimate["total"])
+    assert estimate["total"]["dsp"] <= RESOURCE_SHARE * ZCU104["dsp"]
+    assert estimate["total"]["bram_18k"] <= RESOURCE_SHARE * 2 * ZCU104["bram_36k"]
+    assert 0 < estimate["total"]["latency_s"] < 1e-4  # tens of µs at most at 200 MHz
+    assert "analytic" in estimate["method"]

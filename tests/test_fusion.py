@@ -22,6 +22,7 @@ from cavlab.perception.fusion import (
     gated_estimates,
     slot_loss,
 )
+from cavlab.perception.training import load_checkpoint
 
 SHAPES = {"camera": [2, 3, 24], "lidar": [2, 3, 60], "radar": [8, 4]}
 runner = CliRunner()
@@ -124,10 +125,18 @@ def test_dataset_train_eval_end_to_end(tmp_path: Path) -> None:
     done = runner.invoke(app, ["perception", "eval", str(model), str(data), "--out", str(tmp_path / "eval")])
     assert done.exit_code == 0, done.output
     assert not (tmp_path / "eval" / "checkpoint.pt").exists()
+    small = tmp_path / "small"  # narrower heads, no spiking branch: what the shipped model is made with
+    done = runner.invoke(app, ["perception", "train", str(data), "--epochs", "1", "--hidden", "16", "--no-spiking",
+                               "--out", str(small)])  # fmt: skip
+    assert done.exit_code == 0, done.output
+    fusion, _, ckpt = load_checkpoint(small)
+    assert ckpt["hidden"] == 16 and ckpt["spiking"] is None and fusion.heads["radar"].net[0].out_features == 16
+    assert "spiking" not in json.loads((small / "results.json").read_text()) and not (small / "spiking.png").exists()
     for args, message in [
         (["perception", "train", str(tmp_path / "nothing")], "no manifest.json"),
         (["perception", "eval", str(data), str(data)], "no checkpoint.pt"),
         (["perception", "train", str(data), "--energy-weight", "2"], "0 ≤ --energy-weight ≤ 1"),
+        (["perception", "train", str(data), "--hidden", "0"], "1 ≤ --hidden ≤ 4096"),
     ]:
         done = runner.invoke(app, [*args, "--out", str(tmp_path / "bad")])
         assert done.exit_code == 2 and message in " ".join(done.output.split()), done.output

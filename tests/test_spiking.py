@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from cavlab.hw.export import SpikingStep
+from cavlab.perception.fusion import FusionModel, estimates
 from cavlab.perception.spiking import (
     ENERGY_PJ,
     LIF,
@@ -35,6 +37,9 @@ from cavlab.perception.spiking import (
     lmu_recurrent,
     synaptic_ops,
 )
+from cavlab.perception.spiking_branch import SpikingHead, SpikingStream
+
+from .conftest import PERCEPTION_SHAPES
 
 F64 = torch.float64
 
@@ -366,6 +371,7 @@ def test_time_step_mask() -> None:
     with torch.no_grad():
         mask.scores[2] = -0.5
     assert mask.active_steps() == 3
+    assert mask.mask().tolist() == [1.0, 1.0, 0.0, 1.0]  # exactly 0 and 1 (hard + 0), not 1 ± ulp
     out = mask(spikes)
     assert out[2].abs().sum() == 0 and torch.equal(out[[0, 1, 3]], spikes[[0, 1, 3]])
     # Straight through: ∂Σout/∂score_t = (Σ spikes_t)·σ'(score_t) = 6·σ(s)(1 − σ(s)), also for the off step.
@@ -374,6 +380,83 @@ def test_time_step_mask() -> None:
     torch.testing.assert_close(mask.scores.grad, 6 * sigma * (1 - sigma))
     with pytest.raises(ValueError, match="time steps"):
         mask(torch.ones(3, 2))
+
+
+# --- the spiking branch: skipped steps, streaming --------------------------------------------
+
+
+def _branch_head(seed: int) -> SpikingHead:
+    """A spiking head on two 64-wide stems, 32 neurons wide, step 1 of 4 switched off (a middle step)."""
+    torch.manual_seed(seed)
+    head = SpikingHead(2, hidden=32, time_steps=4)
+    with torch.no_grad():
+        head.w1.weight.mul_(8.0)  # membranes that cross ϑ within a frame, across frames too
+        head.mask.scores[1] = -1.0
+    return head
+
+
+def _host_loop(head: SpikingHead, features: torch.Tensor, v1: torch.Tensor, v2: torch.Tensor):
+    """The deployed loop: z = W₁·f once, the exported step on the active steps only, y their mean."""
+    step, z, y = SpikingStep(head), head.w1(features), 0.0
+    active = [t for t in range(head.time_steps) if torch.sigmoid(head.mask.scores[t]) > 0.5]
+    for _ in active:
+        out, v1, v2 = step(z, v1, v2)
+        y = y + out
+    return (y / len(active)).view(-1, 6, 3), v1, v2
+
+
+def test_masked_steps_are_skipped_identically_in_training_and_deployment() -> None:
+    head = _branch_head(0).train()
+    features = torch.rand(16, 128)
+    v1, v2 = torch.rand(16, 32), torch.rand(16, 32)
+    out, spikes, state = head.run(features, {"lif1.v": v1, "lif2.v": v2})  # training: grad on, mask in the graph
+    with torch.no_grad():
+        expected, v1_host, v2_host = _host_loop(head, features, v1, v2)
+    assert 0.05 < spikes["s1"][[0, 2, 3]].mean() < 0.95 and not spikes["s1"][1].any()
+    assert torch.equal(state["lif1.v"], v1_host) and torch.equal(state["lif2.v"], v2_host)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+    out.sum().backward()
+    assert head.mask.scores.grad[1] != 0  # the skipped step still learns whether to come back
+
+
+def test_the_state_carried_across_frames_equals_an_unrolled_reference() -> None:
+    """Vehicles a, b, c over 6 frames: c joins at frame 2, a is absent at frame 3 and starts again from
+    zero at frame 4. The stream equals, per vehicle, one LIF rollout over the active steps of all its
+    frames in a row (membranes never reset between frames)."""
+    head = _branch_head(1).eval()
+    model = FusionModel(PERCEPTION_SHAPES).eval()
+    stream = SpikingStream(model, head, "lidar+radar")
+    present = [["a", "b"], ["a", "b"], ["b", "c", "a"], ["c", "b"], ["a", "b", "c"], ["b", "a", "c"]]
+    rng = np.random.default_rng(2)
+    frames = [{m: rng.random((len(ids), *PERCEPTION_SHAPES[m]), dtype=np.float32) for m in ("lidar", "radar")}
+              for ids in present]  # fmt: skip
+    streamed = [stream.estimate(ids, f) for ids, f in zip(present, frames, strict=True)]
+    assert len(stream.table) == 3
+    active = [0, 2, 3]
+    states: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    crossed = 0
+    for k, ids in enumerate(present):
+        if "a" not in ids:
+            states.pop("a", None)
+        for row, vid in enumerate(ids):
+            with torch.no_grad():
+                f = torch.cat(
+                    [model.stems[m](torch.from_numpy(frames[k][m][row : row + 1])) for m in ("lidar", "radar")], 1
+                )
+                z = head.w1(f)
+                v1, v2 = states.get(vid, (torch.zeros(1, 32), torch.zeros(1, 32)))
+                y = torch.zeros(1, 18)
+                for _ in active:
+                    s1, v1 = lif_step(z, v1, 0.9, 1.0)
+                    s2, v2 = lif_step(head.w2(s1), v2, 0.9, 1.0)
+                    y = y + head.w3(s2)
+                    crossed += int(s1.sum())
+            states[vid] = (v1, v2)
+            np.testing.assert_allclose(streamed[k][row], estimates((y / 3).view(1, 6, 3))[0], rtol=1e-5, atol=1e-5)
+    assert crossed > 100
+    # a reset stream differs: the carried state matters
+    fresh = SpikingStream(model, head, "lidar+radar")
+    assert not np.allclose(fresh.estimate(present[5], frames[5]), streamed[5], atol=1e-4)
 
 
 # --- accounting -----------------------------------------------------------------------------

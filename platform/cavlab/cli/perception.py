@@ -60,18 +60,21 @@ def perception_train(
     seed: Annotated[int, typer.Option(help="Seed of the training run")] = 0,
     gamma: Annotated[float, typer.Option(help="EcoFusion's loss margin γ")] = 0.05,
     energy_weight: Annotated[float, typer.Option(help="EcoFusion's energy weight λ in [0, 1]")] = 0.5,
+    hidden: Annotated[int, typer.Option(help="Width of the branch heads' hidden layers (1 to 4096)")] = 512,
+    spiking: Annotated[bool, typer.Option(help="Also train the spiking branch")] = True,
     out_dir: Annotated[Path, typer.Option("--out", help="Model directory")] = Path("runs/perception-model"),
 ) -> None:
     """Train the gated fusion model (stems, seven branches, knowledge and deep gates); evaluate on the last seed."""
     from cavlab.perception.fusion import Selection  # imports torch: kept out of the CLI's start-up time
     from cavlab.perception.training import results_markdown, train_fusion
 
-    if epochs < 1 or gamma < 0 or not 0 <= energy_weight <= 1:
-        raise UserError("need --epochs ≥ 1, --gamma ≥ 0 and 0 ≤ --energy-weight ≤ 1")
+    if epochs < 1 or gamma < 0 or not 0 <= energy_weight <= 1 or not 1 <= hidden <= 4096:
+        raise UserError("need --epochs ≥ 1, --gamma ≥ 0, 0 ≤ --energy-weight ≤ 1 and 1 ≤ --hidden ≤ 4096")
     with staged_run_dir(out_dir) as staging:
         with err.status("training") as status:
             results = train_fusion(data, staging, epochs, seed, Selection(gamma, energy_weight),
-                                   progress=lambda msg: status.update(f"training: {msg}"))  # fmt: skip
+                                   progress=lambda msg: status.update(f"training: {msg}"), hidden=hidden,
+                                   spiking=spiking)  # fmt: skip
         table = results_markdown(results)
         (staging / "results.md").write_text(table)
     out.print(table, highlight=False)

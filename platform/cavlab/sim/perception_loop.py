@@ -19,6 +19,11 @@ An estimate reaches the controller d = ⌈(latency + extra latency) / Δt⌉ ste
 frame; the latency is the target's roofline latency of what the frame ran (the gate and the
 chosen branches, batch 1: each CAV has its own computer) or the measured `latency_s`.
 Energy per frame is the target's cost model (cavlab.hw.profile) of the same components.
+
+When the checkpoint has a spiking branch, it runs next to the gated model on every CAV's frame as a
+stream (`SpikingStream`: each CAV's membranes carry over from step to step in a `StateTable`, rows
+dropped when the CAV leaves) and is scored as `perception_spiking_slot_accuracy`; the controller plans
+on the gated model's estimates.
 """
 
 from __future__ import annotations
@@ -39,8 +44,9 @@ from cavlab.hw.targets import get_target
 from cavlab.perception.fusion import BRANCHES, CONFIGURATIONS, MODALITIES, Selection
 from cavlab.perception.inference import BatchedPerception
 from cavlab.perception.sensors import SensorSuite, context_label
+from cavlab.perception.spiking_branch import SpikingStream
 from cavlab.perception.task import SLOT_AHEAD, SLOT_LANE, neighbour_rows, neighbour_targets, slot_correct
-from cavlab.perception.training import configuration_energies, load_checkpoint
+from cavlab.perception.training import configuration_energies, load_checkpoint, spiking_head
 from cavlab.world import WorldState
 
 ASSOCIATION_GAP_M = 10.0
@@ -103,6 +109,8 @@ class PerceptionLoop:
         else:
             self.backend = BatchedPerception(model, gate, selection, energies, spec.device)
         self.knowledge = checkpoint["knowledge_table"]
+        head = spiking_head(checkpoint, Path(spec.model) / "checkpoint.pt")
+        self.spiking = None if head is None else SpikingStream(model, head, checkpoint["spiking"]["branch"])
         self.energy_pj, self.latency_s = self._costs(spec)
         self.step = 0
         self.pending: list[Frame] = []
@@ -110,7 +118,7 @@ class PerceptionLoop:
         self.stats = dict.fromkeys(
             ("frames", "slots_correct", "truth_present", "missed", "estimated_present", "ghosts", "matched",
              "gap_error_m", "speed_error_mps", "plan_errors", "plan_position_error_m", "plan_speed_error_mps",
-             "energy_j", "delay_steps", "sensors_s", "inference_s", "steps"), 0.0)  # fmt: skip
+             "energy_j", "delay_steps", "sensors_s", "inference_s", "steps", "spiking_slots_correct"), 0.0)  # fmt: skip
         self.modality_off = dict.fromkeys(MODALITIES, 0.0)
 
     def _costs(self, spec: PerceptionSpec) -> tuple[np.ndarray, np.ndarray]:
@@ -161,11 +169,14 @@ class PerceptionLoop:
             configuration = [self.knowledge.get(self.label, "all branches")] * n
         estimate, choice = self.backend.estimate(arrays, configuration)
         done = time.perf_counter()
+        spiking = None if self.spiking is None else self.spiking.estimate(world.ids[observers].tolist(), arrays)
         truth_rows = neighbour_rows(world, observers)
         truth = neighbour_targets(world, observers, truth_rows)
         frame = self._frame(world, observers, estimate, truth_rows, truth, choice)
         if measuring:
             self._score_frames(observers, estimate, truth, choice)
+            if spiking is not None:
+                self.stats["spiking_slots_correct"] += float(slot_correct(spiking, truth).sum())
             self.stats["sensors_s"] += sensed - started
             self.stats["inference_s"] += done - sensed
         return frame
@@ -294,7 +305,12 @@ class PerceptionLoop:
             return st[a] / st[b] if st[b] else math.nan
 
         cav_hours = st["frames"] * self.dt / 3600
+        spiking = {} if self.spiking is None else {
+            "perception_spiking_slot_accuracy": st["spiking_slots_correct"] / (6 * st["frames"]) if st["frames"]
+            else math.nan,
+        }  # fmt: skip
         return {
+            **spiking,
             "perception_slot_accuracy": st["slots_correct"] / (6 * st["frames"]) if st["frames"] else math.nan,
             "perception_missed_share": ratio("missed", "truth_present"),
             "perception_ghost_share": ratio("ghosts", "estimated_present"),

@@ -396,3 +396,14 @@ def test_no_request_into_a_congested_target_lane() -> None:
     gated = CooperativeLaneChange(CooperativeParams(request_patience_s=0.0, min_flow_speed_mps=15.0), SETUP)
     assert gated.step(stuck(100.0, target_speed=12.0)) == []
     assert gated.step(stuck(100.0 + 0.5, target_speed=20.0)) != []  # flowing again: claimed
+
+
+def test_the_solve_budget_ends_the_search() -> None:
+    """BASIC needs 24 QP/NLP solves for its best slot; with a budget of 2 the search stops there and says so,
+    with a budget above 24 it finds the same plan as without one."""
+    full, _ = plan(BASIC)
+    assert full.plan is not None and full.numeric_solves == 24
+    capped, _ = plan(BASIC, CooperativeParams(**PAPER, max_solves_per_request=2))
+    assert capped.plan is None and capped.numeric_solves == 2 and "solve budget spent" in capped.reason
+    roomy, _ = plan(BASIC, CooperativeParams(**PAPER, max_solves_per_request=25))
+    assert roomy.plan is not None and sum(roomy.plan.disruption) == sum(full.plan.disruption)

@@ -76,7 +76,7 @@ class CooperativeParams(InputModel):
     guard_slots: bool = Field(True, description="Hold the CAVs beside a slot being opened in their lanes")
     guard_margin_m: Distance = Field(30.0, description="... from this far behind the slot to this far ahead of it")
     max_solves_per_request: Annotated[int, Field(ge=1, le=10_000)] = Field(
-        1000, description="QP and NLP solves one request may use; the search ends there with the plans found"
+        50, description="QP and NLP solves one request may use; the search ends there with the plans found"
     )
 
     @model_validator(mode="after")

@@ -81,10 +81,10 @@ class CooperativeLaneChange(Controller):
                 for row in rows[np.searchsorted(xs, lo):np.searchsorted(xs, hi, side="right")]:
                     if world.is_cav[row]:
                         guards.add(str(world.ids[row]))
-        guards -= self._busy() | set(self._held_since)
+        taken = self._busy() | set(self._held_since)  # held or driven by a maneuver or a claim already
+        guards -= taken
         commands: list[Command] = [HoldLane(vid) for vid in sorted(guards - self._guards)]
-        commands += [Release(vid) for vid in sorted(self._guards - guards - self._busy() - set(self._held_since))
-                     if vid in lanes.row_of]  # fmt: skip
+        commands += [Release(vid) for vid in sorted(self._guards - guards - taken) if vid in lanes.row_of]
         self._guards = guards
         return commands
 
@@ -100,15 +100,13 @@ class CooperativeLaneChange(Controller):
         self._flip_time_s[world.slot[flipped]] = world.time_s
         self._lane_of_slot[world.slot] = world.lane
 
-    def _changing_lanes(self, world: WorldState, row: int) -> bool:
-        """Whether SUMO may still be moving the vehicle across: its lane index flipped (the middle of a
-        lane change of duration t_lat) less than t_lat/2 ago. The first half of a lane change is not
-        visible in the world state; a maneuver whose vehicle turns up in another lane is aborted."""
-        return world.time_s - self._flip_time_s[world.slot[row]] < self.setup.lane_change_duration_s / 2 + 1e-9
-
-    def _changed_lanes_recently(self, world: WorldState, row: int) -> bool:
-        """Whether the vehicle's lane index flipped within the last t_lat (a cut-in, seen from behind)."""
-        return world.time_s - self._flip_time_s[world.slot[row]] < self.setup.lane_change_duration_s + 1e-9
+    def _flipped_within(self, world: WorldState, row: int, lane_changes: float) -> bool:
+        """Whether the vehicle's lane index flipped less than `lane_changes`·t_lat ago. The index flips in
+        the middle of a lane change: within ½ SUMO may still be moving it across (the first half is not
+        visible in the world state; a maneuver whose vehicle turns up in another lane is aborted); within
+        1, seen from behind, it cut in."""
+        age = world.time_s - self._flip_time_s[world.slot[row]]
+        return age < lane_changes * self.setup.lane_change_duration_s + 1e-9
 
     def maneuvering(self, vehicle_id: str) -> bool:
         """Whether a maneuver of this controller commands the vehicle now."""
@@ -179,7 +177,7 @@ class CooperativeLaneChange(Controller):
         waiting: set[str] = set()  # the CAVs that want a lane change now
         for row in np.flatnonzero(world.is_cav).tolist():
             vid = str(world.ids[row])
-            if vid in self._busy() or self._retry_at.get(vid, -math.inf) > t or self._changing_lanes(world, row):
+            if vid in self._busy() or self._retry_at.get(vid, -math.inf) > t or self._flipped_within(world, row, 0.5):
                 continue
             lane, x = int(world.lane[row]), float(world.x_m[row])
             end_m = ends.get(lane, math.inf)
@@ -336,7 +334,7 @@ class CooperativeLaneChange(Controller):
             c.plan.energy_m2ps3 for c in plan.cooperators
         )
         record.min_slack_planned_m = plan.min_slack_m
-        maneuver = Maneuver(plan, record, p, self.setup, cut_in=self._changed_lanes_recently)
+        maneuver = Maneuver(plan, record, p, self.setup, cut_in=lambda w, row: self._flipped_within(w, row, 1.0))
         self.active.append(maneuver)
         return record, maneuver, maneuver.step(world, lanes)
 

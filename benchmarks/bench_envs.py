@@ -1,4 +1,5 @@
-"""Environment speed: policy steps/s with random actions, cavlab next to highway-env.
+"""Environment speed: policy steps/s with random actions, cavlab next to highway-env, at the
+default traffic and at >= 150 vehicles.
 
     pip install -e ".[bench]"
     python benchmarks/bench_envs.py [--runs 5] [--steps 400]
@@ -8,8 +9,12 @@ Each measurement runs in a fresh process: `--steps` policy steps with random act
 `reset(seed=run)`, resetting whenever an episode ends (resets are part of the cost, as in
 training). The envs alternate within each run, so machine-load drift hits all of them alike.
 Also reported: the vehicles in the simulation (mean over the steps), so that the traffic
-can be compared. Then AsyncVectorEnv scaling of cavlab/LaneChange-v0 (one process per env).
-Prints Markdown tables for docs/benchmarks.md.
+can be compared; the median reset; and for cavlab the first reset (SUMO's start and one
+warm-up) and the building of the other warm states (`AgentTraffic.build_warm_states`, once
+per env: a training run pays it once), both done before the steps are timed. The ratios are
+to highway-fast-v0 at its default 20 vehicles and with vehicles_count = 50, median of the
+runs' ratios (each run measures all envs). Then AsyncVectorEnv scaling of
+cavlab/LaneChange-v0 (one process per env). Prints Markdown tables for docs/benchmarks.md.
 
 `--against DIR` instead compares cavlab's environments with another cavlab checkout (an older
 commit, say), laid out as a wheel would install it in DIR (`DIR/cavlab/...`, e.g. with
@@ -27,16 +32,23 @@ import subprocess
 import sys
 import time
 
-ENVS = {  # label: (id, keyword arguments)
-    "cavlab/LaneChange-v0": ("cavlab/LaneChange-v0", {}),
-    "cavlab/Merge-v0": ("cavlab/Merge-v0", {}),
-    "cavlab/Highway-v0": ("cavlab/Highway-v0", {}),
-    "cavlab/LaneChange-v0, planner actions": ("cavlab/LaneChange-v0", {"action": {"type": "planner"}}),
-    "highway-fast-v0": ("highway-fast-v0", {}),
-    "merge-v0": ("merge-v0", {}),
-    "highway-v0": ("highway-v0", {}),
+DENSE = {"set": ["demand.scale=1.5"], "warmup_s": 150.0}
+"""cavlab/Highway-v0 at >= 150 vehicles: its 3-lane, 3 km road at 1.5× the demand (5400 veh/h),
+warmed up for 150 s (about 165 vehicles when the ego enters, about 190 later)."""
+ENVS = {  # label: (id, keyword arguments, steps as a share of --steps)
+    "cavlab/LaneChange-v0": ("cavlab/LaneChange-v0", {}, 1.0),
+    "cavlab/Merge-v0": ("cavlab/Merge-v0", {}, 1.0),
+    "cavlab/Highway-v0": ("cavlab/Highway-v0", {}, 1.0),
+    "cavlab/LaneChange-v0, planner actions": ("cavlab/LaneChange-v0", {"action": {"type": "planner"}}, 1.0),
+    "cavlab/Highway-v0, demand ×1.5, warmup_s 150": ("cavlab/Highway-v0", DENSE, 1.0),
+    "highway-fast-v0": ("highway-fast-v0", {}, 1.0),
+    "highway-fast-v0, vehicles_count 50": ("highway-fast-v0", {"config": {"vehicles_count": 50}}, 0.25),
+    "highway-fast-v0, vehicles_count 150": ("highway-fast-v0", {"config": {"vehicles_count": 150}}, 0.1),
+    "merge-v0": ("merge-v0", {}, 1.0),
+    "highway-v0": ("highway-v0", {}, 0.1),  # ~4 steps/s
 }
 BASELINE = "highway-fast-v0"
+BASELINE_50 = "highway-fast-v0, vehicles_count 50"
 
 
 def vehicles_of(env) -> int:
@@ -50,25 +62,39 @@ def vehicles_of(env) -> int:
 def one_run(label: str, steps: int, seed: int) -> dict:
     import gymnasium as gym
 
-    env_id, kwargs = ENVS[label]
-    if env_id.startswith("cavlab/"):
+    env_id, kwargs, _ = ENVS[label]
+    is_cavlab = env_id.startswith("cavlab/")
+    if is_cavlab:
         import cavlab.envs  # noqa: F401 - registers the envs
     else:
         import highway_env  # noqa: F401 - registers the envs
 
     env = gym.make(env_id, **kwargs)
     env.action_space.seed(seed)
+    started = time.perf_counter()
     env.reset(seed=seed)
+    first_reset = time.perf_counter() - started
+    pool = 0.0
+    if hasattr(env.unwrapped, "traffic") and hasattr(env.unwrapped.traffic, "build_warm_states"):  # not --against's
+        started = time.perf_counter()
+        env.unwrapped.traffic.build_warm_states()
+        pool = time.perf_counter() - started
+        env.reset(seed=seed)
     vehicles = 0
+    resets: list[float] = []
     started = time.perf_counter()
     for _ in range(steps):
         _, _, terminated, truncated, _ = env.step(env.action_space.sample())
         vehicles += vehicles_of(env)
         if terminated or truncated:
+            t = time.perf_counter()
             env.reset()
+            resets.append(time.perf_counter() - t)
     wall = time.perf_counter() - started
     env.close()
-    return {"env": label, "steps_per_s": steps / wall, "vehicles": vehicles / steps}
+    return {"env": label, "steps_per_s": steps / wall, "vehicles": vehicles / steps, "first_reset_s": first_reset,
+            "warm_states_s": pool, "reset_ms": 1000 * statistics.median(resets) if resets else float("nan"),
+            "resets": len(resets)}  # fmt: skip
 
 
 def vector_run(num_envs: int, steps: int, seed: int) -> dict:
@@ -132,18 +158,24 @@ def main() -> None:
         return
     results: dict[str, list[dict]] = {label: [] for label in ENVS}
     for run in range(args.runs):
-        for label in ENVS:
-            steps = args.steps if label != "highway-v0" else max(20, args.steps // 10)  # ~4 steps/s
-            results[label].append(child(["--one", label, str(steps), str(run)]))
-    base = results[BASELINE]
+        for label, (_, _, share) in ENVS.items():
+            results[label].append(child(["--one", label, str(max(20, round(args.steps * share))), str(run)]))
     print(f"command: python benchmarks/bench_envs.py --runs {args.runs} --steps {args.steps}")
-    print(f"\n| env | runs | steps/s (median) | vehicles simulated (mean) | ratio to {BASELINE} (median of runs) |")
-    print("|---|---|---|---|---|")
+    print("\n| env | runs | steps/s (median) | vehicles simulated (mean) | reset, ms (median) | first reset, s "
+          f"| other warm states, s | ratio to `{BASELINE}` | ratio to `{BASELINE_50}` |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
     for label, rows in results.items():
         med = statistics.median(r["steps_per_s"] for r in rows)
-        ratio = statistics.median(r["steps_per_s"] / b["steps_per_s"] for r, b in zip(rows, base, strict=True))
+        ratios = [
+            statistics.median(r["steps_per_s"] / b["steps_per_s"] for r, b in zip(rows, results[base], strict=True))
+            for base in (BASELINE, BASELINE_50)
+        ]
         veh = statistics.mean(r["vehicles"] for r in rows)
-        print(f"| `{label}` | {len(rows)} | {med:.1f} | {veh:.0f} | {ratio:.2f}× |")
+        reset = statistics.median(r["reset_ms"] for r in rows)
+        first = statistics.median(r["first_reset_s"] for r in rows)
+        pool = f"{statistics.median(r['warm_states_s'] for r in rows):.2f}" if label.startswith("cavlab/") else "–"
+        print(f"| `{label}` | {len(rows)} | {med:.1f} | {veh:.0f} | {reset:.1f} | {first:.3f} | {pool} "
+              f"| {ratios[0]:.2f}× | {ratios[1]:.2f}× |")  # fmt: skip
     print("\n| AsyncVectorEnv, cavlab/LaneChange-v0 | env steps/s (median) | ratio to 1 env |")
     print("|---|---|---|")
     vec: dict[int, list[float]] = {n: [] for n in args.vector_envs}

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from cavlab.world import WorldState
+from cavlab.world import Command, WorldState
 
 
 class Perception(Protocol):
-    """Turns the true world state into the estimates controllers plan on."""
+    """Turns the true world state into the estimates controllers plan on; `guard` may override the
+    controller's commands (a last line of defence such as emergency braking)."""
 
     def observe(self, world: WorldState) -> WorldState: ...
+
+    def guard(self, commands: list[Command]) -> list[Command]: ...
 
     def metrics(self) -> dict: ...
 
@@ -24,6 +27,9 @@ class GroundTruth:
 
     def observe(self, world: WorldState) -> WorldState:
         return world
+
+    def guard(self, commands: list[Command]) -> list[Command]:
+        return commands
 
     def metrics(self) -> dict:
         return {}

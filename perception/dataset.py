@@ -29,7 +29,7 @@ from cavlab.config.files import check_regular_file, read_json
 from cavlab.errors import UserError, validation_message
 from cavlab.perception.sensors import SENSORS, SensorSuite, frame_shapes
 from cavlab.perception.task import SLOTS, neighbour_targets
-from cavlab.world import WorldState
+from cavlab.world import Command, WorldState
 
 WEATHERS = ("clear", "rain", "fog", "snow")
 LIGHTS = ("day", "dusk", "night")
@@ -58,6 +58,9 @@ class SampleRecorder:
                 self.parts["targets"].append(neighbour_targets(world, observers))
                 self.parts["time_s"].append(np.full(len(observers), world.time_s, dtype=np.float32))
         return world
+
+    def guard(self, commands: list[Command]) -> list[Command]:
+        return commands
 
     def metrics(self) -> dict:
         return {}

@@ -25,7 +25,6 @@ same bounds). `sample_frames` gives frames of these sensors on synthetic traffic
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 from importlib.resources import files
@@ -47,6 +46,10 @@ ROWS = 3  # right, own, left lane
 MAX_CAMERA_CELLS = 512  # bounds of the frame sizes a sensor table, a dataset or a model may have
 MAX_LIDAR_CELLS = 1024
 MAX_RADAR_RETURNS = 64
+SENSOR_VERSION = 2
+"""How the sensors draw their noise: 2 draws for all observers of a step at once; 1 (datasets written before
+version 2) observer by observer. Both give the same distributions; a version replays its own seeds exactly."""
+SENSOR_VERSIONS = (1, 2)
 
 
 @dataclass(frozen=True)
@@ -255,9 +258,13 @@ class Frames:
 
 class SensorSuite:
     """The three sensors of every CAV under one context, on a road with lanes `lane_width_m` wide (the
-    scenario's `road.lane_width_m`)."""
+    scenario's `road.lane_width_m`), drawing their noise as `version` does (`SENSOR_VERSION`)."""
 
-    def __init__(self, context: ContextSpec, table: dict[str, Any] | None = None, *, lane_width_m: float) -> None:
+    def __init__(self, context: ContextSpec, table: dict[str, Any] | None = None, *, lane_width_m: float,
+                 version: int = SENSOR_VERSION) -> None:  # fmt: skip
+        if version not in SENSOR_VERSIONS:
+            raise UserError(f"sensor version {version} is not known (allowed: {', '.join(map(str, SENSOR_VERSIONS))})")
+        self.version = version
         self.lane_width_m = float(lane_width_m)
         self.table = table or sensor_table()
         self.params = sensor_params(context, self.table)
@@ -280,16 +287,23 @@ class SensorSuite:
         }
 
     def observe(self, world: WorldState, observers: np.ndarray, rng: np.random.Generator) -> Frames:
-        """Frames of the vehicles at rows `observers` (all sensors, one draw of the noise)."""
+        """Frames of the vehicles at rows `observers` (all sensors, one draw of the noise): version 2 draws
+        for every observer at once, version 1 observer by observer (other numbers, the same distribution)."""
+        observers = np.asarray(observers, dtype=np.int64)
         shapes = self.shapes()
         n = len(observers)
         camera = np.zeros((n, *shapes["camera"]), dtype=np.float32)
         lidar = np.zeros((n, *shapes["lidar"]), dtype=np.float32)
         radar = np.zeros((n, *shapes["radar"]), dtype=np.float32)
-        for k, rel in enumerate(_relative(world, np.asarray(observers, dtype=np.int64), self.lane_width_m)):
-            self._camera(rel, camera[k], rng)
-            self._lidar(rel, lidar[k], rng)
-            self._radar(rel, radar[k], rng)
+        pairs = _pairs(world, observers, self.lane_width_m)
+        if self.version == SENSOR_VERSION:
+            self._sense(pairs, camera, lidar, radar, rng)
+        else:
+            bounds = np.searchsorted(pairs["k"], np.arange(n + 1))
+            for k in range(n):
+                own = {key: value[bounds[k] : bounds[k + 1]] for key, value in pairs.items()}
+                own["k"] = np.zeros_like(own["k"])
+                self._sense(own, camera[k : k + 1], lidar[k : k + 1], radar[k : k + 1], rng)
         for name, frame in (("camera", camera), ("lidar", lidar), ("radar", radar)):
             lost = rng.random(n) < self.params[name].blackout
             frame[lost] = 0.0
@@ -297,97 +311,105 @@ class SensorSuite:
 
     # ------------------------------------------------------------------ the sensors
 
-    def _camera(self, rel: dict[str, np.ndarray], out: np.ndarray, rng: np.random.Generator) -> None:
+    def _sense(self, pairs: dict[str, np.ndarray], camera: np.ndarray, lidar: np.ndarray, radar: np.ndarray,
+               rng: np.random.Generator) -> None:  # fmt: skip
+        """The three sensors' frames of the observers `pairs["k"]` indexes in the frames."""
+        self._camera(pairs, camera, rng)
+        self._lidar(pairs, lidar, rng)
+        self._radar(pairs, radar, rng)
+
+    def _camera(self, pairs: dict[str, np.ndarray], out: np.ndarray, rng: np.random.Generator) -> None:
         p = self.params["camera"]
-        ahead = (rel["centre_m"] > 0) & (np.abs(rel["azimuth_rad"]) <= self.camera_fov_rad) & ~rel["occluded"]
-        seen = ahead & (rng.random(len(ahead)) < detection_probability(rel["r_m"], p.range_m) * (1 - p.dropout))
+        ahead = (pairs["centre_m"] > 0) & (np.abs(pairs["azimuth_rad"]) <= self.camera_fov_rad) & ~pairs["occluded"]
+        detected = rng.random(len(ahead)) < detection_probability(pairs["r_m"], p.range_m) * (1 - p.dropout)
+        seen = np.flatnonzero(ahead & detected)
         edges = self.camera_edges
-        for j in np.flatnonzero(seen).tolist():
-            near, far = max(rel["rear_m"][j], 0.0), rel["front_m"][j]
-            bins = np.flatnonzero((edges[1:] > near) & (edges[:-1] < far))
-            out[0, rel["row"][j], bins] = 1.0
-            out[1, rel["row"][j], bins] = rel["dv_mps"][j] / SPEED_SCALE_MPS
+        near, far = np.maximum(pairs["rear_m"][seen], 0.0)[:, None], pairs["front_m"][seen][:, None]
+        _paint(out, pairs, seen, (edges[None, 1:] > near) & (edges[None, :-1] < far))
         self._clutter_and_noise(out, p, rng)
 
-    def _lidar(self, rel: dict[str, np.ndarray], out: np.ndarray, rng: np.random.Generator) -> None:
+    def _lidar(self, pairs: dict[str, np.ndarray], out: np.ndarray, rng: np.random.Generator) -> None:
         p = self.params["lidar"]
-        visible = ~rel["occluded"] | (rng.random(len(rel["occluded"])) < 0.1)
-        seen = visible & (rng.random(len(visible)) < detection_probability(rel["r_m"], p.range_m))
+        visible = ~pairs["occluded"] | (rng.random(len(pairs["occluded"])) < 0.1)
+        seen = np.flatnonzero(visible & (rng.random(len(visible)) < detection_probability(pairs["r_m"], p.range_m)))
         half, cell = self.lidar_half_m, self.lidar_cell_m
-        for j in np.flatnonzero(seen).tolist():
-            lo = int(np.floor((rel["rear_m"][j] + half) / cell))
-            hi = int(np.floor((rel["front_m"][j] + half) / cell))
-            cells = np.arange(max(lo, 0), min(hi, self.lidar_cells - 1) + 1)
-            cells = cells[rng.random(len(cells)) >= p.dropout]  # points lost cell by cell
-            out[0, rel["row"][j], cells] = 1.0
-            out[1, rel["row"][j], cells] = rel["dv_mps"][j] / SPEED_SCALE_MPS
+        lo = np.maximum(np.floor((pairs["rear_m"][seen] + half) / cell), 0)[:, None]
+        hi = np.minimum(np.floor((pairs["front_m"][seen] + half) / cell), self.lidar_cells - 1)[:, None]
+        cells = np.arange(self.lidar_cells)[None, :]
+        covered = (cells >= lo) & (cells <= hi)
+        covered[covered] = rng.random(int(covered.sum())) >= p.dropout  # points lost cell by cell
+        _paint(out, pairs, seen, covered)
         self._clutter_and_noise(out, p, rng)
 
-    def _radar(self, rel: dict[str, np.ndarray], out: np.ndarray, rng: np.random.Generator) -> None:
+    def _radar(self, pairs: dict[str, np.ndarray], out: np.ndarray, rng: np.random.Generator) -> None:
         p = self.params["radar"]
-        prob = detection_probability(rel["r_m"], p.range_m) * (1 - p.dropout) * np.where(rel["occluded"], 0.5, 1.0)
+        azimuth_true = pairs["azimuth_rad"]
+        prob = detection_probability(pairs["r_m"], p.range_m) * (1 - p.dropout) * np.where(pairs["occluded"], 0.5, 1.0)
         seen = np.flatnonzero(rng.random(len(prob)) < prob)
-        r = rel["r_m"][seen] + rng.normal(0.0, p.noise, len(seen))
-        azimuth = rel["azimuth_rad"][seen] + rng.normal(0.0, 0.02 * p.noise, len(seen))
-        rate = rel["dv_mps"][seen] * np.cos(rel["azimuth_rad"][seen]) + rng.normal(0.0, 0.3 * p.noise, len(seen))
-        keep = np.argsort(np.abs(r), kind="stable")[: self.radar_returns]
-        m = len(keep)
-        out[:m, 0] = 1.0
-        out[:m, 1] = r[keep] / self.radar_range_m
-        out[:m, 2] = azimuth[keep] / np.pi
-        out[:m, 3] = rate[keep] / SPEED_SCALE_MPS
+        r = pairs["r_m"][seen] + rng.normal(0.0, p.noise, len(seen))
+        azimuth = azimuth_true[seen] + rng.normal(0.0, 0.02 * p.noise, len(seen))
+        rate = pairs["dv_mps"][seen] * np.cos(azimuth_true[seen]) + rng.normal(0.0, 0.3 * p.noise, len(seen))
+        k = pairs["k"][seen]
+        order = np.lexsort((np.abs(r), k))  # per observer, nearest first (stable)
+        k = k[order]
+        rank = np.arange(len(k)) - np.searchsorted(k, k)
+        keep = rank < self.radar_returns
+        k, rank, order = k[keep], rank[keep], order[keep]
+        out[k, rank, 0] = 1.0
+        out[k, rank, 1] = r[order] / self.radar_range_m
+        out[k, rank, 2] = azimuth[order] / np.pi
+        out[k, rank, 3] = rate[order] / SPEED_SCALE_MPS
 
     @staticmethod
     def _clutter_and_noise(out: np.ndarray, p: SensorParams, rng: np.random.Generator) -> None:
-        """False returns in empty cells, then measurement noise on every cell."""
-        empty = out[0] == 0
-        ghost = empty & (rng.random(empty.shape) < p.clutter)
-        out[0][ghost] = 1.0
-        out[1][ghost] = rng.normal(0.0, 0.3, int(ghost.sum()))
+        """False returns in empty cells, then measurement noise on every cell (frames (N, 2, 3, cells))."""
+        occupancy, speed = out[:, 0], out[:, 1]
+        ghost = (occupancy == 0) & (rng.random(occupancy.shape) < p.clutter)
+        occupancy[ghost] = 1.0
+        speed[ghost] = rng.normal(0.0, 0.3, int(ghost.sum()))
         if p.noise:
-            out[0] += rng.normal(0.0, p.noise, out[0].shape)
-        occupied = out[0] > 0.5
-        out[1][occupied] += rng.normal(0.0, p.speed_noise_mps / SPEED_SCALE_MPS, int(occupied.sum()))
+            occupancy += rng.normal(0.0, p.noise, occupancy.shape)
+        occupied = occupancy > 0.5
+        speed[occupied] += rng.normal(0.0, p.speed_noise_mps / SPEED_SCALE_MPS, int(occupied.sum()))
 
 
-def _relative(world: WorldState, observers: np.ndarray, lane_width_m: float, chunk: int = 256
-              ) -> Iterator[dict[str, np.ndarray]]:  # fmt: skip
-    """Per observer: the other vehicles of its own and adjacent lanes (in row order) as seen from its
-    front bumper, lanes `lane_width_m` apart; computed for `chunk` observers at a time as (observers ×
-    vehicles) arrays."""
-    n = len(world)
-    for start in range(0, len(observers), chunk):
-        o = observers[start : start + chunk, None]
-        near = (np.abs(world.lane[None, :] - world.lane[o]) <= 1) & (np.arange(n)[None, :] != o)
-        dl = (world.lane[None, :] - world.lane[o]).astype(int)
-        front = world.x_m[None, :] - world.x_m[o]  # their front bumpers, relative
-        rear = front - world.length_m[None, :]
-        centre = (front + rear) / 2 + world.length_m[o] / 2
-        lateral = dl * lane_width_m
-        # occlusion: per lane and direction, everything beyond the nearest vehicle
-        occluded = np.zeros(near.shape, dtype=bool)
-        distance, side = np.abs(centre), np.sign(centre)
-        for lane_offset in (-1, 0, 1):
-            for sign in (1, -1):
-                group = near & (dl == lane_offset) & (side == sign)
-                nearest = np.where(group, distance, np.inf).argmin(axis=1)
-                group[np.arange(len(o)), nearest] = False
-                occluded |= group
-        azimuth = np.arctan2(lateral, centre)
-        r = np.hypot(centre, lateral)
-        dv = world.speed_mps[None, :] - world.speed_mps[o]
-        for k in range(len(o)):
-            cols = np.flatnonzero(near[k])
-            yield {
-                "row": dl[k, cols] + 1,
-                "front_m": front[k, cols],
-                "rear_m": rear[k, cols],
-                "centre_m": centre[k, cols],
-                "r_m": r[k, cols],
-                "azimuth_rad": azimuth[k, cols],
-                "dv_mps": dv[k, cols],
-                "occluded": occluded[k, cols],
-            }
+def _paint(out: np.ndarray, pairs: dict[str, np.ndarray], seen: np.ndarray, covered: np.ndarray) -> None:
+    """Occupancy 1 and the relative speed in the cells `covered` (seen pairs × cells) of each seen pair's
+    observer and lane row; a cell two vehicles cover shows the later one in row order."""
+    i, cell = np.nonzero(covered)
+    j = seen[i]
+    k, row = pairs["k"][j], pairs["row"][j]
+    key = (k * ROWS + row) * out.shape[-1] + cell
+    last = len(key) - 1 - np.unique(key[::-1], return_index=True)[1]
+    out[k[last], 0, row[last], cell[last]] = 1.0
+    out[k[last], 1, row[last], cell[last]] = pairs["dv_mps"][j[last]] / SPEED_SCALE_MPS
+
+
+def _pairs(world: WorldState, observers: np.ndarray, lane_width_m: float) -> dict[str, np.ndarray]:
+    """Every (observer, vehicle) pair of an observer and another vehicle of its own or an adjacent lane, as seen
+    from the observer's front bumper (lanes `lane_width_m` apart), in (observer, row) order: `k` the observer's
+    index in `observers`, `row` the lane row (0 right, 1 own, 2 left), the vehicle's front, rear and centre
+    offsets, range, azimuth, relative speed, and `occluded`: a nearer vehicle (centre to centre) in its lane and
+    direction hides it."""
+    o = observers[:, None]
+    lane_offset = (world.lane[None, :] - world.lane[o]).astype(int)
+    k, j = np.nonzero((np.abs(lane_offset) <= 1) & (np.arange(len(world))[None, :] != o))
+    me, dl = observers[k], lane_offset[k, j]
+    front = world.x_m[j] - world.x_m[me]  # their front bumpers, relative
+    rear = front - world.length_m[j]
+    centre = (front + rear) / 2 + world.length_m[me] / 2
+    lateral = dl * lane_width_m
+    side = np.sign(centre)
+    group = (k * 3 + dl + 1) * 2 + (side > 0)  # observer, lane, direction
+    order = np.lexsort((np.abs(centre), group))  # nearest first in each group (ties: row order)
+    first = np.r_[True, group[order][1:] != group[order][:-1]]
+    occluded = np.empty(len(k), dtype=bool)
+    occluded[order] = ~first
+    return {
+        "k": k, "row": dl + 1, "front_m": front, "rear_m": rear, "centre_m": centre,
+        "r_m": np.hypot(centre, lateral), "azimuth_rad": np.arctan2(lateral, centre),
+        "dv_mps": world.speed_mps[j] - world.speed_mps[me], "occluded": occluded & (side != 0),
+    }  # fmt: skip
 
 
 def sample_frames(shapes: dict[str, list[int]], frames: int, seed: int) -> dict[str, np.ndarray]:

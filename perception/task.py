@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from cavlab.config.scenario import PERCEPTION_SLOTS as SLOTS
 from cavlab.world import WorldState
 
-SLOTS = ("own_front", "own_rear", "left_front", "left_rear", "right_front", "right_rear")
 SLOT_LANE = (0, 0, 1, 1, -1, -1)  # lane offset of each slot
 SLOT_AHEAD = (True, False, True, False, True, False)
 RANGE_M = 60.0

@@ -117,6 +117,9 @@ class Blindfold:
             **{**world.__dict__, **{k: v[:0] for k, v in world.__dict__.items() if isinstance(v, np.ndarray)}}
         )
 
+    def guard(self, commands: list[Command]) -> list[Command]:
+        return commands
+
     def metrics(self) -> dict:
         return {"blindfolded": True}
 

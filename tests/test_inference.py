@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from cavlab.perception.fusion import DeepGate, FusionModel, Selection
+from cavlab.perception.fusion import CONFIGURATIONS, DeepGate, FusionModel, Selection
 from cavlab.perception.inference import BatchedPerception, StateTable
 
 SHAPES = {"camera": [2, 3, 24], "lidar": [2, 3, 60], "radar": [8, 4]}
@@ -48,6 +48,12 @@ def test_onnx_runtime_backend_matches_torch() -> None:
     rng = np.random.default_rng(1)
     frames = {k: rng.random((40, *v), dtype=np.float32) for k, v in SHAPES.items()}
     expected, choice = BatchedPerception(model, gate, Selection(gamma=1.0), energies, device="cpu").estimate(frames)
-    got, got_choice = OrtPerception(model, gate, Selection(gamma=1.0), energies).estimate(frames)
+    ort_perception = OrtPerception(model, gate, Selection(gamma=1.0), energies)
+    got, got_choice = ort_perception.estimate(frames)
+    np.testing.assert_array_equal(got_choice, choice)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    given = [CONFIGURATIONS[k % len(CONFIGURATIONS)] for k in range(40)]  # every configuration, chosen per frame
+    expected, choice = BatchedPerception(model, gate, Selection(), energies, device="cpu").estimate(frames, given)
+    got, got_choice = ort_perception.estimate(frames, given)
     np.testing.assert_array_equal(got_choice, choice)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)

@@ -3,6 +3,7 @@ loop from the CLI on real SUMO (torch and ONNX Runtime)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -11,12 +12,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import cavlab.perception
 from cavlab.cli import app
 from cavlab.config.scenario import ContextSpec, PerceptionSpec, SimulationSpec
 from cavlab.errors import UserError
+from cavlab.hw.backends.onnxruntime import OrtPerception
+from cavlab.perception.inference import BatchedPerception
 from cavlab.perception.task import neighbour_targets
-from cavlab.sim.perception_loop import PerceptionLoop
-from cavlab.world import WorldState
+from cavlab.sim.perception_loop import PerceptionLoop, radar_leader
+from cavlab.world import Accelerate, Release, SetSpeed, WorldState
 
 DT = 0.1
 # id, CAV, lane, x at t = 0 [m], speed [m/s]
@@ -69,7 +73,7 @@ def observe(loop: PerceptionLoop, oracle: Oracle, world: WorldState) -> WorldSta
 
 
 def test_the_controller_sees_cavs_exactly_and_others_after_the_latency(perception_model_dir: Path) -> None:
-    loop, oracle = make_loop(perception_model_dir, latency_s=0.25)  # ⌈0.25 / 0.1⌉ = 3 steps
+    loop, oracle = make_loop(perception_model_dir, latency_s=0.25, uncertainty_k=0.0)  # ⌈0.25 / 0.1⌉ = 3 steps
     assert loop.delay_steps.tolist() == [3] * len(loop.delay_steps)
     seen = [observe(loop, oracle, world_at(k)) for k in range(1, 6)]
     for perceived in seen[:3]:  # the first frame (step 1) is delivered at step 4
@@ -92,7 +96,8 @@ def test_the_controller_sees_cavs_exactly_and_others_after_the_latency(perceptio
 
 
 def test_unseen_vehicles_are_held_then_dropped_and_ghosts_last_one_step(perception_model_dir: Path) -> None:
-    loop, oracle = make_loop(perception_model_dir, latency_s=0.0, track_hold_s=0.3)
+    loop, oracle = make_loop(perception_model_dir, latency_s=0.0, track_hold_s=0.3, leader_hold_s=0.0,
+                             uncertainty_k=0.0)  # fmt: skip
     assert loop.delay_steps.tolist() == [0] * len(loop.delay_steps)
     observe(loop, oracle, world_at(1))
     oracle.ghost = (0, 2)  # cav_a reports a vehicle 12 m ahead in the left lane that is not there
@@ -114,6 +119,81 @@ def test_unseen_vehicles_are_held_then_dropped_and_ghosts_last_one_step(percepti
     assert loop.metrics()["perception_ghost_share"] > 0
 
 
+def test_footprints_widen_with_uncertainty_and_leaders_are_held_through_misses(perception_model_dir: Path) -> None:
+    """cav_b out of the way: hdv_front is cav_a's own-lane leader, hdv_left only its left rear. Exact estimates
+    (presence 1: σ = σ₀) delivered after 0.2 s: every perceived non-CAV is k·σ longer at both ends, σ = σ₀ + σ_v·age.
+    Then both leave the sensors' view: hdv_left is dropped after track_hold_s, the leader held for leader_hold_s."""
+    spec = {"latency_s": 0.15, "track_hold_s": 0.3, "leader_hold_s": 1.0, "uncertainty_k": 2.0, "gap_sigma_m": 1.5,
+            "speed_sigma_mps": 1.0}  # fmt: skip
+    loop, oracle = make_loop(perception_model_dir, **spec)
+    for k in range(1, 4):
+        perceived = observe(loop, oracle, world_at(k, drop=("cav_b",)))
+    truth = world_at(3, drop=("cav_b",))
+    for vid in ("hdv_front", "hdv_left"):
+        p, t = perceived.index_of(vid), truth.index_of(vid)
+        margin = 2.0 * (1.5 + 1.0 * 0.2)  # the frame of step 1, delivered at step 3: 0.2 s old
+        assert perceived.x_m[p] == pytest.approx(truth.x_m[t] + margin, abs=1e-4)
+        assert perceived.length_m[p] == pytest.approx(5.0 + 2 * margin, abs=1e-4)
+    a = perceived.index_of("cav_a")
+    assert perceived.x_m[a] == truth.x_m[truth.index_of("cav_a")] and perceived.length_m[a] == 5.0  # CAVs exact
+    seen_last = 3 * DT  # the frame of step 3 is the last with both in view
+    for k in range(4, 20):
+        perceived = observe(loop, oracle, world_at(k, drop=("cav_b", "hdv_front", "hdv_left")))
+        age = 0.2 if k <= 5 else k * DT - seen_last  # frames of steps 2 and 3 still come at steps 4 and 5
+        assert (perceived.index_of("hdv_left") >= 0) == (k * DT - seen_last <= 0.3 + 0.2 + 1e-9), k
+        held = perceived.index_of("hdv_front") >= 0
+        assert held == (k * DT - seen_last <= 1.0 + 0.2 + 1e-9), k
+        if held:
+            row = perceived.index_of("hdv_front")
+            assert perceived.length_m[row] == pytest.approx(5.0 + 4.0 * (1.5 + 1.0 * age), abs=1e-4)
+    assert loop.metrics()["perception_leader_hold_s"] > 0
+
+
+def test_faults_are_injected_and_emergency_braking_overrides_the_plan(perception_model_dir: Path) -> None:
+    """cav_a (driven by the controller) closes on a slower hdv_front 12 m ahead (TTC 1.2 s) while an injected
+    fault hides every own-lane leader: the raw radar sees it, the fused estimate does not, cav_a brakes."""
+    loop, oracle = make_loop(perception_model_dir, latency_s=0.0, track_hold_s=0.0, leader_hold_s=0.0,
+                             faults=[{"kind": "miss", "slot": "own_front", "start_s": 0.0, "duration_s": 5.0},
+                                     {"kind": "ghost", "slot": "left_front", "start_s": 0.25, "duration_s": 0.1,
+                                      "gap_m": 9.0, "speed_mps": -2.0}])  # fmt: skip
+    base = world_at(1)
+    rows = {vid: base.index_of(vid) for vid in ("hdv_front", "cav_a")}
+    x, v = base.x_m.copy(), base.speed_mps.copy()
+    x[rows["hdv_front"]], v[rows["hdv_front"]] = x[rows["cav_a"]] + 5.0 + 12.0, 10.0
+    controlled = base.ids == "cav_a"
+    world = dataclasses.replace(base, x_m=x, speed_mps=v, controlled=controlled)
+    perceived = observe(loop, oracle, world)
+    assert perceived.index_of("hdv_front") < 0  # missed by the fault (and no track held)
+    commands = [Accelerate("cav_a", 1.0), SetSpeed("cav_b", 25.0), Release("hdv_left")]
+    guarded = loop.guard(commands)
+    assert Accelerate("cav_a", -loop.spec.emergency_decel_mps2) in guarded and guarded[1:] == commands[1:]
+    assert loop.metrics()["perception_emergency_brakings"] == 1
+    later = dataclasses.replace(world, time_s=0.3)
+    perceived = observe(loop, oracle, later)
+    assert any(vid.startswith("ghost:") for vid in perceived.ids.tolist())  # the ghost fault's window
+    assert loop.guard([]) == [Accelerate("cav_a", -loop.spec.emergency_decel_mps2)]
+    metrics = loop.metrics()  # one braking going on over two steps; the fault windows, 2 + 1 steps
+    assert metrics["perception_emergency_brakings"] == 1 and metrics["perception_emergency_braking_s"] == 0.2
+    assert metrics["perception_fault_s"] == pytest.approx(0.3)
+    released = loop.guard([Release("cav_a")])
+    assert released == [Release("cav_a")]  # handed back to SUMO: SUMO's driver, on the truth, brakes
+    calm = dataclasses.replace(later, controlled=np.zeros(len(later), dtype=bool))
+    observe(loop, oracle, calm)
+    assert loop.guard(commands) == commands  # nobody the controller drives is in danger
+
+
+def test_radar_leader_is_the_nearest_return_in_the_lane_ahead() -> None:
+    """Returns (present, range/160, azimuth/π, rate/30): one 30 m straight ahead closing at 5 m/s, one nearer in
+    the next lane, one behind; the gap subtracts half of each length (the observer's 4 m, an assumed 5 m)."""
+    adjacent = np.arctan2(3.2, 20.0)
+    radar = np.array([[[1, 30 / 160, 0.0, -5 / 30], [1, np.hypot(20, 3.2) / 160, adjacent / np.pi, 0.0],
+                       [1, 10 / 160, 1.0, 0.0], [0, 0, 0, 0]],
+                      [[0, 0, 0, 0]] * 4], dtype=np.float32)  # fmt: skip
+    gap, rate = radar_leader(radar, np.array([4.0, 4.0]), 3.2, 160.0)
+    assert gap[0] == pytest.approx(30.0 - 4.5, abs=1e-4) and rate[0] == pytest.approx(-5.0, abs=1e-5)
+    assert gap[1] == np.inf and rate[1] == 0.0
+
+
 def test_costs_come_from_the_target_and_gate_modes_choose(perception_model_dir: Path) -> None:
     fast = PerceptionLoop(PerceptionSpec(enabled=True, model=str(perception_model_dir), target="jetson-agx-orin"),
                           ContextSpec(), SimulationSpec(), lane_width_m=3.2)  # fmt: skip
@@ -133,8 +213,12 @@ def test_costs_come_from_the_target_and_gate_modes_choose(perception_model_dir: 
 
 
 def test_the_gpu_path_falls_back_to_the_cpu(perception_model_dir: Path) -> None:
+    """backend auto: torch on CUDA, ONNX Runtime on a CPU; torch asked for runs on the CPU without CUDA."""
     loop = PerceptionLoop(PerceptionSpec(enabled=True, model=str(perception_model_dir)), ContextSpec(),
                           SimulationSpec(), lane_width_m=3.2)  # fmt: skip
+    assert isinstance(loop.backend, BatchedPerception if torch.cuda.is_available() else OrtPerception)
+    loop = PerceptionLoop(PerceptionSpec(enabled=True, model=str(perception_model_dir), backend="torch"),
+                          ContextSpec(), SimulationSpec(), lane_width_m=3.2)  # fmt: skip
     assert loop.backend.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match=r"perception\.device: cuda, but torch sees no CUDA device"):
@@ -190,3 +274,24 @@ def test_the_perception_study_plans_every_context_and_configuration(perception_m
     out = tmp_path / "study"
     result = CliRunner().invoke(app, ["perception", "study", str(tmp_path / "no-model"), "--out", str(out)])
     assert result.exit_code == 2 and "has no checkpoint.pt" in result.output and not out.exists()
+
+
+@pytest.mark.sumo
+def test_the_defence_acts_on_injected_faults_and_nothing_collides(tmp_path: Path) -> None:
+    """The shipped model in the loop of highway-lane-change (cooperative controller, every CAV flow a CAV) with
+    0.3 s more latency, every CAV's own-lane leader missed for 2 s every 10 s and a ghost in its left-front slot
+    for 1 s every 15 s: leaders are held through the misses, and no vehicle collides (SUMO's collision check)."""
+    model = Path(cavlab.perception.__file__).parent / "models" / "highway-fusion-h64"
+    faults = ("[{kind: miss, slot: own_front, start_s: 30, duration_s: 2, every_s: 10}, "
+              "{kind: ghost, slot: left_front, start_s: 35, duration_s: 1, every_s: 15, gap_m: 8}]")  # fmt: skip
+    sets = ["demand.cav_share=1.0", "control.controller=cooperative", "simulation.warmup_s=30", "simulation.seed=1",
+            "perception.enabled=true", f"perception.model={model}", "perception.extra_latency_s=0.3",
+            f"perception.faults={faults}"]  # fmt: skip
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["run", "highway-lane-change", "--duration", "120", "--out", str(out), "-q",
+                                      *[a for s in sets for a in ("--set", s)]])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "summary.json").read_text())["metrics"]
+    assert metrics["perception_fault_s"] == pytest.approx(9 * 2.0 + 6 * 1.0, abs=0.15)  # the windows after 30 s
+    assert metrics["perception_leader_hold_s"] > 0 and metrics["perception_delay_s"] >= 0.4
+    assert metrics["collisions"] == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,14 @@ from typer.testing import CliRunner
 from cavlab.cli import app
 from cavlab.config.scenario import ContextSpec, SensorFault
 from cavlab.perception.dataset import load_dataset
-from cavlab.perception.sensors import SensorSuite, detection_probability, sensor_params, sensor_table
+from cavlab.perception.sensors import (
+    SENSOR_VERSION,
+    SensorSuite,
+    _synthetic_world,
+    detection_probability,
+    sensor_params,
+    sensor_table,
+)
 from cavlab.perception.task import RANGE_M, SLOT_AHEAD, SLOT_LANE, neighbour_rows, neighbour_targets, slot_correct
 from cavlab.world import WorldState
 
@@ -108,6 +116,71 @@ def test_occlusion_fov_and_blackout() -> None:
     assert not blind.observe(world, np.zeros(5, dtype=int), np.random.default_rng(0)).camera.any()
 
 
+def _frames_digest(version: int) -> str:
+    """SHA-256 of the frames of 13 synthetic worlds (every weather × light, then a rain-night world with a lidar
+    dropout fault and a camera blackout on 3.7 m lanes), each observed with a seeded generator."""
+    digest, worlds = hashlib.sha256(), np.random.default_rng(5)
+    table = sensor_table()
+    contexts = [(ContextSpec(weather=w, light=li), 3.2, 7) for w in table["weather"] for li in table["light"]]
+    faults = [SensorFault(sensor="lidar", kind="dropout", severity=0.5),
+              SensorFault(sensor="camera", kind="blackout", severity=0.3)]  # fmt: skip
+    contexts.append((ContextSpec(weather="rain", light="night", sensor_faults=faults), 3.7, 8))
+    for k, (context, lane_width_m, seed) in enumerate(contexts):
+        world = _synthetic_world(worlds)
+        observers = np.flatnonzero(world.is_cav & ((world.x_m > 100) & (world.x_m < 500) | (k == 12)))
+        frames = SensorSuite(context, lane_width_m=lane_width_m, version=version).observe(
+            world, observers, np.random.default_rng(seed))  # fmt: skip
+        for array in (frames.camera, frames.lidar, frames.radar):
+            digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def test_version_1_replays_the_frames_of_the_sensors_before_version_2() -> None:
+    """The digest was taken with the sensors as they were before version 2 (commit 97e31be): datasets of
+    version 1 are regenerated frame for frame."""
+    assert _frames_digest(1) == "ca29bc87337908e3a8f5d2f6cc9ffe56fa5a1d56fbd285709d249752999b959c"
+    assert _frames_digest(2) != _frames_digest(1)
+
+
+def test_both_versions_give_the_same_frames_where_nothing_is_random() -> None:
+    """Two observers 5 km apart, each with one vehicle ahead and one behind in each lane (nothing occluded
+    nearby), noise-free sensors that see everything: the frames do not depend on how the draws are grouped."""
+    x, lane = [], []
+    for base in (0.0, 5000.0):
+        x += [base, base + 22.0, base - 18.0, base + 30.0, base - 26.0, base + 14.0, base - 40.0]
+        lane += [1, 1, 1, 2, 2, 0, 0]
+    world = world_of(x=x, lane=lane, v=[25.0, 22, 27, 30, 28, 20, 24] * 2)
+    table = copy.deepcopy(sensor_table())
+    for name in ("camera", "lidar", "radar"):
+        table[name].update(noise=0.0, dropout=0.0, clutter=0.0, speed_noise_mps=0.0, range_m=1e6)
+    table["radar"]["returns"] = 6
+    observers = np.array([0, 7])
+    v1, v2 = (SensorSuite(ContextSpec(), table, lane_width_m=3.2, version=v).observe(
+        world, observers, np.random.default_rng(3)) for v in (1, 2))  # fmt: skip
+    for name in ("camera", "lidar", "radar"):
+        np.testing.assert_array_equal(getattr(v1, name), getattr(v2, name))
+    assert v2.radar[:, :, 0].sum() == 12 and v2.lidar[:, 0].any(axis=-1).all()
+    for version in (1, 2):  # no observer: empty frames of the right shapes
+        none = SensorSuite(ContextSpec(), table, lane_width_m=3.2, version=version).observe(
+            world, np.zeros(0, dtype=int), np.random.default_rng(0))  # fmt: skip
+        assert none.camera.shape == (0, *v2.camera.shape[1:]) and none.radar.shape == (0, *v2.radar.shape[1:])
+
+
+def test_both_versions_draw_from_the_same_distributions() -> None:
+    """Per sensor, the mean occupancy (camera, lidar) and the mean number of radar returns per frame of 2000
+    observations in fog at night agree between the versions within 5 standard errors of their difference."""
+    world = world_of(x=[0.0, 25.0, 45.0, 2.0, -20.0, 30.0], lane=[0, 0, 0, 1, 1, 1], v=[25.0, 24, 26, 27, 22, 25])
+    context = ContextSpec(weather="fog", light="night")
+    observers = np.zeros(2000, dtype=int)
+    frames = [SensorSuite(context, lane_width_m=3.2, version=v).observe(world, observers, np.random.default_rng(v))
+              for v in (1, 2)]  # fmt: skip
+    for per_frame in (lambda f: (f.camera[:, 0] > 0.5).mean(axis=(1, 2)), lambda f: (f.lidar[:, 0] > 0.5).mean(
+            axis=(1, 2)), lambda f: f.radar[:, :, 0].sum(axis=1)):  # fmt: skip
+        a, b = (per_frame(f) for f in frames)
+        error = np.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
+        assert error > 0 and abs(a.mean() - b.mean()) <= 5 * error
+
+
 @pytest.mark.parametrize("lane_width_m", [3.2, 4.0])
 def test_radar_measures_range_azimuth_and_range_rate(lane_width_m: float) -> None:
     world = world_of(x=[0.0, 35.0], lane=[0, 1], v=[20.0, 26.0])
@@ -144,6 +217,7 @@ def test_dataset_is_reproducible_and_bad_input_is_refused(tmp_path: Path) -> Non
     manifest, a = load_dataset(tmp_path / "a")
     _, b = load_dataset(tmp_path / "b")
     assert manifest["contexts"] == ["fog-night"] and manifest["samples"] == len(a["targets"]) > 0
+    assert manifest["sensor_version"] == SENSOR_VERSION == 2
     for key in a:
         np.testing.assert_array_equal(a[key], b[key])
     assert not (tmp_path / "a" / ".sumo").exists()
@@ -151,6 +225,7 @@ def test_dataset_is_reproducible_and_bad_input_is_refused(tmp_path: Path) -> Non
         (["--weather", "hail"], "unknown weather 'hail' (allowed: clear, rain, fog, snow)"),
         (["--every", "0.25"], "--every 0.25 must be a multiple of the step length (0.1 s)"),
         (["--sensors", str(tmp_path / "none.yaml")], "none.yaml': no such file"),
+        (["--sensor-version", "3"], "--sensor-version 3 is not known (allowed: 1, 2)"),
     ]:
         done = runner.invoke(app, ["perception", "dataset", *bad, "--out", str(tmp_path / "bad")])
         assert done.exit_code == 2 and message in " ".join(done.output.split()), done.output

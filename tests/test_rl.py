@@ -4,6 +4,7 @@ evaluation, the rule-based driver, and one clear error for every bad input."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import gymnasium as gym
@@ -13,7 +14,7 @@ from typer.testing import CliRunner
 from cavlab.cli import app
 from cavlab.envs.actions import LANE_LEFT, LANE_RIGHT
 from cavlab.rl.baselines import rule_based_action
-from cavlab.rl.sb3 import learning_curve
+from cavlab.rl.sb3 import EVAL_SEED, THREAD_VARIABLES, compute_threads, learning_curve, load_policy, read_evaluations
 
 runner = CliRunner()
 
@@ -60,6 +61,58 @@ def test_train_then_evaluate_end_to_end(tmp_path: Path) -> None:
     assert (tmp_path / "a" / "returns.png").stat().st_size > 0
 
 
+def test_compute_threads_sets_the_learner_and_the_workers_then_restores_both(monkeypatch) -> None:
+    import torch
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    with compute_threads(3):
+        assert torch.get_num_threads() == 3
+        assert all(os.environ[key] == "1" for key in THREAD_VARIABLES)  # what worker processes started here get
+    assert torch.get_num_threads() == before
+    assert os.environ["OMP_NUM_THREADS"] == "7" and "MKL_NUM_THREADS" not in os.environ
+
+
+SHORT = ["--env", "warmup_s=5", "--env", "episode_s=8"]
+
+
+@pytest.mark.sumo
+def test_evaluation_during_training_keeps_the_best_policy_and_resumes(tmp_path: Path) -> None:
+    out = tmp_path / "ppo"
+    args = ["train", "cavlab/LaneChange-v0", "--envs", "1", "--seed", "3", *SHORT, "--hp", "n_steps=64",
+            "--hp", "net_arch=[16, 16]", "--eval-every", "128", "--eval-episodes", "2", "--out", str(out)]  # fmt: skip
+    done = invoke(*args, "--timesteps", "200")
+    assert done.exit_code == 0, done.output
+    meta = json.loads((out / "train.json").read_text())
+    assert meta["hp"] == {"n_steps": 64, "net_arch": [16, 16]} and meta["threads"] == 1
+    assert meta["hyperparameters"]["n_steps"] == 64 and meta["hyperparameters"]["gamma"] == 0.9
+    rows = read_evaluations(out)
+    # at the rollouts starting at 128 steps and after the last one (256): the same seeded episodes each time
+    assert [(r["timesteps"], r["seed"]) for r in rows] == [(128, EVAL_SEED), (128, EVAL_SEED + 1),
+                                                            (256, EVAL_SEED), (256, EVAL_SEED + 1)]  # fmt: skip
+    means = {step: sum(r["return"] for r in rows if r["timesteps"] == step) / 2 for step in (128, 256)}
+    best = max(means, key=means.get)
+    assert (meta["best_eval_timesteps"], meta["best_eval_return"]) == (best, pytest.approx(means[best]))
+    assert (out / "best_policy.zip").stat().st_size > 0
+    assert all(r["outcome"] in ("collision", "lane_end", "goal", "time") for r in rows)
+
+    refused = invoke(*[a if a != "n_steps=64" else "n_steps=128" for a in args], "--timesteps", "400", "--resume")
+    assert refused.exit_code == 2 and "was trained with --hp" in " ".join(refused.output.split())
+    done = invoke(*args, "--timesteps", "400", "--resume")
+    assert done.exit_code == 0, done.output
+    meta = json.loads((out / "train.json").read_text())
+    assert meta["timesteps"] == 448 and meta["hyperparameters"]["net_arch"] == [16, 16]
+    assert [r["timesteps"] for r in read_evaluations(out)][4:] == [384, 384, 448, 448]
+    # the best policy, whose networks are those of --hp net_arch, drives the environment like the last
+    env = gym.make("cavlab.envs:cavlab/LaneChange-v0", warmup_s=5, episode_s=8)
+    try:
+        act = load_policy(out / "best_policy.zip", env)
+        assert env.action_space.contains(act(env.reset(seed=0)[0]))
+    finally:
+        env.close()
+
+
 @pytest.mark.sumo
 def test_dqn_trains_on_discrete_actions(tmp_path: Path) -> None:
     out = tmp_path / "dqn"
@@ -81,6 +134,21 @@ def test_dqn_trains_on_discrete_actions(tmp_path: Path) -> None:
         ),
         (["train", "cavlab/Merge-v0", "--timesteps", "0"], "need --timesteps ≥ 1 and --envs ≥ 1"),
         (["evaluate", "cavlab/Merge-v0", "--policy", "nope/policy.zip"], "nope/policy.zip: no such policy (a"),
+        (["train", "cavlab/Merge-v0", "--hp", "lr=1e-3"], "--hp lr: not a setting of PPO (allowed: batch_size,"),
+        (["train", "cavlab/Merge-v0", "--algo", "dqn", "--hp", "n_epochs=3"], "--hp n_epochs: not a setting of DQN"),
+        (["train", "cavlab/Merge-v0", "--hp", "gamma=1.5"], "--hp gamma: Input should be less than or equal to 1"),
+        (["train", "cavlab/Merge-v0", "--hp", "n_steps=many"], "--hp n_steps: Input should be a valid integer"),
+        (["train", "cavlab/Merge-v0", "--hp", "gamma"], "--hp 'gamma' must look like key=value"),
+        (["train", "cavlab/Merge-v0", "--hp", "gamma=0.9", "--hp", "gamma=0.8"], "--hp gamma is given twice"),
+        (["train", "cavlab/Merge-v0", "--hp", "net_arch=[64, [1]"], "--hp net_arch"),
+        (["train", "cavlab/Merge-v0", "--backend", "rllib", "--hp", "gamma=0.9"], "need --backend sb3"),
+        (["train", "cavlab/Merge-v0", "--threads", "0"], "--threads must be at least 1 (got 0)"),
+        (["train", "cavlab/Merge-v0", "--eval-every", "0"], "--eval-every must be between 1 and"),
+        (["train", "cavlab/Merge-v0", "--eval-every", "100", "--eval-episodes", "0"], "--eval-episodes must be"),
+        (
+            ["train", "cavlab/Merge-v0", "--eval-every", "9", "--seed", str(2**31 - 1), "--envs", "2"],
+            "would meet the evaluation's",
+        ),
         (["evaluate", "cavlab/Merge-v0", "--episodes", "0"], "need --episodes ≥ 1"),
         (["evaluate", "cavlab/Merge-v0", "--env", "action.type=continuous"], "the rule-based driver uses discrete"),
     ],

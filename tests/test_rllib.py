@@ -63,7 +63,7 @@ def test_rllib_ppo_trains_saves_and_restores(tmp_path: Path) -> None:
         (["--backend", "rllib", "--algo", "dqn"], "--backend rllib trains PPO only, not 'dqn'"),
         (["--backend", "tf"], "unknown backend 'tf' (allowed: sb3, rllib)"),
         (["--ray", "local"], "--ray needs --backend rllib"),
-        (["--backend", "rllib", "--envs", "0"], "need --timesteps ≥ 1 and --envs ≥ 1"),
+        (["--backend", "rllib", "--envs", "-1"], "need --timesteps ≥ 1 and --envs ≥ 0"),
         (["--backend", "rllib", "--env", "reward.colission=1"], "unknown environment option 'reward.colission'"),
     ],
 )

@@ -23,7 +23,7 @@ from cavlab.cli.experiments import run_sweep
 from cavlab.errors import UserError
 from cavlab.experiments.datasets import generate, plan_dataset
 from cavlab.experiments.sweep import load_sweep, write_summary
-from cavlab.perception.sensors import read_sensor_table
+from cavlab.perception.sensors import SENSOR_VERSION, read_sensor_table
 from cavlab.runs.rundir import staged_run_dir
 
 
@@ -36,13 +36,16 @@ def perception_dataset(
     warmup: Annotated[float, typer.Option(help="Warm-up per run, not sampled [s]")] = 60.0,
     every: Annotated[float, typer.Option(help="Sampling period [s]")] = 1.0,
     sensors: Annotated[Path | None, typer.Option(help="A sensor table replacing the shipped sensors.yaml")] = None,
+    sensor_version: Annotated[
+        int, typer.Option(help="How the sensors draw their noise: 2 (all observers at once), 1 (datasets before 2)")
+    ] = SENSOR_VERSION,
     overrides: SetOption = None,
     out_dir: Annotated[Path, typer.Option("--out", help="Dataset directory")] = Path("runs/perception-data"),
 ) -> None:
     """Simulate every CAV's camera, lidar and radar frames with their true neighbours, per context and seed."""
     table = None if sensors is None else read_sensor_table(sensors)
     weathers, lights = weather or ["clear", "rain", "fog", "snow"], light or ["day", "night"]
-    plan = plan_dataset(scenario, overrides or [], weathers, lights, seeds, duration, warmup, every)
+    plan = plan_dataset(scenario, overrides or [], weathers, lights, seeds, duration, warmup, every, sensor_version)
     runs = len(plan.contexts) * len(plan.seeds)
     bar = ProgressBar("dataset", runs, "runs", columns=("{task.description}",))
     with staged_run_dir(out_dir) as staging, bar:

@@ -418,16 +418,49 @@ class ContextSpec(InputModel):
     sensor_faults: list[SensorFault] = Field(default_factory=list)
 
 
+PERCEPTION_SLOTS = ("own_front", "own_rear", "left_front", "left_rear", "right_front", "right_rear")
+
+
+class PerceptionFault(InputModel):
+    """A perception fault injected into every CAV's estimates while it is active (from `start_s` for
+    `duration_s`, again every `every_s` if set): `miss` drops the slot's detection, `ghost` reports a vehicle
+    in the slot at `gap_m` with relative speed `speed_mps`."""
+
+    kind: Literal["miss", "ghost"]
+    slot: Literal[PERCEPTION_SLOTS] = "own_front"  # type: ignore[valid-type]
+    start_s: Annotated[float, Field(ge=0, le=86_400)] = 0.0
+    duration_s: Annotated[float, Field(gt=0, le=86_400)] = 2.0
+    every_s: Annotated[float, Field(gt=0, le=86_400)] | None = None
+    gap_m: Annotated[float, Field(ge=0, le=60)] = 8.0
+    speed_mps: Annotated[float, Field(ge=-30, le=30)] = 0.0
+
+    @model_validator(mode="after")
+    def _check_period(self) -> PerceptionFault:
+        if self.every_s is not None and self.every_s < self.duration_s:
+            raise ValueError(f"every_s = {self.every_s:g} must be at least duration_s = {self.duration_s:g}")
+        return self
+
+    def active(self, time_s: float) -> bool:
+        since = time_s - self.start_s
+        if since < 0:
+            return False
+        return (since % self.every_s if self.every_s is not None else since) < self.duration_s
+
+
 class PerceptionSpec(InputModel):
     """Perception in the loop: controllers plan on what the CAVs' sensors and a trained fusion model
-    estimate instead of SUMO's ground truth (cavlab.sim.perception_loop)."""
+    estimate instead of SUMO's ground truth (cavlab.sim.perception_loop), with its defences: footprints
+    widened by the estimates' uncertainty, own-lane leaders held through short misses, and emergency
+    braking on the raw radar."""
 
     enabled: bool = Field(False, description="Off: controllers see the ground truth")
     model: str | None = Field(None, description="A model directory from `cavlab perception train`")
     gate: Literal["deep", "knowledge", "all"] = Field(
         "deep", description="deep or knowledge gate (branches switched off), or all branches fused"
     )
-    backend: Literal["torch", "onnxruntime"] = "torch"
+    backend: Literal["auto", "torch", "onnxruntime"] = Field(
+        "auto", description="auto: torch on CUDA when the device resolves to it, else ONNX Runtime (faster on CPUs)"
+    )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="torch: CUDA when available, else CPU")
     target: str = Field("jetson-orin-nano", description="Edge target (hw/targets): latency and energy per frame")
     latency_s: Annotated[float, Field(ge=0, le=10)] | None = Field(
@@ -439,6 +472,23 @@ class PerceptionSpec(InputModel):
     track_hold_s: Annotated[float, Field(ge=0, le=60)] = Field(
         0.5, description="A vehicle no sensor sees is predicted this long"
     )
+    leader_hold_s: Annotated[float, Field(ge=0, le=60)] = Field(
+        2.5, description="… and this long if it was some CAV's own-lane leader"
+    )
+    uncertainty_k: Annotated[float, Field(ge=0, le=10)] = Field(
+        2.0, description="A perceived vehicle's footprint is widened by k·σ at both ends (0: off)"
+    )
+    gap_sigma_m: Annotated[float, Field(ge=0, le=50)] = Field(
+        1.5, description="σ of a detection's position at full confidence"
+    )
+    speed_sigma_mps: Annotated[float, Field(ge=0, le=30)] = Field(
+        1.0, description="σ of a detection's speed: σ grows by this per second of the estimate's age"
+    )
+    emergency_braking: bool = Field(True, description="Brake on the raw radar when it and the fused estimate disagree")
+    emergency_ttc_s: Annotated[float, Field(gt=0, le=10)] = 1.5
+    emergency_decel_mps2: Annotated[float, Field(gt=0, le=12)] = 6.0
+    emergency_disagreement_m: Annotated[float, Field(ge=0, le=100)] = 5.0
+    faults: list[PerceptionFault] = Field(default_factory=list, description="Injected perception faults")
 
     @model_validator(mode="after")
     def _check(self) -> PerceptionSpec:

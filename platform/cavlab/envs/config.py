@@ -52,11 +52,12 @@ GRID_FEATURES = ("presence", "vx", "cav")
 
 
 class ObservationSpec(InputModel):
-    """What the agent sees: the nearest vehicles' kinematics, an occupancy grid around it, or its
+    """What the agent sees: the nearest vehicles' kinematics, an occupancy grid around it, the times
+    to collision with its leaders and followers in its own and the adjacent lanes, or its
     neighbours as its own perception estimates them (simulated sensors under the scenario's
     context, then a model from `cavlab perception train` in `model`)."""
 
-    type: Literal["kinematics", "occupancy_grid", "perception"] = "kinematics"
+    type: Literal["kinematics", "occupancy_grid", "ttc", "perception"] = "kinematics"
     model: str | None = Field(None, description="perception: a model directory from `cavlab perception train`")
     vehicles_count: Annotated[int, Field(ge=1, le=64)] = Field(7, description="Rows, the ego's included")
     features: tuple[str, ...] | None = Field(
@@ -66,15 +67,16 @@ class ObservationSpec(InputModel):
     )
     range_m: Distance = Field(150.0, description="Longitudinal half-window around the ego")
     grid_step_m: Distance = 5.0
+    ttc_cap_s: Annotated[float, Field(gt=0, le=600)] = Field(10.0, description="ttc: times to collision capped here")
     normalize: bool = True
 
     @model_validator(mode="after")
     def _check_features(self) -> ObservationSpec:
         if (self.type == "perception") != (self.model is not None):
             raise ValueError("'model' goes with type 'perception', and type 'perception' needs a 'model'")
-        if self.type == "perception":
+        if self.type in ("perception", "ttc"):
             if self.features is not None:
-                raise ValueError("type 'perception' has fixed features (the six neighbour slots)")
+                raise ValueError(f"type '{self.type}' has fixed features")
             return self
         allowed = KINEMATIC_FEATURES if self.type == "kinematics" else GRID_FEATURES
         for name in self.features or ():
@@ -126,9 +128,17 @@ class RewardSpec(InputModel):
     speed_range_mps: tuple[Speed, Speed] = Field((20.0, 30.0), strict=False)
     target_lane: float = 0.5
     comfort: float = 0.05
-    disruption: float = 0.01
+    disruption: float = 0.3
     disruption_range_m: Distance = 100.0
     collision: float = 10.0
+    completion: float = 10.0
+    unsafe: float = 1.0
+    unsafe_ttc_s: Annotated[float, Field(gt=0, le=60)] = Field(
+        1.5, description="A time to collision with the leader or follower below this is unsafe"
+    )
+    unsafe_headway_s: Annotated[float, Field(ge=0, le=60)] = Field(
+        0.5, description="A bumper gap to the leader or follower below this × the ego's speed is unsafe"
+    )
 
     @model_validator(mode="after")
     def _check_range(self) -> RewardSpec:
@@ -138,12 +148,82 @@ class RewardSpec(InputModel):
         return self
 
 
+Fraction = Annotated[float, Field(ge=0, le=1)]
+Offset = Annotated[float, Field(ge=-1000, le=1000)]
+
+
+class RandomizeSpec(InputModel):
+    """Per-episode randomisation of the warmed traffic and the ego's start, drawn from the episode's
+    seed (`cavlab.envs.randomize`). Each `(lo, hi)` is a uniform range; a range with lo = hi is a
+    fixed value. Applied after the warm-up, in this order: the ego's placement is shifted; after it
+    is placed, a random share of the other vehicles is removed, the rest get new speed factors and
+    CAV types; a gap is cleared in the target lane (null: an adjacent one) and a vehicle is put
+    beside the ego there (in a cleared stretch of lane) and one farther ahead there is slowed down;
+    the ego's leader is made slow, removed or kept (slowed vehicles keep their lane). With a target
+    lane equal to the ego's, or none, "there" is an adjacent lane drawn at random."""
+
+    ego_dx_m: tuple[Offset, Offset] = Field((-50.0, 50.0), strict=False, description="Shift of ego.x_m")
+    ego_speed_mps: tuple[Speed, Speed] | None = Field(
+        None, strict=False, description="insert placement: the ego's start speed (null: ego.speed_mps)"
+    )
+    keep_fraction: tuple[Fraction, Fraction] = Field(
+        (0.7, 1.0), strict=False, description="Share of the other vehicles kept (density)"
+    )
+    speed_scale: tuple[Annotated[float, Field(gt=0, le=2)], Annotated[float, Field(gt=0, le=2)]] = Field(
+        (0.85, 1.1), strict=False, description="The episode's scale of the vehicles' speed factors"
+    )
+    speed_spread: Annotated[float, Field(ge=0, le=0.5)] = Field(
+        0.05, description="Each vehicle's speed factor: scale·(1 + U(−spread, spread))"
+    )
+    cav_share: tuple[Fraction, Fraction] | None = Field(
+        (0.0, 0.5), strict=False, description="Share of the cars (types that flows turn into CAVs) that are CAVs"
+    )
+    gap_probability: Fraction = Field(0.7, description="Chance of clearing a gap in the target lane")
+    gap_length_m: tuple[Distance, Distance] = Field((30.0, 80.0), strict=False)
+    gap_offset_m: tuple[Offset, Offset] = Field(
+        (-80.0, 120.0), strict=False, description="The gap's centre relative to the ego's front bumper"
+    )
+    beside_probability: Fraction = Field(0.5, description="Chance of a vehicle beside the ego in the target lane")
+    beside_dx_m: tuple[Offset, Offset] = Field(
+        (-5.0, 10.0), strict=False, description="Its front bumper relative to the ego's"
+    )
+    beside_dv_mps: tuple[Offset, Offset] = Field((0.0, 4.0), strict=False, description="Its speed minus the ego's")
+    slow_leader_probability: Fraction = Field(0.5, description="Chance that the ego's leader drives slowly")
+    slow_ahead_probability: Fraction = Field(
+        0.5, description="Chance that the first vehicle 30–200 m ahead in the target lane drives slowly"
+    )
+    slow_leader_speed_mps: tuple[Speed, Speed] = Field(
+        (16.0, 22.0), strict=False, description="The slow vehicles' speed (they keep their lane)"
+    )
+    no_leader_probability: Fraction = Field(
+        0.2, description="Chance that the vehicles ahead of the ego within 100 m are removed"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> RandomizeSpec:
+        for name in ("ego_dx_m", "ego_speed_mps", "keep_fraction", "speed_scale", "cav_share", "gap_length_m",
+                     "gap_offset_m", "beside_dx_m", "beside_dv_mps",
+                     "slow_leader_speed_mps"):  # fmt: skip
+            value = getattr(self, name)
+            if value is not None and not value[0] <= value[1]:
+                raise ValueError(f"{name} must be a range (lo, hi) with lo ≤ hi (got {value[0]:g}, {value[1]:g})")
+        if self.slow_leader_probability + self.no_leader_probability > 1:
+            raise ValueError("slow_leader_probability + no_leader_probability must be at most 1")
+        return self
+
+
 class EnvConfig(InputModel):
     """Everything an environment is built from."""
 
     scenario: str = Field("highway-lane-change", description="A shipped scenario name or a YAML path")
     set: tuple[str, ...] = Field((), description="Scenario overrides, key.path=value", strict=False)
-    backend: Literal["libsumo", "traci"] = "libsumo"
+    backend: Literal["auto", "libsumo", "traci"] = Field(
+        "auto",
+        description="auto: libsumo for the first live simulation of the process, TraCI for every further one",
+    )
+    warm_states: Annotated[int, Field(ge=0, le=1000)] = Field(
+        8, description="Saved warm-ups an episode restores instead of simulating warmup_s (0: warm up every episode)"
+    )
     decision_period_s: Annotated[float, Field(gt=0, le=60)] = 1.0
     episode_s: Annotated[float, Field(gt=0, le=86_400)] = 40.0
     warmup_s: Annotated[float, Field(ge=0, le=86_400)] = Field(
@@ -162,6 +242,9 @@ class EnvConfig(InputModel):
     observation: ObservationSpec = Field(default_factory=ObservationSpec)
     action: ActionSpec = Field(default_factory=ActionSpec)
     reward: RewardSpec = Field(default_factory=RewardSpec)
+    randomize: RandomizeSpec | None = Field(
+        default_factory=RandomizeSpec, description="Per-episode randomisation (null: the warmed traffic as it is)"
+    )
 
 
 def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:

@@ -6,6 +6,23 @@ becomes a lane request and an acceleration law, injected into every engine step 
 while the scenario's controller drives the rest (it sees the agents as human-driven vehicles
 and never commands them). With the option `metrics`, every step is read and the episode's run
 metrics are gathered as in `cavlab run`.
+
+Backends (option `backend`): libsumo runs one simulation per process, so with `auto` (the
+default) the first env of a process to start SUMO gets libsumo and every env that starts
+while that one is live gets a SUMO child process over TraCI on 127.0.0.1 (its own connection);
+each env decides when it starts SUMO and keeps its SUMO (and backend) from episode to episode.
+Both backends run the same SUMO, so an episode is the same on either (tests/test_env_vector.py).
+
+Resets (option `warm_states`): the warm-up is simulated once per warm state k = 0 … K−1 (SUMO
+seeded with k) and SUMO's state saved (`saveState`, binary); an episode with seed s loads warm
+state s mod K into the running SUMO (TraCI's `load` with `--load-state`, `--seed s`: the network
+is read again, SUMO's random number generators are seeded with s) instead of simulating the
+warm-up. Same seed, same episode; the traffic at the end of the warm-up is one of K, and what
+follows it is drawn from s. The state is saved without its random number states
+(`--save-state.rng` is off), so nothing of the warm-up's randomness carries over. A scenario
+controller that commands vehicles on its own (its memory is not in SUMO's state) warms up every
+episode, as does `warm_states: 0`. With the option `metrics`, an episode that restores a warm
+state counts its metrics from the end of the warm-up (as `cavlab run` after its warm-up).
 """
 
 from __future__ import annotations
@@ -14,6 +31,7 @@ import dataclasses
 import shutil
 import tempfile
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,9 +43,9 @@ from cavlab.controllers import Controller, make_controller
 from cavlab.controllers.cooperative import CooperativeLaneChange, CooperativeParams
 from cavlab.envs.actions import ActionType, make_action
 from cavlab.envs.config import EgoSpec, EnvConfig, EnvConfigError
-from cavlab.envs.observations import PerceivedNeighbours, RoadFrame, make_observation
+from cavlab.envs.observations import PerceivedNeighbours, RoadFrame, lane_ttc, make_observation
 from cavlab.errors import SimulationError
-from cavlab.sim.backends import SumoBackend
+from cavlab.sim.backends import SumoBackend, libsumo_in_use
 from cavlab.sim.engine import Engine, RunResult, control_setup
 from cavlab.sim.network import Network
 from cavlab.sim.resolve import load_scenario
@@ -53,7 +71,8 @@ class Agent:
     x_m: float
     speed_mps: float = 0.0
     lane_change_until_s: float = -np.inf
-    followers: dict[int, tuple[float, float]] = field(default_factory=dict)
+    lane0: int = 0  # its lane when the decision period began
+    behind: dict[int, tuple[int, float, float]] = field(default_factory=dict)  # slot → (lane, x, v) then
     u2_sum: float = 0.0
     steps: int = 0
     outcome: str | None = None  # collision, lane_end, goal, left_network
@@ -113,7 +132,10 @@ class AgentTraffic:
         self.goal_x_m = config.goal_x_m if config.goal_x_m is not None else road.length_m - 50.0
         self.agents: dict[str, Agent] = {}
         self.engine: Engine | None = None
+        self._warm: dict[int, Path] = {}  # warm state k → its saved state
         self._cleanup: weakref.finalize | None = None
+        self.substep_hooks: list[Callable[[], None]] = []
+        """Called after every engine step of a decision period in `step` (e.g. a renderer grabbing frames)."""
 
     # ------------------------------------------------------------------ setup
 
@@ -129,8 +151,9 @@ class AgentTraffic:
         step = scenario.simulation.step_length_s
         waits = max(3 * INSERT_WAIT_S, TAKEOVER_WAIT_S)
         duration = np.ceil((cfg.warmup_s + waits + cfg.episode_s + cfg.decision_period_s) / step) * step
+        backend = "libsumo" if cfg.backend == "auto" else cfg.backend  # auto: decided at each start of SUMO
         sim = scenario.simulation.model_copy(update={"duration_s": float(duration), "warmup_s": 0.0,
-                                                     "backend": cfg.backend})  # fmt: skip
+                                                     "backend": backend})  # fmt: skip
         # an episode ends at any step: with metrics, the loops' counts must cover it to its last step
         outputs = scenario.outputs.model_copy(update={"detector_period_s": step if cfg.metrics else None})
         return scenario.model_copy(update={"simulation": sim, "outputs": outputs})
@@ -141,8 +164,14 @@ class AgentTraffic:
             return
         workdir = Path(tempfile.mkdtemp(prefix="cavlab-env-"))
         self._cleanup = weakref.finalize(self, shutil.rmtree, workdir, True)
+        self._control_setup = control_setup(self.scenario)
         self.controller = self._controller(self.scenario.simulation.seed)
         self.engine = Engine(self.scenario, workdir, _TrafficController(self), collect_metrics=self.config.metrics)
+        self._warm = {}
+        self._restorable = round(self.config.warmup_s / self.step_length_s) > 0 and (
+            not self.controller.issues_commands
+            or (isinstance(self.controller, CooperativeLaneChange) and not self.controller.autonomous)
+        )
         self._edge_lanes = np.array([e.lanes for e in self.network.edges])
         self._edge_offset = np.array([e.lane_offset for e in self.network.edges])
         self._lane_end_x = self.network.lane_ends()
@@ -162,28 +191,85 @@ class AgentTraffic:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self, sumo_seed: int) -> WorldState:
-        """A fresh simulation with `sumo_seed`, after the warm-up; no agents yet."""
+        """A fresh simulation with `sumo_seed`, after the warm-up (restored from a warm state where
+        there are any: see the module docstring); no agents yet."""
         self._prepare()
-        self.close()
         self.agents = {}
+        warm = self._warm_state(sumo_seed) if self._restorable and self.config.warm_states else None
         self.controller = self._controller(sumo_seed)
         self.engine.controller = _TrafficController(self)
         if isinstance(self.observation_type, PerceivedNeighbours):  # the sensor noise follows the seed
             self.observation_type.reset(np.random.default_rng([sumo_seed, 1]))
-        self.engine.start(extra_args=("--seed", str(sumo_seed)))
+        if warm is None:
+            self._launch(("--seed", str(sumo_seed)))
+            self._warm_up()
+        else:
+            # no --begin: SUMO takes the state's time (and warns in its log); over TraCI, a `load` with
+            # --begin leaves the next steps of a SUMO that had run on standing still
+            self._launch(("--seed", str(sumo_seed), "--load-state", str(warm)))
+            self.world, self.events = self.engine.world, self.engine.events
+            self._world_fresh = True
+        return self.world
+
+    def build_warm_states(self) -> None:
+        """Simulate and save every warm state not saved yet (else each is made by the first episode
+        that needs it); SUMO is left closed, the episode under way (if any) is over."""
+        self._prepare()
+        self.agents = {}
+        if self._restorable:
+            for k in range(self.config.warm_states):
+                self._warm_state(k)
+        self.close()
+
+    def _warm_state(self, sumo_seed: int) -> Path:
+        """The saved warm-up of warm state `sumo_seed` mod `warm_states` (simulated and saved the first time)."""
+        k = sumo_seed % self.config.warm_states
+        if k not in self._warm:
+            self.controller = self._controller(k)
+            self.engine.controller = _TrafficController(self)
+            self.close()  # a fresh SUMO: over TraCI, a `load` after one with --load-state keeps its begin time
+            self._launch(("--seed", str(k), "--save-state.precision", "8"))  # the state as simulated (default: cm)
+            self._warm_up()
+            path = self.engine.workdir / f"warm-{k}.sbx"
+            self.backend.save_state(str(path))
+            self._warm[k] = path
+        return self._warm[k]
+
+    def _warm_up(self) -> None:
+        """Simulate the first step and `warmup_s` of traffic; the world at its end."""
         self.world, self.events = self.engine.step()
         self._world_fresh = True
         for _ in range(round(self.config.warmup_s / self.step_length_s)):
             self._advance([], read_world=False)
         self._refresh()
-        return self.world
+
+    def _launch(self, args: tuple[str, ...]) -> None:
+        """(Re)start SUMO with `args`: a SUMO this env still runs loads the new simulation; else one
+        starts on the backend the option `backend` gives (see the module docstring)."""
+        engine = self.engine
+        if engine.backend is None:
+            kind = self.config.backend
+            if libsumo_in_use() and kind != "traci":
+                if kind == "libsumo":
+                    raise EnvConfigError(
+                        "environment option 'backend' = 'libsumo': another libsumo simulation is live in this "
+                        "process and libsumo runs one per process; use backend 'auto' (the default: further envs "
+                        "of a process run on TraCI) or 'traci', or close the other env first"
+                    )
+                kind = "traci"
+            elif kind == "auto":
+                kind = "libsumo"
+            if engine.scenario.simulation.backend != kind:
+                sim = engine.scenario.simulation.model_copy(update={"backend": kind})
+                engine.scenario = engine.scenario.model_copy(update={"simulation": sim})
+        engine.start(extra_args=args, reload=engine.backend is not None)
 
     def _controller(self, seed: int) -> Controller:
         """A fresh scenario controller, seeded with the episode's SUMO seed; with planner actions, the
         cooperative controller that serves the agents' requests: the scenario's own if it is one, else
         one that starts maneuvers only on request and leaves the CAVs' idle driving as it was (a
         controller that issues commands of its own would conflict with it: `sumo` issues none)."""
-        setup = dataclasses.replace(control_setup(self.scenario), seed=seed)
+        setup = dataclasses.replace(self._control_setup, seed=seed)
         controller = make_controller(self.scenario.control.controller, self.scenario.control.params, setup)
         if not self.planner_actions or isinstance(controller, CooperativeLaneChange):
             return controller
@@ -203,10 +289,12 @@ class AgentTraffic:
         return self.engine.result()
 
     def dispose(self) -> None:
-        """Close SUMO and delete the SUMO inputs."""
+        """Close SUMO and delete the SUMO inputs and warm states (a later `start` builds them again)."""
         self.close()
         if self._cleanup is not None:
             self._cleanup()
+        self.engine = None
+        self._warm = {}
 
     # ------------------------------------------------------------------ agents
 
@@ -297,7 +385,7 @@ class AgentTraffic:
             elif request and world.time_s >= agent.lane_change_until_s and self._lane_exists(row, target):
                 commands.append(ChangeLane(agent.vehicle_id, target, hold_s=hold))
                 agent.lane_change_until_s = world.time_s + hold
-            agent.followers = self._followers(row)
+            agent.lane0, agent.behind = int(world.lane[row]), self._behind(row)
             agent.u2_sum, agent.steps = 0.0, 0
         self.period_start_s = world.time_s
         for agent in live:
@@ -311,6 +399,8 @@ class AgentTraffic:
                     agent.steps += 1
             self._advance(commands, read_world=k == self.substeps - 1)
             commands = self._settle(live)
+            for hook in self.substep_hooks:
+                hook()
             if all(a.outcome is not None for a in live):
                 break
         self._refresh()
@@ -407,10 +497,11 @@ class AgentTraffic:
 
     # ------------------------------------------------------------------ results
 
-    def transition(self, agent: Agent) -> Transition:
-        """Observation, reward and info of an agent after `step` (or after it was adopted)."""
+    def transition(self, agent: Agent, truncated: bool = False) -> Transition:
+        """Observation, reward and info of an agent after `step` (or after it was adopted); `truncated`: its
+        episode ends now on the time limit."""
         world, row = self.world, agent.row
-        terms = self.reward_terms(agent) if agent.steps else {}
+        terms = self.reward_terms(agent, truncated) if agent.steps else {}
         reward = float(sum(getattr(self.config.reward, k) * v for k, v in terms.items()))
         if row >= 0:
             obs = self.observation_type.observe(world, row)
@@ -429,41 +520,57 @@ class AgentTraffic:
                 info["request"] = {"status": agent.request[0], "reason": agent.request[1]}
         return Transition(obs, reward, agent.outcome is not None, info)
 
-    def reward_terms(self, agent: Agent) -> dict[str, float]:
+    def reward_terms(self, agent: Agent, truncated: bool = False) -> dict[str, float]:
         """The unweighted reward terms of the last decision period (see `TrafficEnv`)."""
         world, row, r = self.world, agent.row, self.config.reward
+        lane = int(world.lane[row]) if row >= 0 else None
+        target = self.config.target_lane
+        safe_end = agent.outcome == "goal" or (truncated and agent.outcome not in FAILURES)
         terms = {"speed": 0.0, "target_lane": 0.0, "comfort": -agent.u2_sum / agent.steps,
-                 "disruption": -self._disruption(agent.followers, world.time_s - self.period_start_s),
-                 "collision": -1.0 if agent.outcome in FAILURES else 0.0}  # fmt: skip
+                 "disruption": -self._disruption(agent, lane), "collision": -1.0 if agent.outcome in FAILURES else 0.0,
+                 "completion": float(safe_end and (target is None or lane == target)),
+                 "unsafe": -float(self._unsafe(row)) if row >= 0 else 0.0}  # fmt: skip
         if row >= 0:
             lo, hi = r.speed_range_mps
             terms["speed"] = float(np.clip((world.speed_mps[row] - lo) / (hi - lo), 0.0, 1.0))
-            target = self.config.target_lane
-            terms["target_lane"] = float(target is not None and int(world.lane[row]) == target)
+            terms["target_lane"] = float(target is not None and lane == target)
         return terms
 
-    def _disruption(self, followers: dict[int, tuple[float, float]], period_s: float) -> float:
-        """Σ ½(x(T) − x₀ − v₀T)² + ½(v(T) − v₀)² over the followers still in the network."""
-        if not followers:
-            return 0.0
+    def _unsafe(self, row: int) -> bool:
+        """Whether the time to collision with the leader or follower of `row` in its lane is below `unsafe_ttc_s`,
+        or the bumper gap to either is below `unsafe_headway_s` × its speed."""
+        r, world = self.config.reward, self.world
+        ttc_ahead, ttc_behind, gap_ahead, gap_behind = lane_ttc(world, row, int(world.lane[row]), r.unsafe_ttc_s, 1e4)
+        short = r.unsafe_headway_s * float(world.speed_mps[row])
+        return min(ttc_ahead, ttc_behind) < r.unsafe_ttc_s or min(gap_ahead, gap_behind) < short
+
+    def _behind(self, row: int) -> dict[int, tuple[int, float, float]]:
+        """slot → (lane, x, v) of the vehicles behind `row` within `disruption_range_m` in its lane and the
+        adjacent ones, at the start of a period."""
         world = self.world
-        rows = np.flatnonzero(np.isin(world.slot, list(followers)))
-        x0, v0 = np.array([followers[int(s)] for s in world.slot[rows]]).reshape(-1, 2).T
-        dx = world.x_m[rows] - x0 - v0 * period_s
+        dx = world.x_m[row] - world.x_m
+        near = (np.abs(world.lane - world.lane[row]) <= 1) & (dx > 0) & (dx <= self.config.reward.disruption_range_m)
+        return {int(world.slot[k]): (int(world.lane[k]), float(world.x_m[k]), float(world.speed_mps[k]))
+                for k in np.flatnonzero(near)}  # fmt: skip
+
+    def _disruption(self, agent: Agent, lane_now: int | None) -> float:
+        """Σ_j ½((x_j(T) − x_j(0))/T − v_j(0))² + ½(v_j(T) − v_j(0))² over the vehicles behind the agent at
+        the start of the period, in the lane it started in or the one it ended in."""
+        world = self.world
+        period = world.time_s - self.period_start_s
+        lanes = {agent.lane0, agent.lane0 if lane_now is None else lane_now}
+        slots = [s for s, (lane, _, _) in agent.behind.items() if lane in lanes]
+        rows = np.flatnonzero(np.isin(world.slot, slots))
+        if not len(rows) or period <= 0:
+            return 0.0
+        _, x0, v0 = np.array([agent.behind[int(s)] for s in world.slot[rows]]).T
+        drift = (world.x_m[rows] - x0) / period - v0
         dv = world.speed_mps[rows] - v0
-        return float(0.5 * (dx @ dx) + 0.5 * (dv @ dv))
+        return float(0.5 * (drift @ drift) + 0.5 * (dv @ dv))
 
     def _lane_exists(self, row: int, lane: int) -> bool:
         edge = int(self.world.edge[row])
         return bool(self._edge_offset[edge] <= lane < self._edge_offset[edge] + self._edge_lanes[edge])
-
-    def _followers(self, row: int) -> dict[int, tuple[float, float]]:
-        """slot → (x, v) of the vehicles behind `row` in its lane within the disruption range."""
-        world = self.world
-        dx = world.x_m[row] - world.x_m
-        near = (world.lane == world.lane[row]) & (dx > 0) & (dx <= self.config.reward.disruption_range_m)
-        rows = np.flatnonzero(near)
-        return {int(world.slot[r]): (float(world.x_m[r]), float(world.speed_mps[r])) for r in rows}
 
 
 class _TrafficController(Controller):

@@ -1,6 +1,7 @@
-"""Observation types: the nearest vehicles' kinematics, or an occupancy grid around the ego.
+"""Observation types: the nearest vehicles' kinematics, an occupancy grid around the ego, times to
+collision, or the ego's own perception.
 
-Both read only a `WorldState` and the ego's row, so they serve the single-agent env and
+The first three read only a `WorldState` and the ego's row, so they serve the single-agent env and
 every agent of the multi-agent env alike.
 """
 
@@ -126,6 +127,58 @@ class OccupancyGrid:
         return out
 
 
+class TimeToCollision:
+    """A (3, 5) array, one row per lane: left, own, right. Columns: the lane exists (within the
+    road's lanes); the time to collision with the leader and with the follower there; the gap to
+    each. The leader is the nearest vehicle whose front bumper is ahead of the ego's within
+    ±range_m, the follower the nearest one at or behind it (in an adjacent lane as if the ego were
+    there); gaps are bumper to bumper, at least 0. TTC = gap / closing speed (ego faster than its
+    leader, follower faster than the ego), else — and with no vehicle, or no lane — `ttc_cap_s`,
+    capped there; a missing vehicle's gap is range_m. Normalised: TTC / ttc_cap_s, gap / range_m."""
+
+    def __init__(self, spec: ObservationSpec, frame: RoadFrame) -> None:
+        self.spec = spec
+        self.frame = frame
+        bound = 1.0 if spec.normalize else np.inf
+        self.space = spaces.Box(0.0, bound, shape=(3, 5), dtype=np.float32)
+
+    def observe(self, world: WorldState, ego: int) -> np.ndarray:
+        spec, f = self.spec, self.frame
+        cap, rng = spec.ttc_cap_s, spec.range_m
+        lane0 = int(world.lane[ego])
+        out = np.empty((3, 5))
+        out[:] = (0.0, cap, cap, rng, rng)
+        for k, lane in enumerate((lane0 + 1, lane0, lane0 - 1)):
+            if f.lane_min <= lane <= f.lane_max:
+                out[k] = (1.0, *lane_ttc(world, ego, lane, cap, rng))
+        if spec.normalize:
+            out /= (1.0, cap, cap, rng, rng)
+        return out.astype(np.float32)
+
+
+def lane_ttc(world: WorldState, ego: int, lane: int, cap_s: float, range_m: float) -> tuple[float, float, float, float]:
+    """(TTC ahead, TTC behind, gap ahead, gap behind) of the ego's leader and follower in `lane` (see
+    `TimeToCollision`): capped at `cap_s` and `range_m`."""
+    x0, v0 = world.x_m[ego], world.speed_mps[ego]
+    dx = world.x_m - x0
+    rows = np.flatnonzero((np.abs(dx) <= range_m) & (world.lane == lane) & (np.arange(len(world)) != ego))
+    ahead, behind = rows[dx[rows] > 0], rows[dx[rows] <= 0]
+    out = [cap_s, cap_s, range_m, range_m]
+    if len(ahead):
+        r = ahead[np.argmin(dx[ahead])]
+        gap = max(0.0, dx[r] - world.length_m[r])
+        out[0], out[2] = _ttc(gap, v0 - world.speed_mps[r], cap_s), min(gap, range_m)
+    if len(behind):
+        r = behind[np.argmax(dx[behind])]
+        gap = max(0.0, -dx[r] - world.length_m[ego])
+        out[1], out[3] = _ttc(gap, world.speed_mps[r] - v0, cap_s), min(gap, range_m)
+    return out[0], out[1], out[2], out[3]
+
+
+def _ttc(gap_m: float, closing_mps: float, cap_s: float) -> float:
+    return float(min(cap_s, gap_m / closing_mps)) if closing_mps > 0 else cap_s
+
+
 class PerceivedNeighbours:
     """A (6, 3) array: the ego's neighbour slots (own lane, left, right; ahead and behind) as its
     perception estimates them — its simulated camera, lidar and radar frames under the scenario's
@@ -164,4 +217,5 @@ def make_observation(spec: ObservationSpec, frame: RoadFrame, context=None):
     """The observation type `spec` asks for (`context`: the scenario's, for perception)."""
     if spec.type == "perception":
         return PerceivedNeighbours(spec, frame, context)
-    return Kinematics(spec, frame) if spec.type == "kinematics" else OccupancyGrid(spec, frame)
+    types = {"kinematics": Kinematics, "occupancy_grid": OccupancyGrid, "ttc": TimeToCollision}
+    return types[spec.type](spec, frame)

@@ -19,7 +19,7 @@ import numpy as np
 from cavlab.config.scenario import ContextSpec, Scenario
 from cavlab.errors import UserError
 from cavlab.perception.dataset import LIGHTS, WEATHERS, SampleRecorder
-from cavlab.perception.sensors import SensorSuite, context_label, sensor_table
+from cavlab.perception.sensors import SENSOR_VERSION, SENSOR_VERSIONS, SensorSuite, context_label, sensor_table
 from cavlab.perception.task import SLOTS
 from cavlab.sim.engine import Engine
 from cavlab.sim.resolve import load_scenario
@@ -33,6 +33,7 @@ class DatasetPlan:
     contexts: list[ContextSpec]
     seeds: list[int]
     sample_every_s: float
+    sensor_version: int = SENSOR_VERSION
 
     @property
     def labels(self) -> list[str]:
@@ -41,7 +42,7 @@ class DatasetPlan:
 
 def plan_dataset(
     scenario: str, overrides: list[str], weathers: list[str], lights: list[str], seeds: int,
-    duration_s: float, warmup_s: float, sample_every_s: float,
+    duration_s: float, warmup_s: float, sample_every_s: float, sensor_version: int = SENSOR_VERSION,
 ) -> DatasetPlan:  # fmt: skip
     """Validate the request; every context is a (weather, light) pair of the lists."""
     for w in weathers:
@@ -50,6 +51,9 @@ def plan_dataset(
     for light in lights:
         if light not in LIGHTS:
             raise UserError(f"unknown light '{light}' (allowed: {', '.join(LIGHTS)})")
+    if sensor_version not in SENSOR_VERSIONS:
+        allowed = ", ".join(map(str, SENSOR_VERSIONS))
+        raise UserError(f"--sensor-version {sensor_version} is not known (allowed: {allowed})")
     if seeds < 1 or not 0 <= warmup_s < duration_s or sample_every_s <= 0:
         raise UserError("need --seeds ≥ 1, 0 ≤ --warmup < --duration and --every > 0")
     base = load_scenario(
@@ -59,7 +63,7 @@ def plan_dataset(
     if abs(round(sample_every_s / step) * step - sample_every_s) > 1e-9:
         raise UserError(f"--every {sample_every_s:g} must be a multiple of the step length ({step:g} s)")
     contexts = [base.context.model_copy(update={"weather": w, "light": light}) for w in weathers for light in lights]
-    return DatasetPlan(base, contexts, list(range(seeds)), sample_every_s)
+    return DatasetPlan(base, contexts, list(range(seeds)), sample_every_s, sensor_version)
 
 
 def generate(
@@ -71,7 +75,7 @@ def generate(
     sim = plan.scenario.simulation
     shards = []
     for c_index, context in enumerate(plan.contexts):
-        suite = SensorSuite(context, table, lane_width_m=plan.scenario.road.lane_width_m)
+        suite = SensorSuite(context, table, lane_width_m=plan.scenario.road.lane_width_m, version=plan.sensor_version)
         for seed in plan.seeds:
             name = f"{suite.label}-s{seed}"
             scenario = plan.scenario.model_copy(update={
@@ -104,6 +108,7 @@ def generate(
         "slots": list(SLOTS),
         "shapes": {k: list(v) for k, v in shapes.items()},
         "sensor_table": table,
+        "sensor_version": plan.sensor_version,
         "shards": shards,
         "samples": sum(s["samples"] for s in shards),
     }

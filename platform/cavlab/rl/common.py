@@ -47,6 +47,17 @@ class TrainRecord(BaseModel):
     env_kwargs: dict[str, Any]
     episodes: int = Field(ge=0)
     wall_time_s: float = Field(ge=0)
+    hp: dict[str, Any] = {}
+    """The `--hp` settings given (compared by `--resume`)."""
+    hyperparameters: dict[str, Any] = {}
+    """The algorithm's settings trained with: the defaults and `hp` (SB3; `load_policy` builds its networks by them)."""
+    threads: int | None = Field(default=None, ge=1)
+    """The learner's torch threads (SB3)."""
+    eval_every: int | None = Field(default=None, ge=1)
+    eval_episodes: int | None = Field(default=None, ge=1)
+    best_eval_timesteps: int | None = Field(default=None, ge=0)
+    """The steps of the policy in best_policy.zip: the best mean return of the evaluations (SB3, `--eval-every`)."""
+    best_eval_return: float | None = None
 
 
 def read_record(folder: Path) -> TrainRecord:
@@ -66,13 +77,14 @@ def write_record(folder: Path, record: TrainRecord) -> None:
 
 
 def plot_returns(lines: list[tuple[Any, Any, str, dict[str, Any]]], path: Path, title: str) -> None:
-    """Episode returns against environment steps: each line is (steps, returns, format, plot keywords)."""
+    """Episode returns against environment steps: each line is (steps, returns, format, plot keywords; the
+    color blue unless they say)."""
     from matplotlib.figure import Figure  # no pyplot: no global state, the backend stays the user's
 
     fig = Figure(figsize=(7, 4))
     ax = fig.subplots()
     for steps, returns, fmt, style in lines:
-        ax.plot(steps, returns, fmt, color="tab:blue", **style)
+        ax.plot(steps, returns, fmt, **{"color": "tab:blue", **style})
     if lines:
         ax.legend()
     ax.set_xlabel("environment steps")

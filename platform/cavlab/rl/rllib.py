@@ -2,7 +2,13 @@
 
 libsumo runs one simulation per process, so every environment lives in its own remote
 EnvRunner actor (`num_envs_per_env_runner=1`, `num_env_runners` ≥ 1); the driver holds the
-learner and no environment. Observations are flattened (`RllibEnv`), as SB3's MlpPolicy does.
+learner and no environment (`env_runners=0`: the driver samples, one environment). Observations
+are flattened (`RllibEnv`), as SB3's MlpPolicy does.
+
+Multi-agent (`multi_agent=True`): every CAV of a task's traffic is an agent (`TrafficParallelEnv`
+through `RllibMultiAgentEnv`, whose spaces cover every possible agent, so CAVs can enter
+mid-episode), all driven by one shared PPO policy (module `shared_policy`, in the checkpoint
+where a single-agent run has `default_policy`).
 
 A local Ray instance listens on the loopback only (`cavlab.runs.ray_local.init_ray`).
 
@@ -16,6 +22,7 @@ accepts a dict of numpy arrays and refuses every other class or function.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import logging
 import math
@@ -35,6 +42,7 @@ import gymnasium as gym
 import numpy as np
 
 from cavlab.config.files import read_bytes, read_text
+from cavlab.envs.multi_agent import TrafficParallelEnv
 from cavlab.errors import UserError
 from cavlab.rl.common import TrainRecord, check_env_id, make_env, plot_returns, read_record, write_record
 from cavlab.runs.ray_local import init_ray
@@ -42,7 +50,9 @@ from cavlab.runs.ray_local import init_ray
 CHECKPOINT = "checkpoint"
 CURVE = "learning_curve.csv"
 MODULE_ID = "default_policy"
-RLMODULE_SUBDIR = Path("learner_group", "learner", "rl_module", MODULE_ID)
+SHARED_MODULE_ID = "shared_policy"  # multi-agent: RLlib runs a multi-agent setup only for another id than MODULE_ID
+RLMODULES = Path("learner_group", "learner", "rl_module")
+RLMODULE_SUBDIR = RLMODULES / MODULE_ID
 MODULE_STATE = "module_state.pkl"
 CURVE_HEADER = ["env_steps", "episode_return_mean"]
 MAX_STATE_BYTES = 256 * 1024 * 1024
@@ -61,6 +71,68 @@ class RllibEnv(gym.wrappers.FlattenObservation):
 
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__(gym.make(check_env_id(config["env_id"]), **dict(config.get("env_kwargs") or {})))
+
+
+def make_parallel_env(env_id: str, env_kwargs: dict[str, Any]) -> TrafficParallelEnv:
+    """Every CAV of `env_id`'s traffic an agent, observations flat; options checked (bad ones raise `UserError`),
+    no SUMO started."""
+    check_env_id(env_id)
+    for key, why in (("task", "ENV_ID is the task"), ("flatten_observations", "RLlib always gets flat observations")):
+        if key in env_kwargs:
+            raise UserError(f"environment option '{key}' is not for --multi-agent training: {why}")
+    return TrafficParallelEnv(task=env_id, flatten_observations=True, **env_kwargs)
+
+
+def __getattr__(name: str) -> Any:
+    """`RllibMultiAgentEnv`, made on first use: it subclasses RLlib's `MultiAgentEnv`, so Ray is imported then."""
+    if name == "RllibMultiAgentEnv":
+        return _multi_agent_env_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@functools.cache
+def _multi_agent_env_class() -> type:
+    _rllib()
+    from ray.rllib.env.multi_agent_env import MultiAgentEnv
+
+    class RllibMultiAgentEnv(MultiAgentEnv):
+        """`make_parallel_env` for RLlib, from `env_config = {"env_id": ..., "env_kwargs": {...}}`: the spaces of
+        every possible agent are there from the start (RLlib's `ParallelPettingZooEnv` knows only the agents of
+        the first reset, and fails on a CAV that enters later); the episode is over for all (`__all__`) once no
+        agent is left: truncated at `episode_s`, else terminated."""
+
+        def __init__(self, config: dict[str, Any]) -> None:
+            super().__init__()
+            self.env = make_parallel_env(config["env_id"], dict(config.get("env_kwargs") or {}))
+            self.possible_agents = list(self.env.possible_agents)
+            self.agents = []
+            self.observation_spaces = dict(self.env.observation_spaces)
+            self.action_spaces = dict(self.env.action_spaces)
+            self.observation_space = gym.spaces.Dict(self.observation_spaces)
+            self.action_space = gym.spaces.Dict(self.action_spaces)
+
+        def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+            observations, infos = self.env.reset(seed=seed, options=options)
+            self.agents = list(self.env.agents)
+            return observations, infos
+
+        def step(self, action_dict: dict[str, Any]):
+            observations, rewards, terminated, truncated, infos = self.env.step(action_dict)
+            self.agents = list(self.env.agents)
+            over, cut = not self.agents, any(truncated.values())
+            terminated["__all__"], truncated["__all__"] = over and not cut, over and cut
+            return observations, rewards, terminated, truncated, infos
+
+        def close(self) -> None:
+            self.env.close()
+
+    RllibMultiAgentEnv.__qualname__ = "RllibMultiAgentEnv"  # pickled by reference, through __getattr__
+    return RllibMultiAgentEnv
+
+
+def _shared_policy(agent_id: str, episode: Any, **kwargs: Any) -> str:
+    """Every agent to the one policy."""
+    return SHARED_MODULE_ID
 
 
 @dataclass(frozen=True)
@@ -93,40 +165,49 @@ def train_rllib(
     address: str | None = None,
     checkpoint_every: int | None = None,
     resume: TrainRecord | None = None,
+    multi_agent: bool = False,
+    train_batch_size: int = 512,
 ) -> RllibResult:
     """Train PPO until `timesteps` env steps are sampled, on `env_runners` remote env runners (one
-    SUMO each); writes checkpoint/, train.json, learning_curve.csv and learning_curve.png into `out_dir`,
-    checkpoint/, train.json (`complete` false) and learning_curve.csv also after the iteration that passes
-    every `checkpoint_every` steps. With `resume` (the record of `out_dir`'s checkpoint) it goes on from the
-    checkpoint's weights and step count (not its optimiser state). Ctrl-C stops it with the last checkpoint
-    in `out_dir`. Ray runs locally (address None) or joins the cluster at `address`; it is shut down on
-    every exit path."""
+    SUMO each; 0: in this process), `train_batch_size` env steps per update; with `multi_agent`, every
+    CAV of `env_id`'s traffic is an agent and one policy drives them all. Writes checkpoint/, train.json,
+    learning_curve.csv and learning_curve.png into `out_dir`; checkpoint/, train.json (`complete` false) and
+    learning_curve.csv also after the iteration that passes every `checkpoint_every` steps. With `resume`
+    (the record of `out_dir`'s checkpoint) it goes on from the checkpoint's weights and step count (not its
+    optimiser state). Ctrl-C stops it with the last checkpoint in `out_dir`. Ray runs locally (address None)
+    or joins the cluster at `address`; it is shut down on every exit path."""
 
     ray = _rllib()
     from ray.rllib.algorithms.ppo import PPOConfig
 
-    if timesteps < 1 or env_runners < 1:
-        raise UserError("need --timesteps ≥ 1 and --envs ≥ 1")
+    if timesteps < 1 or env_runners < 0:
+        raise UserError("need --timesteps ≥ 1 and --envs ≥ 0")
     if checkpoint_every is not None and checkpoint_every < 1:
         raise UserError("need --checkpoint-every ≥ 1")
+    if resume is not None and bool(getattr(resume, "multi_agent", False)) != multi_agent:
+        kind, flag = ("a single-agent", "without") if multi_agent else ("a multi-agent", "with")
+        raise UserError(f"--resume: {out_dir} holds {kind} run; resume it {flag} --multi-agent")
     done = resume.timesteps if resume is not None else 0
     if done >= timesteps:
         raise UserError(f"{out_dir}: already trained for {done} steps; give --timesteps over {done} to train on")
-    make_env(env_id, env_kwargs).close()  # validates the options here, not in a runner (starts no SUMO)
-    state = read_module_state(out_dir / CHECKPOINT / RLMODULE_SUBDIR / MODULE_STATE) if resume else None
+    # validates the options here, not in a runner (starts no SUMO)
+    (make_parallel_env if multi_agent else make_env)(env_id, env_kwargs).close()
+    module_id = SHARED_MODULE_ID if multi_agent else MODULE_ID
+    state = read_module_state(out_dir / CHECKPOINT / RLMODULES / module_id / MODULE_STATE) if resume else None
     curve = read_curve(out_dir / CURVE) if resume else []
     kept = list(curve)
+    env_class = _multi_agent_env_class() if multi_agent else RllibEnv
     config = (
         PPOConfig()
-        .environment(RllibEnv, env_config={"env_id": env_id, "env_kwargs": env_kwargs})
+        .environment(env_class, env_config={"env_id": env_id, "env_kwargs": env_kwargs})
         .env_runners(num_env_runners=env_runners, num_envs_per_env_runner=1)  # one libsumo per process
         .framework("torch")
         # the SB3 backend's PPO: 512 steps per update, minibatch 64, 10 epochs, lr 5e-4, γ 0.9, and SB3's
         # defaults where RLlib's differ (GAE λ, clip, value-loss weight, gradient clip, no KL term);
         # MlpPolicy's networks (policy and value apart, 2 × 64 tanh each)
         .training(
-            train_batch_size_per_learner=512,
-            minibatch_size=64,
+            train_batch_size_per_learner=train_batch_size,
+            minibatch_size=min(64, train_batch_size),
             num_epochs=10,
             lr=5e-4,
             gamma=0.9,
@@ -139,12 +220,14 @@ def train_rllib(
         .rl_module(model_config=_model_config())
         .debugging(seed=(seed + done) % 2**32)  # a resumed run meets other traffic than the first steps did
     )
+    if multi_agent:
+        config = config.multi_agent(policies={SHARED_MODULE_ID}, policy_mapping_fn=_shared_policy)
     earlier_s = resume.wall_time_s if resume is not None else 0.0
     record = TrainRecord(env_id=env_id, algo="ppo", backend="rllib", timesteps=done, target_timesteps=timesteps,
-                         complete=False, envs=env_runners, seed=seed, env_kwargs=env_kwargs,
+                         complete=False, envs=max(env_runners, 1), seed=seed, env_kwargs=env_kwargs,
                          episodes=resume.episodes if resume is not None else 0, wall_time_s=earlier_s,
-                         ray=address or "local")  # fmt: skip
-    title = f"PPO (RLlib) on {env_id}"
+                         ray=address or "local", **({"multi_agent": True} if multi_agent else {}))  # fmt: skip
+    title = f"PPO (RLlib{', multi-agent' if multi_agent else ''}) on {env_id}"
     algo = None
     with _quiet_rllib():
         try:
@@ -153,8 +236,8 @@ def train_rllib(
             algo = config.build_algo()
             started = time.perf_counter()
             if state is not None:
-                _check_weights(out_dir / CHECKPOINT, state, algo.learner_group.get_weights()[MODULE_ID])
-                algo.learner_group.set_weights({MODULE_ID: {k: v.astype(np.float32) for k, v in state.items()}})
+                _check_weights(out_dir / CHECKPOINT, state, algo.learner_group.get_weights()[module_id])
+                algo.learner_group.set_weights({module_id: {k: v.astype(np.float32) for k, v in state.items()}})
                 algo.env_runner_group.sync_weights(from_worker_or_learner_group=algo.learner_group,
                                                    inference_only=True, timeout_seconds=None)  # fmt: skip
             record = record.model_copy(update={"startup_s": round(started - launched, 1)})
@@ -281,7 +364,8 @@ def plot_curve(curve: list[tuple[int, float]], path: Path, title: str) -> None:
 def load_policy(checkpoint: Path, env: gym.Env | None = None) -> Callable[[np.ndarray], Any]:
     """The greedy policy of a checkpoint written by `train_rllib` (needs no Ray instance): maps an
     observation of `env` (flattened here; default: the training environment of train.json beside the
-    checkpoint) to an action of its action space. Only the weights are read, without running code."""
+    checkpoint; of a multi-agent run, one agent's) to an action of its action space. Only the weights are
+    read, without running code."""
     import torch
 
     _rllib()
@@ -289,20 +373,26 @@ def load_policy(checkpoint: Path, env: gym.Env | None = None) -> Callable[[np.nd
     from ray.rllib.algorithms.ppo.torch.default_ppo_torch_rl_module import DefaultPPOTorchRLModule
 
     checkpoint = Path(checkpoint)
-    path = checkpoint / RLMODULE_SUBDIR
-    if not path.is_dir():
+    if not (checkpoint / RLMODULES).is_dir():
         raise UserError(f"{checkpoint}: not an RLlib checkpoint written by `cavlab train --backend rllib`")
     record = read_record(checkpoint.parent)
     if record.backend != "rllib":
         raise UserError(f"{checkpoint}: train.json beside it is of a Stable-Baselines3 run; give its policy.zip")
-    state = read_module_state(path / MODULE_STATE)
-    if env is None:
+    multi_agent = bool(getattr(record, "multi_agent", False))
+    state = read_module_state(checkpoint / RLMODULES / (SHARED_MODULE_ID if multi_agent else MODULE_ID) / MODULE_STATE)
+    if env is not None:
+        observation_space, space = env.observation_space, env.action_space
+    elif multi_agent:
+        agents = make_parallel_env(record.env_id, record.env_kwargs)  # for its spaces: starts no SUMO
+        observation_space, space = agents.observation_space("cav_0"), agents.action_space("cav_0")
+        agents.close()
+    else:
         env = make_env(record.env_id, record.env_kwargs)  # for its spaces: starts no SUMO
         env.close()
-    space = env.action_space
+        observation_space, space = env.observation_space, env.action_space
     with _quiet_rllib():
         module = DefaultPPOTorchRLModule(
-            observation_space=gym.spaces.flatten_space(env.observation_space), action_space=space,
+            observation_space=gym.spaces.flatten_space(observation_space), action_space=space,
             inference_only=False, learner_only=False, model_config=asdict(_model_config()), catalog_class=PPOCatalog,
         )  # fmt: skip
     _check_weights(checkpoint, state, module.state_dict())

@@ -124,12 +124,15 @@ class Engine:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self, extra_args: tuple[str, ...] = ()) -> None:
+    def start(self, extra_args: tuple[str, ...] = (), reload: bool = False) -> None:
         """Start SUMO (closing a simulation this engine still holds); `extra_args` override the
-        .sumocfg (e.g. `("--seed", "7")`)."""
-        self.close()
+        .sumocfg (e.g. `("--seed", "7")`). With `reload`, a SUMO this engine still runs loads the new
+        simulation instead (`SumoBackend.restart`: no new process). A simulation that begins from a
+        saved state (`--load-state`) has its vehicles read into `world` at once, and its metrics count
+        from the state's time, as after a warm-up."""
+        if not reload:
+            self.close()
         sim, out = self.scenario.simulation, self.scenario.outputs
-        self.metrics = MetricsCollector(self.scenario, self.network) if self.collect_metrics else None
         every = round((out.trajectory_period_s or sim.step_length_s) / sim.step_length_s)
         self.recorder = TrajectoryRecorder(every) if out.trajectories and self.collect_metrics else None
         self._reads_every_step = self.collect_metrics or self.controller.issues_commands
@@ -138,9 +141,23 @@ class Engine:
         self.steps = 0
         self.vehicle_steps = 0
         self._started = time.perf_counter()
-        backend = make_backend(self.scenario, self.network, self.inputs)
-        backend.start(self.controller.modes, extra_args)
+        if self.backend is not None:
+            backend, self.backend = self.backend, None  # restart closes it if it fails
+            backend.restart(extra_args)
+        else:
+            backend = make_backend(self.scenario, self.network, self.inputs)
+            backend.start(self.controller.modes, extra_args)
         self.backend = backend
+        scenario = self.scenario
+        if backend.time_s > sim.warmup_s:
+            scenario = scenario.model_copy(update={"simulation": sim.model_copy(update={"warmup_s": backend.time_s})})
+        self.metrics = MetricsCollector(scenario, self.network) if self.collect_metrics else None
+        if "--load-state" in extra_args:
+            self.world, self.events = self.read(), StepEvents(backend.present, (), ())
+            if self.metrics is not None:
+                self.metrics.observe(self.world, self.events)
+                if self.recorder is not None:
+                    self.recorder.observe(self.world)
 
     def close(self) -> None:
         """Stop SUMO; safe to call twice."""
@@ -168,11 +185,10 @@ class Engine:
         unread only when `read_world` is false and nothing needs every step: no metrics, and a
         controller that issues no commands."""
         backend = self.backend
-        planned = (
-            self._guarded(self.controller.step(self.perception.observe(self._controlled_view(self.world))))
-            if self._plan
-            else []
-        )
+        planned: list[Command] = []
+        if self._plan:
+            perceived = self.perception.observe(self._controlled_view(self.world))
+            planned = self._guarded(self.perception.guard(self.controller.step(perceived)))
         backend.apply([*planned, *commands] if commands else planned)
         world, events = backend.step(read_world or self._reads_every_step)
         self.steps += 1

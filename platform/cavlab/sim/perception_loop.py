@@ -28,9 +28,10 @@ on the gated model's estimates.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -43,14 +44,15 @@ from cavlab.hw.profile import profile_model
 from cavlab.hw.targets import get_target
 from cavlab.perception.fusion import BRANCHES, CONFIGURATIONS, MODALITIES, Selection
 from cavlab.perception.inference import BatchedPerception
-from cavlab.perception.sensors import SensorSuite, context_label
+from cavlab.perception.sensors import SPEED_SCALE_MPS, SensorSuite, context_label
 from cavlab.perception.spiking_branch import SpikingStream
-from cavlab.perception.task import SLOT_AHEAD, SLOT_LANE, neighbour_rows, neighbour_targets, slot_correct
+from cavlab.perception.task import SLOT_AHEAD, SLOT_LANE, SLOTS, neighbour_rows, neighbour_targets, slot_correct
 from cavlab.perception.training import configuration_energies, load_checkpoint, spiking_head
-from cavlab.world import WorldState
+from cavlab.world import Accelerate, Command, Release, SetSpeed, WorldState
 
 ASSOCIATION_GAP_M = 10.0
-GHOST_LENGTH_M = 5.0
+GHOST_LENGTH_M = 5.0  # also the length the emergency braking assumes of a radar return
+EMERGENCY_GAP_M = 2.0  # a radar return closer than this brakes whatever its closing speed
 
 
 @dataclass
@@ -59,7 +61,7 @@ class Frame:
 
     time_s: float
     ready_step: np.ndarray  # (N,)
-    observers: list[str]
+    observers: np.ndarray  # (N,) object: their ids
     x_m: np.ndarray  # (N, 6) perceived front-bumper positions at time_s
     speed_mps: np.ndarray  # (N, 6)
     lane: np.ndarray  # (N, 6)
@@ -68,19 +70,46 @@ class Frame:
     length_m: np.ndarray  # (N, 6)
     type_index: np.ndarray  # (N, 6)
     slot: np.ndarray  # (N, 6) the vehicle's world slot, −1 for ghosts
+    sigma_m: np.ndarray  # (N, 6) σ of the position at time_s: σ₀·(2 − c), c = 2p − 1 the presence confidence
     edge: np.ndarray  # (N,) the observer's edge
 
 
-@dataclass
-class Track:
-    time_s: float
-    x_m: float
-    speed_mps: float
-    lane: int
-    length_m: float
-    type_index: int
-    slot: int
-    edge: int
+@dataclass(frozen=True)
+class Tracks:
+    """Perceived vehicles that are not CAVs, one entry each: its state at `time_s`, predicted at constant
+    speed from there."""
+
+    ids: np.ndarray  # object
+    time_s: np.ndarray
+    x_m: np.ndarray
+    speed_mps: np.ndarray
+    lane: np.ndarray
+    length_m: np.ndarray
+    type_index: np.ndarray
+    slot: np.ndarray  # the vehicle's world slot, −1 for ghosts
+    edge: np.ndarray
+    sigma_m: np.ndarray  # σ of the position at time_s; it grows by the speed's σ per second after
+    leader: np.ndarray  # bool: some CAV's own-lane leader when last seen
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def take(self, rows: np.ndarray) -> Tracks:
+        return Tracks(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
+
+    @staticmethod
+    def empty() -> Tracks:
+        ints = (np.zeros(0, dtype=np.int64) for _ in range(5))
+        return Tracks(np.zeros(0, dtype=object), *(np.zeros(0) for _ in range(3)), *ints, np.zeros(0),
+                      np.zeros(0, dtype=bool))  # fmt: skip
+
+    @staticmethod
+    def join(first: Tracks, second: Tracks) -> Tracks:
+        """Both, `first`'s entry where an id is in both."""
+        both = Tracks(**{f.name: np.concatenate([getattr(first, f.name), getattr(second, f.name)])
+                         for f in fields(first)})  # fmt: skip
+        _, rows = np.unique(both.ids, return_index=True)  # the first occurrence of each id
+        return both.take(np.sort(rows))
 
 
 class PerceptionLoop:
@@ -104,7 +133,8 @@ class PerceptionLoop:
         selection, energies = Selection(**checkpoint["selection"]), configuration_energies(model)
         if spec.device == "cuda" and not torch.cuda.is_available():
             raise UserError("perception.device: cuda, but torch sees no CUDA device here (allowed: auto, cpu)")
-        if spec.backend == "onnxruntime":
+        cuda = spec.device == "cuda" or (spec.device == "auto" and torch.cuda.is_available())
+        if spec.backend == "onnxruntime" or (spec.backend == "auto" and not cuda):
             self.backend = OrtPerception(model, gate, selection, energies, threads=1)
         else:
             self.backend = BatchedPerception(model, gate, selection, energies, spec.device)
@@ -114,12 +144,14 @@ class PerceptionLoop:
         self.energy_pj, self.latency_s = self._costs(spec)
         self.step = 0
         self.pending: list[Frame] = []
-        self.tracks: dict[str, Track] = {}
+        self.tracks = Tracks.empty()
         self.stats = dict.fromkeys(
             ("frames", "slots_correct", "truth_present", "missed", "estimated_present", "ghosts", "matched",
              "gap_error_m", "speed_error_mps", "plan_errors", "plan_position_error_m", "plan_speed_error_mps",
-             "energy_j", "delay_steps", "sensors_s", "inference_s", "steps", "spiking_slots_correct"), 0.0)  # fmt: skip
+             "energy_j", "delay_steps", "sensors_s", "inference_s", "steps", "spiking_slots_correct", "emergency_steps",
+             "emergency_events", "leader_holds", "fault_steps"), 0.0)  # fmt: skip
         self.modality_off = dict.fromkeys(MODALITIES, 0.0)
+        self._braking: set[str] = set()
 
     def _costs(self, spec: PerceptionSpec) -> tuple[np.ndarray, np.ndarray]:
         """Per configuration: the energy [pJ] and latency [s] of one frame on the target (batch 1),
@@ -146,13 +178,54 @@ class PerceptionLoop:
         self.step += 1
         measuring = world.time_s > self.warmup_s + 1e-9
         observers = np.flatnonzero(world.is_cav)
+        radar = None
         if len(observers):
-            self.pending.append(self._estimate(world, observers, measuring))
-        perceived = self._deliver(world)
+            frame, radar = self._estimate(world, observers, measuring)
+            self.pending.append(frame)
+        perceived, sigma = self._deliver(world)
         if measuring:
             self._score_plan(world, perceived)
             self.stats["steps"] += 1
-        return perceived
+        self._braking = self._emergency(world, observers, radar, perceived)
+        return _widened(perceived, self.spec.uncertainty_k * sigma)
+
+    def guard(self, commands: list[Command]) -> list[Command]:
+        """The last line of defence: CAVs the controller drives whose raw radar shows a leader closing in that
+        the fused estimate does not (`_emergency`) brake at `emergency_decel_mps2` this step, whatever was
+        planned (a vehicle handed back to SUMO stays with SUMO)."""
+        if not self._braking:
+            return commands
+        u_brake = -self.spec.emergency_decel_mps2
+        released = {c.vehicle_id for c in commands if isinstance(c, Release)}
+        out = [Accelerate(c.vehicle_id, min(c.accel_mps2, u_brake)) if isinstance(c, Accelerate)
+               and c.vehicle_id in self._braking else c for c in commands
+               if not (isinstance(c, SetSpeed) and c.vehicle_id in self._braking)]  # fmt: skip
+        accelerated = {c.vehicle_id for c in out if isinstance(c, Accelerate)}
+        return out + [Accelerate(vid, u_brake) for vid in sorted(self._braking - released - accelerated)]
+
+    def _emergency(self, world: WorldState, observers: np.ndarray, radar: np.ndarray | None,
+                   perceived: WorldState) -> set[str]:  # fmt: skip
+        """The CAVs to brake this step: driven by the controller, their raw radar's nearest in-lane return ahead
+        closer than `emergency_ttc_s` of time to collision (or than 2 m), and their fused own-lane leader
+        (none counts as infinitely far) more than `emergency_disagreement_m` farther."""
+        spec = self.spec
+        if radar is None or not spec.emergency_braking or not world.controlled[observers].any():
+            return set()
+        gap, rate = radar_leader(radar, world.length_m[observers], self.suite.lane_width_m, self.suite.radar_range_m)
+        ttc = np.where(rate < 0, gap / np.maximum(-rate, 1e-9), np.inf)
+        danger = world.controlled[observers] & ((ttc < spec.emergency_ttc_s) | (gap < EMERGENCY_GAP_M))
+        if not danger.any():
+            return set()
+        ids = world.ids[observers]
+        _, mine, rows = np.intersect1d(ids, perceived.ids, return_indices=True)
+        fused = np.full(len(ids), np.inf)
+        lead = perceived.leader_ahead_row[rows]
+        fused[mine] = np.where(lead >= 0, perceived.gap_m(rows, np.maximum(lead, 0)), np.inf)
+        braking = set(ids[danger & (fused > gap + spec.emergency_disagreement_m)].tolist())
+        if world.time_s > self.warmup_s + 1e-9:
+            self.stats["emergency_steps"] += len(braking)
+            self.stats["emergency_events"] += len(braking - self._braking)
+        return braking
 
     # ------------------------------------------------------------------ a step's estimates
 
@@ -169,6 +242,7 @@ class PerceptionLoop:
             configuration = [self.knowledge.get(self.label, "all branches")] * n
         estimate, choice = self.backend.estimate(arrays, configuration)
         done = time.perf_counter()
+        self._inject_faults(estimate, world.time_s, measuring)
         spiking = None if self.spiking is None else self.spiking.estimate(world.ids[observers].tolist(), arrays)
         truth_rows = neighbour_rows(world, observers)
         truth = neighbour_targets(world, observers, truth_rows)
@@ -179,7 +253,16 @@ class PerceptionLoop:
                 self.stats["spiking_slots_correct"] += float(slot_correct(spiking, truth).sum())
             self.stats["sensors_s"] += sensed - started
             self.stats["inference_s"] += done - sensed
-        return frame
+        return frame, frames.radar
+
+    def _inject_faults(self, estimate: np.ndarray, time_s: float, measuring: bool) -> None:
+        """`perception.faults` active now, applied to every CAV's estimates."""
+        for fault in self.spec.faults:
+            if fault.active(time_s):
+                s = SLOTS.index(fault.slot)
+                estimate[:, s] = (0.0, 0.0, 0.0) if fault.kind == "miss" else (1.0, fault.gap_m, fault.speed_mps)
+                if measuring:
+                    self.stats["fault_steps"] += 1
 
     def _frame(self, world: WorldState, observers: np.ndarray, estimate: np.ndarray, truth_rows: np.ndarray,
                truth: np.ndarray, choice: np.ndarray) -> Frame:  # fmt: skip
@@ -193,73 +276,90 @@ class PerceptionLoop:
         rows = np.where(tied, truth_rows, 0)
         length = np.where(tied, world.length_m[rows], GHOST_LENGTH_M)
         x = np.where(ahead, x_o + gap + length, x_o - world.length_m[observers][:, None] - gap)
-        ids = world.ids[observers].tolist()
-        vehicle = np.empty((n, len(SLOT_AHEAD)), dtype=object)
-        for k, s in zip(*np.nonzero(present), strict=True):
-            vehicle[k, s] = str(world.ids[rows[k, s]]) if tied[k, s] else f"ghost:{ids[k]}:{s}"
+        ids = world.ids[observers]
+        confidence = np.clip(2 * estimate[..., 0] - 1, 0.0, 1.0)
+        vehicle = np.full((n, len(SLOT_AHEAD)), None, dtype=object)
+        vehicle[tied] = world.ids[rows[tied]]
+        for k, s in zip(*np.nonzero(present & ~tied), strict=True):  # ghosts: a vehicle of their own, this step
+            vehicle[k, s] = f"ghost:{ids[k]}:{s}"
         ghost_type = _hdv_type(world)
         return Frame(
             time_s=world.time_s, ready_step=self.step + self.delay_steps[choice], observers=ids, x_m=x,
             speed_mps=v_o + dv, lane=world.lane[observers][:, None] + np.array(SLOT_LANE)[None, :],
             present=present, vehicle=vehicle, length_m=length,
             type_index=np.where(tied, world.type_index[rows], ghost_type), slot=np.where(tied, world.slot[rows], -1),
-            edge=world.edge[observers],
+            sigma_m=self.spec.gap_sigma_m * (2 - confidence), edge=world.edge[observers],
         )  # fmt: skip
 
     # ------------------------------------------------------------------ the world the controller sees
 
-    def _deliver(self, world: WorldState) -> WorldState:
+    def _deliver(self, world: WorldState) -> tuple[WorldState, np.ndarray]:
         """The perceived world at this step: CAVs as they are, the rest from the newest delivered
-        estimate of each observer (and the tracks still held)."""
+        estimate of each observer (and the tracks still held); and the σ of each row's position (0 for CAVs),
+        σ = σ₀ + σ_v·age."""
         t = world.time_s
-        cav_ids = set(world.ids[world.is_cav].tolist())
-        newest: dict[str, tuple[Frame, int]] = {}
-        for frame in self.pending:
-            for k, vid in enumerate(frame.observers):
-                if frame.ready_step[k] <= self.step and vid in cav_ids:
-                    newest[vid] = (frame, k)  # frames are in time order: the last one wins
-        keep_after = min((f.time_s for f, _ in newest.values()), default=-math.inf)
+        cav_ids = world.ids[world.is_cav]
+        # the newest delivered frame of each CAV (frames are in time order: the last one wins)
+        delivered = [np.flatnonzero((f.ready_step <= self.step) & np.isin(f.observers, cav_ids)) for f in self.pending]
+        frame_of = np.concatenate([np.full(len(k), f) for f, k in enumerate(delivered)] or [np.zeros(0, int)])
+        index = np.concatenate(delivered or [np.zeros(0, int)])
+        observers = np.concatenate([f.observers[k] for f, k in zip(self.pending, delivered, strict=True)]
+                                   or [np.zeros(0, dtype=object)])  # fmt: skip
+        _, last = np.unique(observers[::-1], return_index=True)
+        last = np.sort(len(observers) - 1 - last)
+        frame_of, index = frame_of[last], index[last]
+        looks = self._looks(frame_of, index, t)
+        keep_after = min((self.pending[f].time_s for f in np.unique(frame_of).tolist()), default=-math.inf)
         self.pending = [f for f in self.pending if f.time_s >= keep_after or (f.ready_step > self.step).any()]
-        seen: dict[str, list[tuple[float, float, Frame, int, int]]] = {}
-        for frame, k in newest.values():
-            for s in np.flatnonzero(frame.present[k]).tolist():
-                vid = frame.vehicle[k, s]
-                x_now = frame.x_m[k, s] + frame.speed_mps[k, s] * (t - frame.time_s)
-                seen.setdefault(vid, []).append((x_now, frame.speed_mps[k, s], frame, k, s))
-        ghosts: dict[str, Track] = {}
-        for vid, looks in seen.items():
-            if vid in cav_ids:
-                continue  # V2V: the CAV's own state wins
-            _, _, frame, k, s = looks[0]
-            track = Track(t, float(np.mean([lk[0] for lk in looks])), float(np.mean([lk[1] for lk in looks])),
-                          int(frame.lane[k, s]), float(frame.length_m[k, s]), int(frame.type_index[k, s]),
-                          int(frame.slot[k, s]), int(frame.edge[k]))  # fmt: skip
-            (ghosts if vid.startswith("ghost:") else self.tracks)[vid] = track
-        self.tracks = {vid: tr for vid, tr in self.tracks.items() if t - tr.time_s <= self.spec.track_hold_s + 1e-9}
-        others = {**self.tracks, **ghosts}
+        looks = looks.take(np.flatnonzero(~np.isin(looks.ids, cav_ids)))  # V2V: the CAVs' own states win
+        seen = _averaged(looks)
+        ghost = seen.slot < 0
+        self.tracks = Tracks.join(seen.take(np.flatnonzero(~ghost)), self.tracks)
+        age = t - self.tracks.time_s
+        spec = self.spec
+        hold = np.where(self.tracks.leader, max(spec.leader_hold_s, spec.track_hold_s), spec.track_hold_s)
+        if world.time_s > self.warmup_s + 1e-9:
+            self.stats["leader_holds"] += float((self.tracks.leader & (age > self.spec.track_hold_s + 1e-9)
+                                                 & (age <= hold + 1e-9)).sum())  # fmt: skip
+        self.tracks = self.tracks.take(np.flatnonzero(age <= hold + 1e-9))
+        others = Tracks.join(self.tracks, seen.take(np.flatnonzero(ghost)))
         cavs = np.flatnonzero(world.is_cav)
-        ids = np.array([*world.ids[cavs].tolist(), *others], dtype=object)
-        tracks = list(others.values())
-
-        def column(values, cav_values, dtype):
-            return np.concatenate([cav_values, np.array(values, dtype=dtype)]).astype(dtype)
-
-        x = column([tr.x_m + tr.speed_mps * (t - tr.time_s) for tr in tracks], world.x_m[cavs], np.float64)
-        lane = column([tr.lane for tr in tracks], world.lane[cavs], world.lane.dtype)
+        x = np.concatenate([world.x_m[cavs], others.x_m + others.speed_mps * (t - others.time_s)])
+        lane = np.concatenate([world.lane[cavs], others.lane.astype(world.lane.dtype)])
+        sigma = np.concatenate([np.zeros(len(cavs)), others.sigma_m + self.spec.speed_sigma_mps * (t - others.time_s)])
         order = np.lexsort((x, lane))
-        return WorldState(
-            time_s=t, ids=ids.astype(world.ids.dtype)[order],
-            slot=column([tr.slot for tr in tracks], world.slot[cavs], world.slot.dtype)[order],
-            type_index=column([tr.type_index for tr in tracks], world.type_index[cavs], world.type_index.dtype)[order],
-            is_cav=column([False] * len(tracks), world.is_cav[cavs], bool)[order],
-            controlled=column([False] * len(tracks), world.controlled[cavs], bool)[order],
-            edge=column([tr.edge for tr in tracks], world.edge[cavs], world.edge.dtype)[order],
-            lane=lane[order], x_m=x[order],
-            speed_mps=column([tr.speed_mps for tr in tracks], world.speed_mps[cavs], np.float64)[order],
-            accel_mps2=column([0.0] * len(tracks), world.accel_mps2[cavs], np.float64)[order],
-            length_m=column([tr.length_m for tr in tracks], world.length_m[cavs], np.float64)[order],
+
+        def column(name: str, values: np.ndarray) -> np.ndarray:
+            mine = getattr(world, name)
+            return np.concatenate([mine[cavs], values.astype(mine.dtype)])[order]
+
+        absent = np.zeros(len(others), dtype=bool)
+        perceived = WorldState(
+            time_s=t, ids=column("ids", others.ids), slot=column("slot", others.slot),
+            type_index=column("type_index", others.type_index), is_cav=column("is_cav", absent),
+            controlled=column("controlled", absent), edge=column("edge", others.edge), lane=lane[order],
+            x_m=x[order], speed_mps=column("speed_mps", others.speed_mps),
+            accel_mps2=column("accel_mps2", np.zeros(len(others))), length_m=column("length_m", others.length_m),
             type_names=world.type_names, edge_names=world.edge_names,
         )  # fmt: skip
+        return perceived, sigma[order]
+
+    def _looks(self, frame_of: np.ndarray, index: np.ndarray, t: float) -> Tracks:
+        """Every detection of the observers `index` of the pending frames `frame_of`, predicted to `t`."""
+        parts = []
+        for f in np.unique(frame_of).tolist():
+            frame = self.pending[f]
+            k = index[frame_of == f]
+            kk, ss = np.nonzero(frame.present[k])
+            kk = k[kk]
+            parts.append(Tracks(
+                frame.vehicle[kk, ss], np.full(len(kk), t), frame.x_m[kk, ss] + frame.speed_mps[kk, ss] *
+                (t - frame.time_s), frame.speed_mps[kk, ss], frame.lane[kk, ss], frame.length_m[kk, ss],
+                frame.type_index[kk, ss], frame.slot[kk, ss], frame.edge[kk], frame.sigma_m[kk, ss] +
+                self.spec.speed_sigma_mps * (t - frame.time_s), ss == SLOTS.index("own_front")))  # fmt: skip
+        if not parts:
+            return Tracks.empty()
+        return Tracks(**{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(Tracks)})
 
     # ------------------------------------------------------------------ metrics
 
@@ -288,12 +388,11 @@ class PerceptionLoop:
 
     def _score_plan(self, world: WorldState, perceived: WorldState) -> None:
         """Errors of the perceived non-CAVs that exist, against their true state now."""
-        truth = {vid: k for k, vid in enumerate(world.ids.tolist())}
-        rows = [(k, truth[vid]) for k, vid in enumerate(perceived.ids.tolist())
-                if not perceived.is_cav[k] and vid in truth]  # fmt: skip
-        if rows:
-            p, w = np.array(rows).T
-            self.stats["plan_errors"] += len(rows)
+        others = np.flatnonzero(~perceived.is_cav)
+        _, p, w = np.intersect1d(perceived.ids[others], world.ids, return_indices=True)
+        if len(p):
+            p = others[p]
+            self.stats["plan_errors"] += len(p)
             self.stats["plan_position_error_m"] += float(np.abs(perceived.x_m[p] - world.x_m[w]).sum())
             self.stats["plan_speed_error_mps"] += float(np.abs(perceived.speed_mps[p] - world.speed_mps[w]).sum())
 
@@ -323,9 +422,58 @@ class PerceptionLoop:
             "perception_sensors_ms_per_step": 1e3 * ratio("sensors_s", "steps"),
             "perception_inference_ms_per_step": 1e3 * ratio("inference_s", "steps"),
             "perception_cav_frames": st["frames"],
+            "perception_emergency_brakings": st["emergency_events"],
+            "perception_emergency_braking_s": st["emergency_steps"] * self.dt,
+            "perception_leader_hold_s": st["leader_holds"] * self.dt,
+            "perception_fault_s": st["fault_steps"] * self.dt,
             **{f"perception_{m}_off_share": self.modality_off[m] / st["frames"] if st["frames"] else math.nan
                for m in MODALITIES},
         }  # fmt: skip
+
+
+def _averaged(looks: Tracks) -> Tracks:
+    """One entry per vehicle: the mean position and speed of its looks, the smallest σ, a leader if any look was
+    of an own-lane leader, the rest from its first look."""
+    ids, first, which = np.unique(looks.ids, return_index=True, return_inverse=True)
+    counts = np.bincount(which, minlength=len(ids))
+    merged = looks.take(first)
+    sigma = np.full(len(ids), np.inf)
+    np.minimum.at(sigma, which, looks.sigma_m)
+    return Tracks(ids, merged.time_s, np.bincount(which, looks.x_m, len(ids)) / counts,
+                  np.bincount(which, looks.speed_mps, len(ids)) / counts, merged.lane, merged.length_m,
+                  merged.type_index, merged.slot, merged.edge, sigma,
+                  np.bincount(which, looks.leader, len(ids)) > 0)  # fmt: skip
+
+
+def _widened(world: WorldState, margin_m: np.ndarray) -> WorldState:
+    """`world` with each vehicle's footprint widened by `margin_m` at both ends (front x + m, length L + 2m),
+    rows re-sorted by lane and position: every gap to it shrinks by its margin."""
+    if not margin_m.any():
+        return world
+    x = world.x_m + margin_m
+    order = np.lexsort((x, world.lane))
+    columns = {f.name: getattr(world, f.name) for f in fields(WorldState) if f.name not in _NOT_ROWS}
+    columns.update(x_m=x, length_m=world.length_m + 2 * margin_m)
+    return dataclasses.replace(world, **{name: column[order] for name, column in columns.items()})
+
+
+_NOT_ROWS = ("time_s", "type_names", "edge_names")
+
+
+def radar_leader(radar: np.ndarray, length_m: np.ndarray, lane_width_m: float, range_m: float
+                 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Per radar frame (N, returns, 4: present, range/range_m, azimuth/π, range rate/30 m/s), the nearest
+    return ahead within half a lane width of the axis: its bumper-to-bumper gap, r·cos(az) − (L + L_assumed)/2
+    (L the observer's length, L_assumed = `GHOST_LENGTH_M`), and range rate [m/s]; (inf, 0) where none."""
+    r, azimuth = radar[..., 1] * range_m, radar[..., 2] * np.pi
+    along, across = r * np.cos(azimuth), r * np.sin(azimuth)
+    ahead = (radar[..., 0] > 0.5) & (along > 0) & (np.abs(across) < lane_width_m / 2)
+    gap = np.where(ahead, along - (length_m[:, None] + GHOST_LENGTH_M) / 2, np.inf)
+    nearest = gap.argmin(axis=1) if gap.shape[1] else np.zeros(len(gap), dtype=int)
+    rows = np.arange(len(gap))
+    best = gap[rows, nearest] if gap.shape[1] else np.full(len(gap), np.inf)
+    rate = np.where(np.isfinite(best), radar[rows, nearest, 3] * SPEED_SCALE_MPS if gap.shape[1] else 0.0, 0.0)
+    return best, rate
 
 
 def _hdv_type(world: WorldState) -> int:

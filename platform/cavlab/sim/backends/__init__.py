@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from cavlab.config.scenario import Scenario
 from cavlab.sim.backends.base import SumoBackend
-from cavlab.sim.backends.libsumo import LibsumoBackend
+from cavlab.sim.backends.libsumo import LibsumoBackend, libsumo_in_use
 from cavlab.sim.backends.traci import TraciBackend
 from cavlab.sim.network import Network, SumoInputs
 
@@ -18,4 +18,4 @@ def make_backend(scenario: Scenario, network: Network, inputs: SumoInputs) -> Su
     return TraciBackend(scenario, network, inputs, gui=kind == "gui")
 
 
-__all__ = ["LibsumoBackend", "SumoBackend", "TraciBackend", "make_backend"]
+__all__ = ["LibsumoBackend", "SumoBackend", "TraciBackend", "libsumo_in_use", "make_backend"]

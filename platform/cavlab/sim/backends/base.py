@@ -83,25 +83,31 @@ class SumoBackend(ABC):
         self._edge_lanes = np.array([e.lanes for e in network.edges])
         self._edge_names = network.edge_names
         self._edge_index = {name: k for k, name in enumerate(network.edge_names)}
+        self._lane_rows = np.arange(len(network.lane_ids))
+        self._inv_dt = 1.0 / self.step_length_s
+        self._modes = ControlModes()
+        self._modes_idle_differ = False
+        self._clear_tables()
+        self._open = False
+
+    def _clear_tables(self) -> None:
+        """Forget every vehicle (a new simulation, or one loaded from a saved state, begins)."""
         self._slot_of: dict[str, int] = {}
         self._slot_ids: list[str] = []
         capacity = 1024
         self._prev_speed = np.zeros(capacity)
         self._fresh_accel: dict[int, float] = {}  # vehicles that entered in the last step
-        self._lane_rows = np.arange(len(network.lane_ids))
-        self._inv_dt = 1.0 / self.step_length_s
         self._slot_type = np.zeros(capacity, dtype=np.intp)
         self._slot_is_cav = np.zeros(capacity, dtype=bool)
         self._slot_length = np.zeros(capacity)
         self._slot_edge = np.zeros(capacity, dtype=np.intp)
         self._controlled = np.zeros(capacity, dtype=bool)
         self._held = np.zeros(capacity, dtype=bool)  # kept in lane by `HoldLane`, speed SUMO's
-        self._modes = ControlModes()
-        self._modes_idle_differ = False
         self._routes_added: set[str] = set()
         self._speeds_stale = False
         self._time_s = 0.0
-        self._open = False
+        self.present: tuple[Departure, ...] = ()
+        """The vehicles already in the network when the simulation (re)started: those of a loaded state."""
 
     # -------------------------------------------------------------- lifecycle
 
@@ -121,6 +127,35 @@ class SumoBackend(ABC):
         except Exception as exc:
             raise SimulationError(f"SUMO did not start: {exc}{self._log_tail()}") from exc
         self._open = True
+        self._take_present()
+
+    def restart(self, extra_args: tuple[str, ...] = ()) -> None:
+        """Load a new simulation into the running SUMO (TraCI's `load`: no new process, the network read
+        again), with the .sumocfg and `extra_args` as `start` takes them (e.g. `("--seed", "7",
+        "--load-state", "warm.sbx")`: SUMO's random number generators seeded anew, the simulation at the
+        state's time); the vehicles of a loaded state are in `present`."""
+        if not self._open:
+            raise SimulationError("restart() needs a running SUMO: call start() first")
+        try:
+            self._reload(["-c", str(self.inputs.config), *extra_args])
+        except Exception as exc:
+            self.close()
+            raise SimulationError(f"SUMO could not load the simulation: {exc}{self._log_tail()}") from exc
+        self._clear_tables()
+        self._take_present()
+
+    def save_state(self, path: str) -> None:
+        """Save SUMO's state now (binary with the suffix .sbx, else XML): `restart` with `--load-state` loads it."""
+        self.api.simulation.saveState(path)
+
+    def _take_present(self) -> None:
+        """Register the vehicles in the network now (none after a plain start), with their departure times."""
+        self._time_s = self.api.simulation.getTime()
+        ids = self.api.vehicle.getIDList()
+        if not ids:
+            return
+        depart = self.api.vehicle.getDeparture
+        self.present = tuple(self._register(vid, depart(vid)) for vid in ids)
 
     def close(self) -> None:
         """Stop SUMO; safe to call twice."""
@@ -156,6 +191,10 @@ class SumoBackend(ABC):
 
     @abstractmethod
     def _shutdown(self) -> None: ...
+
+    @abstractmethod
+    def _reload(self, args: list[str]) -> None:
+        """Load a new simulation into the running SUMO with these options."""
 
     @abstractmethod
     def _step_sumo(self) -> RawEvents:
@@ -354,11 +393,25 @@ class SumoBackend(ABC):
         self.api.vehicle.setType(vehicle_id, type_name)
         self._set_type(self._slot_of[vehicle_id], type_name)
 
+    def set_speed_factor(self, vehicle_id: str, factor: float) -> None:
+        """Set a vehicle's speed factor (its desired speed is factor × the lane's speed limit)."""
+        self.api.vehicle.setSpeedFactor(vehicle_id, factor)
+
+    def set_max_speed(self, vehicle_id: str, speed_mps: float) -> None:
+        """Cap a vehicle's speed (as its vehicle type's maximum speed would)."""
+        self.api.vehicle.setMaxSpeed(vehicle_id, speed_mps)
+
+    def keep_lane(self, vehicle_id: str) -> None:
+        """Stop a vehicle from changing lanes on its own (SUMO lane-change mode 0)."""
+        self.api.vehicle.setLaneChangeMode(vehicle_id, 0)
+
     # -------------------------------------------------------------- inserting vehicles
 
     def add_vehicle(self, vehicle_id: str, route: str, type_name: str, lane: int, x_m: float, speed_mps: float) -> None:
         """Ask SUMO to insert a vehicle with its front bumper at global `x_m` on road lane `lane` of
-        `route`; it enters at the next step if SUMO finds the spot safe, and waits otherwise."""
+        `route`; it enters at the next step if SUMO finds the spot safe, and waits otherwise. A spot off
+        the route, and a vehicle SUMO refuses at once (a departure speed above its type's maximum, say),
+        raise ValueError."""
         edges = [self.network.edge(e) for e in self.network.routes[route]]
         k = next((i for i, e in enumerate(edges) if e.start_m <= x_m < e.start_m + e.length_m), None)
         if k is None:
@@ -370,10 +423,13 @@ class SumoBackend(ABC):
         if route_id not in self._routes_added:
             self.api.route.add(route_id, [e.id for e in edges[k:]])
             self._routes_added.add(route_id)
-        self.api.vehicle.add(
-            vehicle_id, route_id, type_name, depart="now", departLane=str(lane - edge.lane_offset),
-            departPos=f"{x_m - edge.start_m:.3f}", departSpeed=f"{speed_mps:.3f}",
-        )  # fmt: skip
+        try:
+            self.api.vehicle.add(
+                vehicle_id, route_id, type_name, depart="now", departLane=str(lane - edge.lane_offset),
+                departPos=f"{x_m - edge.start_m:.3f}", departSpeed=f"{speed_mps:.3f}",
+            )  # fmt: skip
+        except Exception as exc:  # libsumo's and traci's TraCIException
+            raise ValueError(f"SUMO refused vehicle '{vehicle_id}': {exc}") from exc
 
     def remove_vehicle(self, vehicle_id: str) -> None:
         """Remove a vehicle, in the network or still waiting to be inserted."""

@@ -7,7 +7,8 @@ The getters are SWIG's C functions themselves (`libsumo._libsumo`): the Python w
 around them cost another 40 % per call.
 
 libsumo runs one simulation per process, and a second `start` silently replaces the
-first; this backend refuses to start while another libsumo simulation is open.
+first; this backend refuses to start while another libsumo simulation is open
+(`libsumo_in_use` tells whether one is).
 
 SUMO writes its warnings both to the run's log and to the process's stderr; stderr is
 pointed at sumo/sumo.console.log while SUMO runs, so the terminal stays clean.
@@ -25,6 +26,11 @@ from cavlab.errors import SimulationError
 from cavlab.sim.backends.base import RawEvents, RawVehicles, SumoBackend
 
 _owner: LibsumoBackend | None = None
+
+
+def libsumo_in_use() -> bool:
+    """Whether a libsumo simulation is open in this process (another cannot start until it closes)."""
+    return _owner is not None
 
 
 class LibsumoBackend(SumoBackend):
@@ -87,6 +93,15 @@ class LibsumoBackend(SumoBackend):
         finally:
             self._release_fds()
             _owner = None
+
+    def _reload(self, args: list[str]) -> None:
+        import libsumo
+
+        os.dup2(self._console, 2)
+        try:
+            libsumo.load(args)
+        finally:
+            os.dup2(self._stderr, 2)
 
     def _release_fds(self) -> None:
         os.close(self._console)

@@ -105,17 +105,35 @@ class TraciBackend(SumoBackend):
             raise
         self._vars = [tc.VAR_LANEPOSITION, tc.VAR_SPEED]
         self._lanes = self.network.lane_ids
-        for lane in self._lanes:
-            self._conn.lane.subscribe(lane, [tc.LAST_STEP_VEHICLE_ID_LIST])
         self._sim_vars = (
             tc.VAR_TIME,
             tc.VAR_DEPARTED_VEHICLES_IDS,
             tc.VAR_ARRIVED_VEHICLES_IDS,
             tc.VAR_COLLIDING_VEHICLES_NUMBER,
         )
-        self._conn.simulation.subscribe(list(self._sim_vars))
         self._lane_list = tc.LAST_STEP_VEHICLE_ID_LIST
         self._pos, self._speed = self._vars
+        self._subscribe()
+
+    def _subscribe(self) -> None:
+        """Subscribe to every lane's vehicle list and the simulation's events (again after a `load`)."""
+        for lane in self._lanes:
+            self._conn.lane.subscribe(lane, [self._lane_list])
+        self._conn.simulation.subscribe(list(self._sim_vars))
+
+    def _reload(self, args: list[str]) -> None:
+        self._conn.load(args)
+        self._subscribe()
+
+    def remove_vehicle(self, vehicle_id: str) -> None:
+        if vehicle_id in self._slot_of:  # else SUMO complains at every step that it is gone
+            self._conn.vehicle.unsubscribe(vehicle_id)
+        super().remove_vehicle(vehicle_id)
+
+    def _take_present(self) -> None:
+        super()._take_present()
+        for d in self.present:
+            self._conn.vehicle.subscribe(d.vehicle_id, self._vars)
 
     def _shutdown(self) -> None:
         try:

@@ -259,3 +259,8 @@ def test_multi_agent_on_the_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
                         str(tmp_path / "other"), "--env", "max_agents=3"])  # fmt: skip
     assert seen["multi_agent"] is True
     assert seen["resume"] is None
+
+
+def test_the_multi_agent_env_refuses_an_external_network() -> None:
+    with pytest.raises(EnvConfigError, match=r"road\.kind 'network' is not supported by the multi-agent environment"):
+        TrafficParallelEnv(scenario="sumo-ramp-network")

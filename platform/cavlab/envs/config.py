@@ -34,13 +34,22 @@ class EgoSpec(InputModel):
     new vehicle enters at `x_m` at `speed_mps` (null: 80 % of the speed limit there), or 40 m
     or 80 m farther on. Each falls back on the other: a takeover in an empty lane inserts, an
     insertion that SUMO finds no room for (a queue on the ramp) takes over.
+
+    On an external network (`road.kind: network`) the ego drives from `from_edge` to `to_edge`
+    (the route SUMO finds, as for the demand's flows): it is taken over or inserted on
+    `from_edge`, `x_m` is the distance from that edge's start and `lane` a road lane of that edge
+    (lanes as cavlab numbers them on the network's corridors); `route` is for generated roads.
     """
 
-    route: Literal["mainline", "ramp"] = "mainline"
+    route: Literal["mainline", "ramp"] = Field("mainline", description="Generated roads: the route driven")
+    from_edge: str | None = Field(None, description="Network: the edge the ego starts on")
+    to_edge: str | None = Field(None, description="Network: the edge its route ends on (SUMO finds the route)")
     lane: Annotated[int, Field(ge=-1, le=7)] = Field(
         0, description="Road lane (0 = rightmost mainline lane, −1 = ramp)"
     )
-    x_m: Annotated[float, Field(ge=0, le=100_000)] = 300.0
+    x_m: Annotated[float, Field(ge=0, le=100_000)] = Field(
+        300.0, description="Where the ego starts: global x on a generated road, from from_edge's start on a network"
+    )
     placement: Literal["takeover", "insert"] = "takeover"
     leader_within_m: Distance | None = None
     speed_mps: Speed | None = None
@@ -236,7 +245,8 @@ class EnvConfig(InputModel):
         None, description="The lane the ego should reach (rewarded)"
     )
     goal_x_m: Annotated[float, Field(ge=0, le=100_000)] | None = Field(
-        None, description="Reaching it ends the episode; null: 50 m before the road end"
+        None, description="Reaching it ends the episode; null: 50 m before the road end (on a network: the distance "
+        "from the start of ego.to_edge; null: 50 m before its end)"
     )
     ego: EgoSpec = Field(default_factory=EgoSpec)
     observation: ObservationSpec = Field(default_factory=ObservationSpec)

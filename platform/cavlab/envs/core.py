@@ -47,7 +47,7 @@ from cavlab.envs.observations import PerceivedNeighbours, RoadFrame, lane_ttc, m
 from cavlab.errors import SimulationError
 from cavlab.sim.backends import SumoBackend, libsumo_in_use
 from cavlab.sim.engine import Engine, RunResult, control_setup
-from cavlab.sim.network import Network
+from cavlab.sim.network import Edge, Network, build_network
 from cavlab.sim.resolve import load_scenario
 from cavlab.world import Accelerate, ChangeLane, Command, ControlModes, Release, WorldState
 
@@ -97,11 +97,9 @@ class AgentTraffic:
         self.config = config
         self.scenario = self._scenario(config)
         road = self.scenario.road
-        if road.kind == "network":
-            raise EnvConfigError(
-                f"scenario '{self.scenario.name}': road.kind 'network' is not supported by the environments yet "
-                "(they need a generated road: highway, on_ramp or lane_drop)"
-            )
+        # an external network is read now: the ego's edges are checked and the spaces sized from its edges
+        self._net = build_network(road) if road.kind == "network" else None
+        self._edge_corridor = np.asarray(self._net.external.corridor) if self._net is not None else None
         self.step_length_s = self.scenario.simulation.step_length_s
         self.substeps = round(config.decision_period_s / self.step_length_s)
         if self.substeps < 1 or abs(self.substeps * self.step_length_s - config.decision_period_s) > 1e-9:
@@ -109,14 +107,8 @@ class AgentTraffic:
                 f"environment option 'decision_period_s' = {config.decision_period_s:g} must be a multiple of the "
                 f"scenario's step length ({self.step_length_s:g} s)"
             )
-        lane_min = -1 if road.kind == "on_ramp" else 0
         ego = config.ego
-        if not lane_min <= ego.lane < road.lanes:
-            raise EnvConfigError(
-                f"environment option 'ego.lane' = {ego.lane}: the road has lanes {lane_min}..{road.lanes - 1}"
-            )
-        if ego.route == "ramp" and road.kind != "on_ramp":
-            raise EnvConfigError("environment option 'ego.route' = 'ramp': the scenario's road has no on-ramp")
+        self.check_ego(ego)
         types = self.scenario.demand.vehicle_types
         self.agent_type = ego.vehicle_type or self.scenario.demand.cav_type
         if self.agent_type not in types:
@@ -127,9 +119,15 @@ class AgentTraffic:
         spec = types[self.agent_type]
         self.accel_mps2, self.decel_mps2, self.length_m = spec.accel_mps2, spec.decel_mps2, spec.length_m
         self.planner_actions = config.action.type == "planner"
-        self.frame = RoadFrame(lane_min, road.lanes - 1, road.speed_limit_mps, lane_width_m=road.lane_width_m)
+        if self._net is None:
+            lane_min, lane_max, limit = -1 if road.kind == "on_ramp" else 0, road.lanes - 1, road.speed_limit_mps
+        else:
+            normal = [e for e in self._net.edges if not e.internal]
+            lane_min, lane_max = min(e.lane_offset for e in normal), max(e.lane_offset + e.lanes - 1 for e in normal)
+            limit = max(e.speed_limit_mps for e in normal)
+        self.frame = RoadFrame(lane_min, lane_max, limit, lane_width_m=road.lane_width_m)
         self.observation_type = make_observation(config.observation, self.frame, self.scenario.context)
-        self.goal_x_m = config.goal_x_m if config.goal_x_m is not None else road.length_m - 50.0
+        self.set_goal(config)
         self.agents: dict[str, Agent] = {}
         self.engine: Engine | None = None
         self._warm: dict[int, Path] = {}  # warm state k → its saved state
@@ -138,6 +136,85 @@ class AgentTraffic:
         """Called after every engine step of a decision period in `step` (e.g. a renderer grabbing frames)."""
 
     # ------------------------------------------------------------------ setup
+
+    def check_ego(self, ego: EgoSpec) -> None:
+        """Raise an `EnvConfigError` naming the first field of `ego` that does not fit the scenario's road."""
+        road = self.scenario.road
+        if self._net is None:
+            lane_min = -1 if road.kind == "on_ramp" else 0
+            if ego.from_edge is not None or ego.to_edge is not None:
+                name = "from_edge" if ego.from_edge is not None else "to_edge"
+                raise EnvConfigError(
+                    f"environment option 'ego.{name}' is for road.kind 'network'; the scenario's road is a generated "
+                    f"'{road.kind}' (use ego.route, ego.lane and ego.x_m)"
+                )
+            if not lane_min <= ego.lane < road.lanes:
+                raise EnvConfigError(
+                    f"environment option 'ego.lane' = {ego.lane}: the road has lanes {lane_min}..{road.lanes - 1}"
+                )
+            if ego.route == "ramp" and road.kind != "on_ramp":
+                raise EnvConfigError("environment option 'ego.route' = 'ramp': the scenario's road has no on-ramp")
+            return
+        if ego.route != "mainline":
+            raise EnvConfigError(
+                f"environment option 'ego.route' = '{ego.route}': on road.kind 'network' the ego's route is "
+                "ego.from_edge to ego.to_edge (allowed: mainline, the default)"
+            )
+        for name in ("from_edge", "to_edge"):
+            if getattr(ego, name) is None:
+                raise EnvConfigError(f"environment option 'ego.{name}': road.kind 'network' needs it {self._known()}")
+        start, end = self._net_edge("from_edge", ego.from_edge), self._net_edge("to_edge", ego.to_edge)
+        if not start.lane_offset <= ego.lane < start.lane_offset + start.lanes:
+            raise EnvConfigError(
+                f"environment option 'ego.lane' = {ego.lane}: edge '{start.id}' has road lanes "
+                f"{start.lane_offset}..{start.lane_offset + start.lanes - 1}"
+            )
+        if ego.x_m > start.length_m:
+            raise EnvConfigError(
+                f"environment option 'ego.x_m' = {ego.x_m:g}: on a network it is the distance from the start of "
+                f"ego.from_edge '{start.id}' (allowed: 0..{start.length_m:g} m)"
+            )
+        successors = self._net.external.successors
+        reached, stack = {start.id}, [start.id]
+        while stack and end.id not in reached:
+            for b in successors.get(stack.pop(), ()):
+                if b not in reached:
+                    reached.add(b)
+                    stack.append(b)
+        if end.id not in reached:
+            raise EnvConfigError(
+                f"environment option 'ego.to_edge' = '{end.id}': no route from ego.from_edge '{start.id}' to it"
+            )
+
+    def _net_edge(self, name: str, edge_id: str) -> Edge:
+        """The normal edge of the network named by option `ego.<name>`."""
+        edge = self._net.edge(edge_id) if edge_id in self._net.edge_names else None
+        if edge is None or edge.internal:
+            raise EnvConfigError(f"environment option 'ego.{name}': unknown edge '{edge_id}' {self._known()}")
+        return edge
+
+    def _known(self) -> str:
+        names = sorted(e.id for e in self._net.edges if not e.internal)
+        more = f", … ({len(names)} in all)" if len(names) > 8 else ""
+        return f"(edges of the network: {', '.join(names[:8])}{more})"
+
+    def set_goal(self, config: EnvConfig) -> None:
+        """The goal of an episode of `config`: `goal_x_m`, else 50 m before the road's end; on a network,
+        `goal_x_m` is the distance from the start of ego.to_edge, by default 50 m before its end (its middle
+        on an edge shorter than 100 m), and the goal counts only on that edge's corridor."""
+        if self._net is None:
+            self._goal_corridor = None
+            self.goal_x_m = config.goal_x_m if config.goal_x_m is not None else self.scenario.road.length_m - 50.0
+            return
+        end = self._net_edge("to_edge", config.ego.to_edge)
+        if config.goal_x_m is not None and config.goal_x_m > end.length_m:
+            raise EnvConfigError(
+                f"environment option 'goal_x_m' = {config.goal_x_m:g}: on a network it is the distance from the start "
+                f"of ego.to_edge '{end.id}' (allowed: 0..{end.length_m:g} m)"
+            )
+        along = end.length_m - min(50.0, end.length_m / 2) if config.goal_x_m is None else config.goal_x_m
+        self.goal_x_m = end.start_m + along
+        self._goal_corridor = self._corridor_of(self._net.edge_names.index(end.id))
 
     @staticmethod
     def _scenario(cfg: EnvConfig) -> Scenario:
@@ -178,7 +255,8 @@ class AgentTraffic:
 
     @property
     def network(self) -> Network | None:
-        return self.engine.network if self.engine is not None else None
+        """The network (an external one from construction on, a generated one once SUMO's inputs are built)."""
+        return self.engine.network if self.engine is not None else self._net
 
     @property
     def backend(self) -> SumoBackend | None:
@@ -331,6 +409,8 @@ class AgentTraffic:
             if row is not None:
                 vehicle_id = str(self.world.ids[row])
                 self.backend.set_vehicle_type(vehicle_id, self.agent_type)
+                if spec.to_edge is not None:  # on a network: SUMO routes it on to the ego's destination
+                    self.backend.change_target(vehicle_id, spec.to_edge)
                 self._advance([])  # a world state with the new type
                 return self.adopt(vehicle_id)
             if k < waits and spec.leader_within_m is not None:
@@ -340,11 +420,17 @@ class AgentTraffic:
     def _insert(self, spec: EgoSpec, name: str) -> Agent | None:
         """A new vehicle enters at `x_m` (or 40 m, 80 m farther on) if SUMO finds room within a second."""
         road = self.scenario.road
-        limit = road.ramp.speed_limit_mps if spec.route == "ramp" and road.ramp else road.speed_limit_mps
+        if self._net is None:
+            limit = road.ramp.speed_limit_mps if spec.route == "ramp" and road.ramp else road.speed_limit_mps
+            route, spots = spec.route, [spec.x_m + 40.0 * k for k in range(3)]
+        else:  # on ego.from_edge (its last metre at most), on the route SUMO finds to ego.to_edge
+            start = self._net.edge(spec.from_edge)
+            limit, route = start.speed_limit_mps, self._route(spec.from_edge, spec.to_edge)
+            spots = sorted({start.start_m + min(spec.x_m + 40.0 * k, start.length_m - 1.0) for k in range(3)})
         speed = 0.8 * limit if spec.speed_mps is None else spec.speed_mps
-        for k in range(3):
+        for x in spots:
             self._refresh()
-            self.backend.add_vehicle(name, spec.route, self.agent_type, spec.lane, spec.x_m + 40.0 * k, speed)
+            self.backend.add_vehicle(name, route, self.agent_type, spec.lane, x, speed)
             for _ in range(round(INSERT_WAIT_S / self.step_length_s)):
                 self._advance([], read_world=False)
                 if any(d.vehicle_id == name for d in self.events.departures):
@@ -358,11 +444,23 @@ class AgentTraffic:
         """The row of the vehicle `spec` describes for a takeover, if there is one now (with a
         leader within `leader_within_m` only if `with_leader`)."""
         world = self.world
-        rows = np.flatnonzero((world.lane == spec.lane) & (world.x_m > self.length_m + 1.0))
+        x, origin = spec.x_m, 0.0
+        ok = world.lane == spec.lane
+        if self._net is not None:  # on the named edge only (x measured from its start)
+            start = self._net.edge(spec.from_edge)
+            x, origin = start.start_m + min(spec.x_m, start.length_m), start.start_m
+            ok &= world.edge == self._net.edge_names.index(start.id)
+        rows = np.flatnonzero(ok & (world.x_m > origin + self.length_m + 1.0))
         if with_leader and spec.leader_within_m is not None:
             lead = world.leader_ahead_row[rows]  # the next vehicle strictly ahead in the lane
             rows = rows[(lead >= 0) & (world.gap_m(rows, lead) <= spec.leader_within_m)]
-        return int(rows[np.argmin(np.abs(world.x_m[rows] - spec.x_m))]) if len(rows) else None
+        return int(rows[np.argmin(np.abs(world.x_m[rows] - x))]) if len(rows) else None
+
+    def _route(self, from_edge: str, to_edge: str) -> tuple[str, ...]:
+        """The edges SUMO routes a vehicle of the ego's type on from `from_edge` to `to_edge`, asked every time:
+        with the answer cached, the first episode of an env differed from later ones with the same seed (SUMO's
+        first route query after a load changes what follows)."""
+        return self.backend.find_route(from_edge, to_edge, self.agent_type)
 
     # ------------------------------------------------------------------ stepping
 
@@ -433,7 +531,7 @@ class AgentTraffic:
                 end = self._lane_end_x.get((edge, lane))
                 if end is not None and agent.x_m >= end - 1.0 and self.backend.time_s >= agent.lane_change_until_s:
                     agent.outcome = "lane_end"
-                elif agent.x_m >= self.goal_x_m:
+                elif agent.x_m >= self.goal_x_m and self._goal_corridor in (None, self._corridor_of(edge)):
                     agent.outcome = "goal"
             if agent.outcome is not None and self.backend.has_vehicle(vid):
                 release.append(Release(vid))
@@ -504,7 +602,7 @@ class AgentTraffic:
         terms = self.reward_terms(agent, truncated) if agent.steps else {}
         reward = float(sum(getattr(self.config.reward, k) * v for k, v in terms.items()))
         if row >= 0:
-            obs = self.observation_type.observe(world, row)
+            obs = self.observation_type.observe(*self._corridor_view(world, row))
         else:
             obs = np.zeros(self.observation_type.space.shape, dtype=np.float32)
         info: dict[str, Any] = {"time_s": world.time_s, "x_m": agent.x_m}
@@ -539,7 +637,7 @@ class AgentTraffic:
     def _unsafe(self, row: int) -> bool:
         """Whether the time to collision with the leader or follower of `row` in its lane is below `unsafe_ttc_s`,
         or the bumper gap to either is below `unsafe_headway_s` × its speed."""
-        r, world = self.config.reward, self.world
+        r, (world, row) = self.config.reward, self._corridor_view(self.world, row)
         ttc_ahead, ttc_behind, gap_ahead, gap_behind = lane_ttc(world, row, int(world.lane[row]), r.unsafe_ttc_s, 1e4)
         short = r.unsafe_headway_s * float(world.speed_mps[row])
         return min(ttc_ahead, ttc_behind) < r.unsafe_ttc_s or min(gap_ahead, gap_behind) < short
@@ -567,6 +665,24 @@ class AgentTraffic:
         drift = (world.x_m[rows] - x0) / period - v0
         dv = world.speed_mps[rows] - v0
         return float(0.5 * (drift @ drift) + 0.5 * (dv @ dv))
+
+    def _corridor_of(self, edge: int) -> int | None:
+        """The corridor of an edge (index) on a network; None on a generated road (one x line)."""
+        return None if self._net is None else int(self._edge_corridor[edge])
+
+    def _corridor_view(self, world: WorldState, row: int) -> tuple[WorldState, int]:
+        """The world of the vehicles on the corridor of `row` (all of them on a generated road), and the
+        row's index in it: on a network, x and road lanes compare only within a corridor."""
+        if self._net is None:
+            return world, row
+        corridor = self._edge_corridor[world.edge]
+        keep = np.flatnonzero(corridor == corridor[row])
+        if len(keep) == len(world):
+            return world, row
+        per_row = ("ids", "slot", "type_index", "is_cav", "controlled", "edge", "lane", "x_m", "speed_mps",
+                   "accel_mps2", "length_m")  # fmt: skip
+        view = dataclasses.replace(world, **{name: getattr(world, name)[keep] for name in per_row})
+        return view, int(np.searchsorted(keep, row))
 
     def _lane_exists(self, row: int, lane: int) -> bool:
         edge = int(self.world.edge[row])

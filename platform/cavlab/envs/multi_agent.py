@@ -51,6 +51,7 @@ from cavlab.envs.config import EnvConfigError, env_config
 from cavlab.envs.core import AgentTraffic
 from cavlab.envs.observations import ACCEL_SCALE_MPS2
 from cavlab.envs.render import TopDownRenderer
+from cavlab.sim.resolve import load_scenario
 
 STATE_AGENT_FEATURES = ("presence", "x", "lane", "speed", "accel")
 STATE_TRAFFIC_FEATURES = ("time", "vehicles", "mean_speed", "cav_share")
@@ -76,6 +77,12 @@ class TrafficParallelEnv(ParallelEnv):
             raise EnvConfigError(f"flatten_observations must be true or false (got {flatten_observations!r})")
         self.render_mode = render_mode
         self.config = env_config(self._task_defaults(task), kwargs)
+        if load_scenario(self.config.scenario, self.config.set).road.kind == "network":
+            raise EnvConfigError(
+                f"scenario '{self.config.scenario}': road.kind 'network' is not supported by the multi-agent "
+                "environment yet (it needs a generated road: highway, on_ramp or lane_drop; the single-agent envs run "
+                "on networks)"
+            )
         self.traffic = AgentTraffic(self.config)
         self._check_cavs()
         self.possible_agents = [f"cav_{k}" for k in range(max_agents)]

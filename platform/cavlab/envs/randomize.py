@@ -98,10 +98,10 @@ def perturb(spec: RandomizeSpec, traffic, ego_id: str, target_lane: int | None,
         body = world.x_m - world.length_m
         room = (world.x_m[in_lane] >= x - BESIDE_ROOM_M[0]) & (body[in_lane] <= x + BESIDE_ROOM_M[1])
         removed |= set(in_lane[room].tolist())
+        ego = traffic.config.ego
+        route = traffic._route(ego.from_edge, ego.to_edge) if traffic.network.external is not None else "mainline"
         try:
-            backend.add_vehicle(
-                BESIDE_ID, "mainline", kind_of, lane, x, max(0.0, float(world.speed_mps[row]) + beside_dv)
-            )
+            backend.add_vehicle(BESIDE_ID, route, kind_of, lane, x, max(0.0, float(world.speed_mps[row]) + beside_dv))
             inserted.append(BESIDE_ID)
         except ValueError:  # no such lane there
             pass

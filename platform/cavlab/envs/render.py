@@ -16,7 +16,9 @@ HDV = np.array([240, 200, 40], dtype=np.uint8)
 
 
 class TopDownRenderer:
-    """RGB frames (H, W, 3) of ±half_window_m around the ego; the highest lane on top."""
+    """RGB frames (H, W, 3) of ±half_window_m around the ego; the highest lane on top. On an external
+    network only the ego's corridor is drawn (its road and its vehicles; the last one drawn once the
+    ego has left)."""
 
     def __init__(self, network: Network, lane_min: int, lane_max: int, half_window_m: float = 100.0,
                  px_per_m: float = 3.0, lane_px: int = 18) -> None:  # fmt: skip
@@ -26,12 +28,15 @@ class TopDownRenderer:
         self.lane_px = lane_px
         self.width = round(2 * half_window_m * px_per_m)
         self.height = (lane_max - lane_min + 1) * lane_px + 2 * lane_px
-        # where each road lane exists: x intervals from the edges that carry it
-        self.lane_extent: dict[int, list[tuple[float, float]]] = {
-            lane: [(e.start_m, e.start_m + e.length_m) for e in network.edges
-                   if e.lane_offset <= lane < e.lane_offset + e.lanes]
-            for lane in range(lane_min, lane_max + 1)
+        # per corridor (one on a generated road), where each road lane exists: x intervals of the edges that carry it
+        self.edge_corridor = np.asarray(network.external.corridor if network.external else [0] * len(network.edges))
+        self.lane_extent: dict[int, dict[int, list[tuple[float, float]]]] = {
+            c: {lane: [(e.start_m, e.start_m + e.length_m) for k, e in enumerate(network.edges)
+                       if self.edge_corridor[k] == c and e.lane_offset <= lane < e.lane_offset + e.lanes]
+                for lane in range(lane_min, lane_max + 1)}
+            for c in np.unique(self.edge_corridor).tolist()
         }  # fmt: skip
+        self.corridor = int(self.edge_corridor[0])
 
     def _row(self, lane: int) -> int:
         return self.lane_px + (self.lane_max - lane) * self.lane_px
@@ -42,13 +47,16 @@ class TopDownRenderer:
     def frame(self, world: WorldState, ego: int | None, center_x_m: float) -> np.ndarray:
         img = np.empty((self.height, self.width, 3), dtype=np.uint8)
         img[:] = GRASS
-        for lane, extents in self.lane_extent.items():
+        if ego is not None:
+            self.corridor = int(self.edge_corridor[world.edge[ego]])
+        for lane, extents in self.lane_extent[self.corridor].items():
             top = self._row(lane)
             for a, b in extents:
                 c0, c1 = np.clip(self._col([a - center_x_m, b - center_x_m]), 0, self.width)
                 img[top : top + self.lane_px, c0:c1] = ROAD
                 img[top, c0:c1:12] = MARKING
-        near = np.flatnonzero(np.abs(world.x_m - center_x_m) <= self.half_window_m + 20)
+        near = np.flatnonzero((np.abs(world.x_m - center_x_m) <= self.half_window_m + 20)
+                              & (self.edge_corridor[world.edge] == self.corridor))  # fmt: skip
         margin = self.lane_px // 5
         for row in near.tolist():
             color = EGO if row == ego else (CAV if world.is_cav[row] else HDV)

@@ -148,9 +148,9 @@ class TrafficEnv(gym.Env):
                 f"reset option config.episode_s = {cfg.episode_s:g} exceeds the environment's episode_s = "
                 f"{base.episode_s:g} (its simulation is sized for that): make the environment with the longer one"
             )
+        self.traffic.check_ego(cfg.ego)
+        self.traffic.set_goal(cfg)
         self.config = self.traffic.config = cfg
-        road = self.traffic.scenario.road
-        self.traffic.goal_x_m = cfg.goal_x_m if cfg.goal_x_m is not None else road.length_m - 50.0
 
     def render(self):
         if self.render_mode is None:

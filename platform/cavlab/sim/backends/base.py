@@ -104,6 +104,7 @@ class SumoBackend(ABC):
         self._controlled = np.zeros(capacity, dtype=bool)
         self._held = np.zeros(capacity, dtype=bool)  # kept in lane by `HoldLane`, speed SUMO's
         self._routes_added: set[str] = set()
+        self._removed: set[str] = set()  # removed since the last step (still registered until it reports them)
         self._speeds_stale = False
         self._time_s = 0.0
         self.present: tuple[Departure, ...] = ()
@@ -221,6 +222,7 @@ class SumoBackend(ABC):
         except Exception as exc:
             raise SimulationError(f"SUMO failed during the step: {exc}{self._log_tail()}") from exc
         self._time_s = raw.time_s
+        self._removed.clear()
         departures = tuple(self._register(vid, raw.time_s) for vid in raw.departed)
         pop = self._slot_of.pop
         arrivals = tuple(Arrival(vid, pop(vid), raw.time_s) for vid in raw.arrived if vid in self._slot_of)
@@ -313,10 +315,11 @@ class SumoBackend(ABC):
     def apply(self, commands: list[Command]) -> None:
         """Send controller commands to SUMO; commands for vehicles that left are dropped."""
         v = self.api.vehicle
+        removed = self._removed
         for cmd in commands:
             vid = cmd.vehicle_id
             slot = self._slot_of.get(vid)
-            if slot is None:
+            if slot is None or (removed and vid in removed):
                 continue
             idle = self._modes if self._slot_is_cav[slot] else SUMO_DEFAULT_MODES
             if isinstance(cmd, Release):
@@ -407,19 +410,23 @@ class SumoBackend(ABC):
 
     # -------------------------------------------------------------- inserting vehicles
 
-    def add_vehicle(self, vehicle_id: str, route: str, type_name: str, lane: int, x_m: float, speed_mps: float) -> None:
+    def add_vehicle(self, vehicle_id: str, route: str | tuple[str, ...], type_name: str, lane: int, x_m: float,
+                    speed_mps: float) -> None:  # fmt: skip
         """Ask SUMO to insert a vehicle with its front bumper at global `x_m` on road lane `lane` of
-        `route`; it enters at the next step if SUMO finds the spot safe, and waits otherwise. A spot off
-        the route, and a vehicle SUMO refuses at once (a departure speed above its type's maximum, say),
-        raise ValueError."""
-        edges = [self.network.edge(e) for e in self.network.routes[route]]
+        `route` (a name of the network's routes, or its edges, e.g. from `find_route`); it enters at the
+        next step if SUMO finds the spot safe, and waits otherwise. A spot off the route, and a vehicle
+        SUMO refuses at once (a departure speed above its type's maximum, say), raise ValueError."""
+        named = isinstance(route, str)
+        if named and route not in self.network.routes:
+            raise ValueError(f"the network has no route '{route}' (routes: {', '.join(self.network.routes) or 'none'})")
+        edges = [self.network.edge(e) for e in (self.network.routes[route] if named else route)]
         k = next((i for i, e in enumerate(edges) if e.start_m <= x_m < e.start_m + e.length_m), None)
         if k is None:
-            raise ValueError(f"x = {x_m:g} m is not on route '{route}'")
+            raise ValueError(f"x = {x_m:g} m is not on route {route!r}")
         edge = edges[k]
         if not edge.lane_offset <= lane < edge.lane_offset + edge.lanes:
             raise ValueError(f"edge '{edge.id}' at x = {x_m:g} m has no road lane {lane}")
-        route_id = f"{route}@{edge.id}"
+        route_id = f"{route if named else 'to:' + edges[-1].id}@{edge.id}"
         if route_id not in self._routes_added:
             self.api.route.add(route_id, [e.id for e in edges[k:]])
             self._routes_added.add(route_id)
@@ -431,9 +438,22 @@ class SumoBackend(ABC):
         except Exception as exc:  # libsumo's and traci's TraCIException
             raise ValueError(f"SUMO refused vehicle '{vehicle_id}': {exc}") from exc
 
+    def find_route(self, from_edge: str, to_edge: str, type_name: str) -> tuple[str, ...]:
+        """The edges SUMO routes a vehicle of `type_name` on from `from_edge` to `to_edge` (its fastest route
+        at free flow); ValueError if there is none."""
+        edges = tuple(self.api.simulation.findRoute(from_edge, to_edge, vType=type_name).edges)
+        if not edges:
+            raise ValueError(f"SUMO finds no route from edge '{from_edge}' to edge '{to_edge}' for '{type_name}'")
+        return edges
+
+    def change_target(self, vehicle_id: str, edge_id: str) -> None:
+        """Send a vehicle on to `edge_id`: SUMO routes it there from where it is."""
+        self.api.vehicle.changeTarget(vehicle_id, edge_id)
+
     def remove_vehicle(self, vehicle_id: str) -> None:
-        """Remove a vehicle, in the network or still waiting to be inserted."""
+        """Remove a vehicle, in the network or still waiting to be inserted (commands for it are dropped)."""
         self.api.vehicle.remove(vehicle_id)
+        self._removed.add(vehicle_id)
 
     # -------------------------------------------------------------- helpers
 

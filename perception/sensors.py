@@ -47,9 +47,13 @@ MAX_CAMERA_CELLS = 512  # bounds of the frame sizes a sensor table, a dataset or
 MAX_LIDAR_CELLS = 1024
 MAX_RADAR_RETURNS = 64
 SENSOR_VERSION = 2
-"""How the sensors draw their noise: 2 draws for all observers of a step at once; 1 (datasets written before
-version 2) observer by observer. Both give the same distributions; a version replays its own seeds exactly."""
+"""How the sensors draw their noise: 2 draws for all observers of a step at once (and leaves out vehicles beyond
+`PAIR_REACH` sensor ranges); 1 (datasets written before version 2) observer by observer. Both give the same
+distributions (but for detections of probability < 1.6·10⁻⁵); a version replays its own seeds exactly."""
 SENSOR_VERSIONS = (1, 2)
+PAIR_REACH = 4.0
+"""Version 2 pairs an observer only with vehicles within this many times its longest sensor range along the road:
+farther, p(r) = 1/(1 + (r/range)⁸) < 1.6·10⁻⁵ (version 1 pairs every vehicle of the three lanes)."""
 
 
 @dataclass(frozen=True)
@@ -295,7 +299,8 @@ class SensorSuite:
         camera = np.zeros((n, *shapes["camera"]), dtype=np.float32)
         lidar = np.zeros((n, *shapes["lidar"]), dtype=np.float32)
         radar = np.zeros((n, *shapes["radar"]), dtype=np.float32)
-        pairs = _pairs(world, observers, self.lane_width_m)
+        reach = PAIR_REACH * max(p.range_m for p in self.params.values()) if self.version == 2 else None
+        pairs = _pairs(world, observers, self.lane_width_m, reach)
         if self.version == SENSOR_VERSION:
             self._sense(pairs, camera, lidar, radar, rng)
         else:
@@ -385,15 +390,20 @@ def _paint(out: np.ndarray, pairs: dict[str, np.ndarray], seen: np.ndarray, cove
     out[k[last], 1, row[last], cell[last]] = pairs["dv_mps"][j[last]] / SPEED_SCALE_MPS
 
 
-def _pairs(world: WorldState, observers: np.ndarray, lane_width_m: float) -> dict[str, np.ndarray]:
-    """Every (observer, vehicle) pair of an observer and another vehicle of its own or an adjacent lane, as seen
+def _pairs(world: WorldState, observers: np.ndarray, lane_width_m: float, reach_m: float | None = None
+           ) -> dict[str, np.ndarray]:  # fmt: skip
+    """Every (observer, vehicle) pair of an observer and another vehicle of its own or an adjacent lane (within
+    `reach_m` along the road, if given), as seen
     from the observer's front bumper (lanes `lane_width_m` apart), in (observer, row) order: `k` the observer's
     index in `observers`, `row` the lane row (0 right, 1 own, 2 left), the vehicle's front, rear and centre
     offsets, range, azimuth, relative speed, and `occluded`: a nearer vehicle (centre to centre) in its lane and
     direction hides it."""
     o = observers[:, None]
     lane_offset = (world.lane[None, :] - world.lane[o]).astype(int)
-    k, j = np.nonzero((np.abs(lane_offset) <= 1) & (np.arange(len(world))[None, :] != o))
+    near = (np.abs(lane_offset) <= 1) & (np.arange(len(world))[None, :] != o)
+    if reach_m is not None:
+        near &= np.abs(world.x_m[None, :] - world.x_m[o]) <= reach_m
+    k, j = np.nonzero(near)
     me, dl = observers[k], lane_offset[k, j]
     front = world.x_m[j] - world.x_m[me]  # their front bumpers, relative
     rear = front - world.length_m[j]

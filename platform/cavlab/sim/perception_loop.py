@@ -62,6 +62,7 @@ class Frame:
     time_s: float
     ready_step: np.ndarray  # (N,)
     observers: np.ndarray  # (N,) object: their ids
+    observer_slot: np.ndarray  # (N,) their world slots
     x_m: np.ndarray  # (N, 6) perceived front-bumper positions at time_s
     speed_mps: np.ndarray  # (N, 6)
     lane: np.ndarray  # (N, 6)
@@ -71,6 +72,7 @@ class Frame:
     type_index: np.ndarray  # (N, 6)
     slot: np.ndarray  # (N, 6) the vehicle's world slot, −1 for ghosts
     sigma_m: np.ndarray  # (N, 6) σ of the position at time_s: σ₀·(2 − c), c = 2p − 1 the presence confidence
+    key: np.ndarray  # (N, 6) who each detection is: the vehicle's world slot, −(6·observer slot + s) − 1 for ghosts
     edge: np.ndarray  # (N,) the observer's edge
 
 
@@ -90,6 +92,7 @@ class Tracks:
     edge: np.ndarray
     sigma_m: np.ndarray  # σ of the position at time_s; it grows by the speed's σ per second after
     leader: np.ndarray  # bool: some CAV's own-lane leader when last seen
+    key: np.ndarray  # int: the world slot, negative for ghosts (`Frame.key`): what entries are grouped by
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -101,14 +104,14 @@ class Tracks:
     def empty() -> Tracks:
         ints = (np.zeros(0, dtype=np.int64) for _ in range(5))
         return Tracks(np.zeros(0, dtype=object), *(np.zeros(0) for _ in range(3)), *ints, np.zeros(0),
-                      np.zeros(0, dtype=bool))  # fmt: skip
+                      np.zeros(0, dtype=bool), np.zeros(0, dtype=np.int64))  # fmt: skip
 
     @staticmethod
     def join(first: Tracks, second: Tracks) -> Tracks:
         """Both, `first`'s entry where an id is in both."""
         both = Tracks(**{f.name: np.concatenate([getattr(first, f.name), getattr(second, f.name)])
                          for f in fields(first)})  # fmt: skip
-        _, rows = np.unique(both.ids, return_index=True)  # the first occurrence of each id
+        _, rows = np.unique(both.key, return_index=True)  # the first occurrence of each vehicle
         return both.take(np.sort(rows))
 
 
@@ -217,7 +220,7 @@ class PerceptionLoop:
         if not danger.any():
             return set()
         ids = world.ids[observers]
-        _, mine, rows = np.intersect1d(ids, perceived.ids, return_indices=True)
+        _, mine, rows = np.intersect1d(world.slot[observers], perceived.slot, return_indices=True)
         fused = np.full(len(ids), np.inf)
         lead = perceived.leader_ahead_row[rows]
         fused[mine] = np.where(lead >= 0, perceived.gap_m(rows, np.maximum(lead, 0)), np.inf)
@@ -283,12 +286,15 @@ class PerceptionLoop:
         for k, s in zip(*np.nonzero(present & ~tied), strict=True):  # ghosts: a vehicle of their own, this step
             vehicle[k, s] = f"ghost:{ids[k]}:{s}"
         ghost_type = _hdv_type(world)
+        observer_slot = world.slot[observers]
+        key = np.where(tied, world.slot[rows], -(6 * observer_slot[:, None] + np.arange(6)[None, :]) - 1)
         return Frame(
-            time_s=world.time_s, ready_step=self.step + self.delay_steps[choice], observers=ids, x_m=x,
-            speed_mps=v_o + dv, lane=world.lane[observers][:, None] + np.array(SLOT_LANE)[None, :],
-            present=present, vehicle=vehicle, length_m=length,
+            time_s=world.time_s, ready_step=self.step + self.delay_steps[choice], observers=ids,
+            observer_slot=observer_slot, x_m=x, speed_mps=v_o + dv,
+            lane=world.lane[observers][:, None] + np.array(SLOT_LANE)[None, :], present=present, vehicle=vehicle,
+            length_m=length,
             type_index=np.where(tied, world.type_index[rows], ghost_type), slot=np.where(tied, world.slot[rows], -1),
-            sigma_m=self.spec.gap_sigma_m * (2 - confidence), edge=world.edge[observers],
+            sigma_m=self.spec.gap_sigma_m * (2 - confidence), key=key, edge=world.edge[observers],
         )  # fmt: skip
 
     # ------------------------------------------------------------------ the world the controller sees
@@ -298,20 +304,21 @@ class PerceptionLoop:
         estimate of each observer (and the tracks still held); and the σ of each row's position (0 for CAVs),
         σ = σ₀ + σ_v·age."""
         t = world.time_s
-        cav_ids = world.ids[world.is_cav]
+        cav_slots = world.slot[world.is_cav]
         # the newest delivered frame of each CAV (frames are in time order: the last one wins)
-        delivered = [np.flatnonzero((f.ready_step <= self.step) & np.isin(f.observers, cav_ids)) for f in self.pending]
+        delivered = [np.flatnonzero((f.ready_step <= self.step) & np.isin(f.observer_slot, cav_slots))
+                     for f in self.pending]  # fmt: skip
         frame_of = np.concatenate([np.full(len(k), f) for f, k in enumerate(delivered)] or [np.zeros(0, int)])
         index = np.concatenate(delivered or [np.zeros(0, int)])
-        observers = np.concatenate([f.observers[k] for f, k in zip(self.pending, delivered, strict=True)]
-                                   or [np.zeros(0, dtype=object)])  # fmt: skip
+        observers = np.concatenate([f.observer_slot[k] for f, k in zip(self.pending, delivered, strict=True)]
+                                   or [np.zeros(0, dtype=np.int64)])  # fmt: skip
         _, last = np.unique(observers[::-1], return_index=True)
         last = np.sort(len(observers) - 1 - last)
         frame_of, index = frame_of[last], index[last]
         looks = self._looks(frame_of, index, t)
         keep_after = min((self.pending[f].time_s for f in np.unique(frame_of).tolist()), default=-math.inf)
         self.pending = [f for f in self.pending if f.time_s >= keep_after or (f.ready_step > self.step).any()]
-        looks = looks.take(np.flatnonzero(~np.isin(looks.ids, cav_ids)))  # V2V: the CAVs' own states win
+        looks = looks.take(np.flatnonzero(~np.isin(looks.key, cav_slots)))  # V2V: the CAVs' own states win
         seen = _averaged(looks)
         ghost = seen.slot < 0
         self.tracks = Tracks.join(seen.take(np.flatnonzero(~ghost)), self.tracks)
@@ -356,7 +363,8 @@ class PerceptionLoop:
                 frame.vehicle[kk, ss], np.full(len(kk), t), frame.x_m[kk, ss] + frame.speed_mps[kk, ss] *
                 (t - frame.time_s), frame.speed_mps[kk, ss], frame.lane[kk, ss], frame.length_m[kk, ss],
                 frame.type_index[kk, ss], frame.slot[kk, ss], frame.edge[kk], frame.sigma_m[kk, ss] +
-                self.spec.speed_sigma_mps * (t - frame.time_s), ss == SLOTS.index("own_front")))  # fmt: skip
+                self.spec.speed_sigma_mps * (t - frame.time_s), ss == SLOTS.index("own_front"),
+                frame.key[kk, ss]))  # fmt: skip
         if not parts:
             return Tracks.empty()
         return Tracks(**{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(Tracks)})
@@ -389,7 +397,7 @@ class PerceptionLoop:
     def _score_plan(self, world: WorldState, perceived: WorldState) -> None:
         """Errors of the perceived non-CAVs that exist, against their true state now."""
         others = np.flatnonzero(~perceived.is_cav)
-        _, p, w = np.intersect1d(perceived.ids[others], world.ids, return_indices=True)
+        _, p, w = np.intersect1d(perceived.slot[others], world.slot, return_indices=True)  # ghosts' slot −1: none
         if len(p):
             p = others[p]
             self.stats["plan_errors"] += len(p)
@@ -434,15 +442,14 @@ class PerceptionLoop:
 def _averaged(looks: Tracks) -> Tracks:
     """One entry per vehicle: the mean position and speed of its looks, the smallest σ, a leader if any look was
     of an own-lane leader, the rest from its first look."""
-    ids, first, which = np.unique(looks.ids, return_index=True, return_inverse=True)
-    counts = np.bincount(which, minlength=len(ids))
-    merged = looks.take(first)
-    sigma = np.full(len(ids), np.inf)
+    keys, first, which = np.unique(looks.key, return_index=True, return_inverse=True)
+    counts = np.bincount(which, minlength=len(keys))
+    merged, n = looks.take(first), len(keys)
+    sigma = np.full(n, np.inf)
     np.minimum.at(sigma, which, looks.sigma_m)
-    return Tracks(ids, merged.time_s, np.bincount(which, looks.x_m, len(ids)) / counts,
-                  np.bincount(which, looks.speed_mps, len(ids)) / counts, merged.lane, merged.length_m,
-                  merged.type_index, merged.slot, merged.edge, sigma,
-                  np.bincount(which, looks.leader, len(ids)) > 0)  # fmt: skip
+    return Tracks(merged.ids, merged.time_s, np.bincount(which, looks.x_m, n) / counts,
+                  np.bincount(which, looks.speed_mps, n) / counts, merged.lane, merged.length_m, merged.type_index,
+                  merged.slot, merged.edge, sigma, np.bincount(which, looks.leader, n) > 0, keys)  # fmt: skip
 
 
 def _widened(world: WorldState, margin_m: np.ndarray) -> WorldState:

@@ -23,9 +23,9 @@ class ControlSetup:
     speed_limit_mps: float
     lane_change_duration_s: float
     seed: int
-    lane_ends_m: dict[int, float] = field(default_factory=dict)
-    """road lane → x where it stops (an on-ramp's acceleration lane, a dropped lane): vehicles in it
-    must change lanes before there; lanes that run to the road's end are absent."""
+    lane_ends_m: dict[tuple[int, int], float] = field(default_factory=dict)
+    """(edge index, road lane) → x where that lane next stops along the road (an on-ramp's acceleration
+    lane, a dropped lane): vehicles in it must change lanes before there; lanes that run on are absent."""
     edge_lanes: tuple[tuple[int, int], ...] = ()
     """per edge index (`WorldState.edge`): its lowest and highest road lane (a lane change is possible
     only into a lane of the vehicle's edge)."""

@@ -390,6 +390,21 @@ def test_a_request_claims_the_cav_before_planning_and_hands_it_back_if_sumo_move
     assert other.step(stuck(101.5, c_lane=1)) == [Release("c")] and other.records == []
 
 
+def test_a_request_without_a_plan_leaves_sumo_alone() -> None:
+    """C asks while the target lane is a tight column of human-driven vehicles (no slot fits, nobody can be
+    asked to open one): the request is planned on the state as it is, recorded as refused and put off,
+    and C is never held (no command at all: SUMO's lane changing stays on)."""
+    from cavlab.controllers.cooperative import CooperativeLaneChange
+
+    column = [(f"h{i}", 1, 100.0 + 12.0 * i, 30.0, False) for i in range(90)]
+    rows = [("c", 0, 600.0, 25.0, True), ("u", 0, 635.0, 18.0, False), *column]
+    ctrl = CooperativeLaneChange(CooperativeParams(request_patience_s=0.0, scan_period_s=0.5), SETUP)
+    assert ctrl.step(world(rows, t=100.0)) == []
+    assert [(r.vehicle_id, r.status) for r in ctrl.records] == [("c", "infeasible")]
+    assert ctrl.step(world(rows, t=100.5)) == [] and len(ctrl.records) == 1  # put off (retry_after_s = 3 s)
+    assert ctrl.step(world(rows, t=103.0)) == [] and len(ctrl.records) == 2
+
+
 def test_no_request_into_a_congested_target_lane() -> None:
     from cavlab.controllers.cooperative import CooperativeLaneChange
 

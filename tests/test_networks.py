@@ -269,6 +269,60 @@ def test_sumo_ramp_example_with_cooperative_cavs(tmp_path: Path) -> None:
     assert result.metrics["lane_changes_cav"] > 0
 
 
+def test_lane_ends_are_read_per_edge_and_a_lane_to_an_off_ramp_is_no_lane_end() -> None:
+    """SUMO's ramp example: the on-ramp's acceleration lane (gneE7 lane 0) stops without a connection, so
+    every vehicle in it, and in the lanes leading to it, must leave it; lane 0 of gneE2 leads off the
+    motorway to the off-ramp, which only the vehicles routed on through it must leave (left to SUMO)."""
+    network = build_network(load_scenario("sumo-ramp-network").road)
+    end_of_e7 = network.edge("gneE7").start_m + network.edge("gneE7").length_m
+    named = {(network.edges[k].id, lane): x for (k, lane), x in network.lane_ends_ahead().items()}
+    assert named == {("gneE7", 0): pytest.approx(end_of_e7)}
+    leaving = {(network.edges[k].id, lane) for k, lane in network.lane_ends_ahead(leaving=True)}
+    assert {("gneE2", 0), ("offramp", 0)} <= leaving and ("gneE7", 0) not in leaving
+
+
+@pytest.mark.sumo
+def test_lanes_to_an_off_ramp_are_handed_back_to_sumo_before_their_end(tmp_path: Path) -> None:
+    """SUMO's ramp example with every vehicle a CAV: a CAV in the lane that leads to the off-ramp is SUMO's
+    again before that lane leaves the motorway's corridor (once a controlled CAV there followed a leader
+    that had crossed into the off-ramp's corridor, out of its sight, and collided at the junction)."""
+    scenario = load_scenario("sumo-ramp-network", ["simulation.duration_s=300", "simulation.warmup_s=60",
+                                                   "demand.cav_share=1.0", OUTPUTS])  # fmt: skip
+    result = _run(scenario, tmp_path)  # no collision
+    assert result.controller_report.metrics["maneuvers_completed"] >= 10
+
+
+@pytest.mark.sumo
+def test_acceleration_lane_merges_on_a_network_are_the_controllers_mandatory_maneuvers(tmp_path: Path) -> None:
+    """cavlab's own on-ramp network read back as an external network (flows from edge to edge): the
+    acceleration lane's end is found from the network's connections, and the merges off it are planned and
+    executed as mandatory maneuvers (commanded: "traci" in SUMO's lane-change output) with executed
+    slack ≥ 0, as on the generated road (tests/test_cooperative_sumo.py)."""
+    generated = build_network(load_scenario("on-ramp-merge").road)
+    shutil.copy(generated.net_file, tmp_path / "onramp.net.xml")
+    flows = [
+        {"from_edge": "up", "to_edge": "down.1", "vehicles_per_hour": 2000, "arrivals": "uniform"},
+        {"from_edge": "ramp", "to_edge": "down.1", "vehicles_per_hour": 400, "arrivals": "uniform"},
+    ]
+    path = _write(tmp_path, {"file": "onramp.net.xml"}, flows,
+                  control={"controller": "cooperative", "params": {"request_patience_s": 0, "mandatory_range_m": 400}},
+                  simulation={"duration_s": 300, "warmup_s": 60})  # fmt: skip
+    scenario = load_scenario(path, ["demand.cav_share=1.0", "demand.vehicle_types.cav.sigma=0", OUTPUTS])
+    network = build_network(scenario.road)
+    merge = network.edge("merge")
+    ends = {(network.edges[k].id, lane): x for (k, lane), x in network.lane_ends_ahead().items()}
+    assert ends == {("merge", merge.lane_offset): pytest.approx(merge.start_m + 250, abs=5)}  # the ramp: a corridor
+    result = _run(scenario, tmp_path)
+    import xml.etree.ElementTree as ET
+
+    changes = list(ET.parse(tmp_path / "sumo" / "lanechanges.xml").getroot().iter("change"))
+    commanded = {c.get("id") for c in changes if c.get("from") == "merge_0" and "traci" in c.get("reason", "")}
+    maneuvers = result.controller_report.tables["maneuvers"].rows
+    merges = [m for m in maneuvers if m["status"] == "completed" and m["vehicle_id"] in commanded]
+    assert len(merges) >= 5, [(m["vehicle_id"], m["status"], m["reason"]) for m in maneuvers][:10]
+    assert all(float(m["min_slack_executed_m"]) >= 0 for m in merges), merges
+
+
 @pytest.mark.sumo
 def test_sumo_a10_motorway_with_cooperative_cavs(tmp_path: Path) -> None:
     """SUMO's A10KW example: an OpenStreetMap motorway network with seven route files (the largest of the

@@ -11,7 +11,7 @@ import numpy as np
 from cavlab.controllers.base import Controller, ControllerReport, ControlSetup, Table
 from cavlab.controllers.cooperative.maneuver import Maneuver, ManeuverRecord
 from cavlab.controllers.cooperative.params import CooperativeParams
-from cavlab.controllers.cooperative.planner import OFF_GRID, SLOT_GONE, Planner
+from cavlab.controllers.cooperative.planner import OFF_GRID, SLOT_GONE, Planner, PlanOutcome
 from cavlab.controllers.cooperative.snapshot import Lanes, Vehicle
 from cavlab.world import Command, ControlModes, HoldLane, Release, WorldState
 
@@ -138,7 +138,7 @@ class CooperativeLaneChange(Controller):
 
     def _lane_end(self, world: WorldState, row: int) -> float | None:
         """Where the vehicle's lane ends ahead of it, if it does."""
-        end_m = self.setup.lane_ends_m.get(int(world.lane[row]))
+        end_m = self.setup.lane_ends_m.get((int(world.edge[row]), int(world.lane[row])))
         return end_m if end_m is not None and end_m > world.x_m[row] else None
 
     def _busy(self, besides: Maneuver | None = None) -> set[str]:
@@ -154,36 +154,35 @@ class CooperativeLaneChange(Controller):
             )
         } - {""}
 
-    def _target_of_ending(self, lane: int, end_m: float) -> int | None:
-        """The neighbour lane that runs on past where `lane` ends (left first)."""
-        ends = self.setup.lane_ends_m
+    def _target_of_ending(self, world: WorldState, row: int, end_m: float) -> int | None:
+        """The neighbour lane on the vehicle's edge that runs on past where its lane ends (left first)."""
+        edge, lane = int(world.edge[row]), int(world.lane[row])
         for target in (lane + 1, lane - 1):
-            if target < self.setup.lanes and ends.get(target, math.inf) > end_m and (target >= 0 or target in ends):
+            if self._beside(world, row, target) and self.setup.lane_ends_m.get((edge, target), math.inf) > end_m:
                 return target
         return None
 
     def _beside(self, world: WorldState, row: int, lane: int) -> bool:
         """Whether `lane` exists on the vehicle's edge (it could change into it now)."""
         if not self.setup.edge_lanes:
-            return True
+            return 0 <= lane < self.setup.lanes
         lo, hi = self.setup.edge_lanes[int(world.edge[row])]
         return lo <= lane <= hi
 
     def _serve_requests(self, world: WorldState, lanes: Lanes) -> list[Command]:
         p, t = self.params, world.time_s
         commands: list[Command] = []
-        top_lane = self.setup.lanes - 1
         ends = self.setup.lane_ends_m
         waiting: set[str] = set()  # the CAVs that want a lane change now
         for row in np.flatnonzero(world.is_cav).tolist():
             vid = str(world.ids[row])
             if vid in self._busy() or self._retry_at.get(vid, -math.inf) > t or self._flipped_within(world, row, 0.5):
                 continue
-            lane, x = int(world.lane[row]), float(world.x_m[row])
-            end_m = ends.get(lane, math.inf)
+            edge, lane, x = int(world.edge[row]), int(world.lane[row]), float(world.x_m[row])
+            end_m = ends.get((edge, lane), math.inf)
             if x < end_m < math.inf:  # mandatory: the lane ends ahead
-                target = self._target_of_ending(lane, end_m)
-                if end_m - x > p.mandatory_range_m or target is None or not self._beside(world, row, target):
+                target = self._target_of_ending(world, row, end_m)
+                if end_m - x > p.mandatory_range_m or target is None:
                     continue  # too early, or the target lane is not beside it yet (an on-ramp's own edge)
                 lead = lanes.leader(row)
                 u = lanes.vehicle(lead) if lead is not None and world.x_m[lead] < end_m else None
@@ -192,17 +191,17 @@ class CooperativeLaneChange(Controller):
                     continue  # not yet at a safe distance behind its leader, or the leader maneuvers: wait
                 if self._flow_speed(lanes, target, x) < p.min_flow_speed_mps:
                     continue  # a congested target lane: LC2013's zipper merge, no cooperator slows down in it
-                if not self._patient(vid, t, waiting) or not self._claimed(vid, t, commands):
+                if not self._patient(vid, t, waiting) or not self._claimed(world, lanes, row, u, target, commands):
                     continue  # LC2013 has the first go; then SUMO must have finished any lane change it began
                 commands += self._request(world, lanes, row, u, target)
                 continue
-            if not 0 <= lane < top_lane or x < p.request_after_m:
-                continue
+            target = lane + 1
+            if lane < 0 or x < p.request_after_m or not self._beside(world, row, target) or (edge, target) in ends:
+                continue  # no lane to the left here, or one that ends ahead (the CAV would have to leave it again)
             lead = lanes.leader(row)
             if lead is None:
                 continue
             gap = world.x_m[lead] - world.length_m[lead] - world.x_m[row]
-            target = int(world.lane[row]) + 1
             flow = self._flow_speed(lanes, target, x)
             if gap > p.request_gap_m or flow - world.speed_mps[lead] < p.request_speed_gain_mps \
                     or flow < p.min_flow_speed_mps:  # fmt: skip
@@ -211,9 +210,10 @@ class CooperativeLaneChange(Controller):
                 continue  # not yet at a safe distance behind U (a cut-in): wait until it is
             if str(world.ids[lead]) in self._busy():
                 continue  # U is in a maneuver of its own: it will not cruise as predicted
-            if not self._patient(vid, t, waiting) or not self._claimed(vid, t, commands):
+            u = lanes.vehicle(lead)
+            if not self._patient(vid, t, waiting) or not self._claimed(world, lanes, row, u, target, commands):
                 continue  # LC2013 has the first go; then SUMO must have finished any lane change it began
-            commands += self._request(world, lanes, row, lanes.vehicle(lead), target)
+            commands += self._request(world, lanes, row, u, target)
         self._waiting_since = {vid: s for vid, s in self._waiting_since.items() if vid in waiting}
         busy = self._busy()
         for vid in [vid for vid in self._held_since if vid not in waiting]:  # no longer asking: SUMO's again
@@ -229,14 +229,23 @@ class CooperativeLaneChange(Controller):
         flow = lanes.mean_speed(lane, x_m - p.search_behind_m, x_m + p.search_ahead_m)
         return min(self.setup.speed_limit_mps if flow is None else flow, p.v_max_mps)
 
-    def _claimed(self, vehicle_id: str, t: float, commands: list[Command]) -> bool:
+    def _claimed(self, world: WorldState, lanes: Lanes, row: int, u: Vehicle | None, target: int,
+                 commands: list[Command]) -> bool:  # fmt: skip
         """Whether the CAV has been held in its lane (`HoldLane`) for t_lat/2: a lane change SUMO began
         before the hold has then flipped its lane index (and the request is dropped), so the plan
-        starts from where the vehicle really is. The first call holds it."""
-        since = self._held_since.get(vehicle_id)
+        starts from where the vehicle really is. The first call plans on the state as it is and holds
+        the CAV only if that finds a plan: a request refused there is recorded and backed off without
+        touching SUMO's lane changing (no side effect of a request that cannot be served)."""
+        vid, t = str(world.ids[row]), world.time_s
+        since = self._held_since.get(vid)
         if since is None:
-            self._held_since[vehicle_id] = t
-            commands.append(HoldLane(vehicle_id))
+            outcome = self.planner.plan(lanes, row, u, target, self._busy(), self._lane_end(world, row))
+            if outcome.plan is None:
+                self.records.append(self._record(world, row, u, target, outcome))
+                self._back_off(vid, t, refused=True)
+                return False
+            self._held_since[vid] = t
+            commands.append(HoldLane(vid))
             return False
         return t - since >= self.setup.lane_change_duration_s / 2 - 1e-9
 
@@ -312,12 +321,7 @@ class CooperativeLaneChange(Controller):
         """Plan a request and start its maneuver if there is a plan; the request is recorded either way."""
         p = self.params
         outcome = self.planner.plan(lanes, row, u, target, self._busy(), self._lane_end(world, row))
-        record = ManeuverRecord(
-            request_time_s=world.time_s, vehicle_id=str(world.ids[row]), leader_id=u.id if u is not None else "",
-            target_lane=target, status=outcome.status, reason=outcome.reason, candidates=outcome.candidates,
-            solve_time_changer_s=outcome.solve_time_changer_s, solve_time_slots_s=outcome.solve_time_slots_s,
-            numeric_solves=outcome.numeric_solves,
-        )  # fmt: skip
+        record = self._record(world, row, u, target, outcome)
         if outcome.plan is None:
             self.records.append(record)
             return record, None, []
@@ -337,6 +341,16 @@ class CooperativeLaneChange(Controller):
         maneuver = Maneuver(plan, record, p, self.setup, cut_in=lambda w, row: self._flipped_within(w, row, 1.0))
         self.active.append(maneuver)
         return record, maneuver, maneuver.step(world, lanes)
+
+    @staticmethod
+    def _record(world: WorldState, row: int, u: Vehicle | None, target: int, outcome: PlanOutcome) -> ManeuverRecord:
+        """The record of a request planned now."""
+        return ManeuverRecord(
+            request_time_s=world.time_s, vehicle_id=str(world.ids[row]), leader_id=u.id if u is not None else "",
+            target_lane=target, status=outcome.status, reason=outcome.reason, candidates=outcome.candidates,
+            solve_time_changer_s=outcome.solve_time_changer_s, solve_time_slots_s=outcome.solve_time_slots_s,
+            numeric_solves=outcome.numeric_solves,
+        )  # fmt: skip
 
     def report(self) -> ControllerReport:
         records = [*self.records, *(m.record for m in self.active)]

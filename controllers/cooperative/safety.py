@@ -13,7 +13,7 @@ RECOVERY_RATE_PER_S = 1.0
 
 
 def safe_accel(row: int, world: WorldState, lanes: Lanes, params: CooperativeParams, dt_s: float,
-               lane_ends_m: dict[int, float] | None = None) -> float:  # fmt: skip
+               lane_ends_m: dict[tuple[int, int], float] | None = None) -> float:  # fmt: skip
     """An upper bound on a controlled vehicle's acceleration from its measured leader (`barrier_accel`)
     and, where its lane ends, from the end: stop δ short of it, braking only once that needs 2·|u_min|
     (an emergency: a planned lane change leaves before that, the planner's `_end_line`),
@@ -25,7 +25,7 @@ def safe_accel(row: int, world: WorldState, lanes: Lanes, params: CooperativePar
         gap = float(world.x_m[lead] - world.length_m[lead]) - x
         v_lead, a_lead = float(world.speed_mps[lead]), min(0.0, float(world.accel_mps2[lead]))
         bound = barrier_accel(gap, v, v_lead, a_lead, params, dt_s)
-    end_m = (lane_ends_m or {}).get(int(world.lane[row]))
+    end_m = (lane_ends_m or {}).get((int(world.edge[row]), int(world.lane[row])))
     if end_m is not None and end_m > x:
         room = end_m - x - params.standstill_gap_m
         if room < v * v / (4 * -params.u_min_mps2):

@@ -165,9 +165,19 @@ def _summary_table(name: str, metrics: dict, wall_s: float, steps: int) -> None:
 def plot(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by `cavlab run`.")],
     out_dir: Annotated[Path | None, typer.Option("--out", help="Where to write the PNGs (default RUN_DIR)")] = None,
+    route: Annotated[
+        str | None,
+        typer.Option(
+            "--route",
+            help="Also draw time_space_route.png along these consecutive SUMO edges (E1,E2,...), or 'auto': "
+            "the run's most travelled route.",
+        ),
+    ] = None,
 ) -> None:
-    """Draw a time-space diagram and a speed heatmap of a run."""
+    """Draw a time-space diagram and a speed heatmap of a run.
+
+    With --route, also a time-space diagram along a route of the run's network, through its junctions."""
     from cavlab.runs.plot import plot_run  # imports matplotlib (~0.4 s): kept out of the CLI's start-up time
 
-    for path in plot_run(run_dir, out_dir):
+    for path in plot_run(run_dir, out_dir, route=route):
         out.print(f"wrote {path}", highlight=False)

@@ -189,7 +189,9 @@ def rule_based_action(env) -> int:
         a = idm_accel(world.speed_mps[f], max(world.speed_mps[f], limit), gap, leader_v, 2.0)
         return max(a, -MOBIL_SAFE_DECEL_MPS2)  # IDM overstates how hard SUMO's drivers brake; safety is `_safe_gap`'s
 
-    end = traffic.network.road_lane_ends().get(lane)
+    ends = traffic.network.lane_ends_ahead()
+    edge = int(world.edge[row])
+    end = ends.get((edge, lane))
     wall = (end - x, 0.0) if end is not None else None  # the lane's end, a stopped leader
     lead, follow = _neighbours(world, row, lane)
     a_here = accel_behind(lead, wall)
@@ -203,7 +205,7 @@ def rule_based_action(env) -> int:
             n_lead, n_follow = _neighbours(world, row, new)
             gap_front, _ = front(n_lead)
             gap_rear = x - length - world.x_m[n_follow] if n_follow >= 0 else np.inf
-            n_end = traffic.network.road_lane_ends().get(new)
+            n_end = ends.get((edge, new))
             a_new = accel_behind(n_lead, (n_end - x, 0.0) if n_end is not None else None)
             nf_after = follower_accel(n_follow, x, length, v)
             v_rear = world.speed_mps[n_follow] if n_follow >= 0 else v

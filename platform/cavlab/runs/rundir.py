@@ -8,7 +8,7 @@ fail at once, before it simulates. JSON is written strict (`write_json`: NaN and
     RUN_DIR/
       scenario.yaml          the resolved scenario (every default filled in)
       summary.json           metrics, seed, versions, wall time
-      trajectories.parquet   t_s, vehicle_id, vehicle_type, lane, x_m, speed_mps, accel_mps2
+      trajectories.parquet   t_s, vehicle_id, vehicle_type, lane, x_m, speed_mps, accel_mps2, edge
       lane_changes.csv       one row per lane change
       collisions.csv         one row per collision (warm-up included; summary counts those after it)
       <table>.csv            tables the controller reports (e.g. maneuvers.csv)

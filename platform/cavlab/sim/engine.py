@@ -28,10 +28,10 @@ from cavlab.world import Collision, Command, Release, StepEvents, WorldState
 ProgressCallback = Callable[[WorldState, int], None]
 CORRIDOR_END_GUARD_M = 100.0
 CORRIDOR_END_DECEL_MPS2 = 2.0
-"""On an external network, a vehicle closer to its corridor's end than CORRIDOR_END_GUARD_M plus its
-braking distance at CORRIDOR_END_DECEL_MPS2, v²/(2·2 m/s²), is left to SUMO: the controller sees no
-leader beyond the end (past a junction x jumps to another corridor) and no traffic light or queue at
-the junction; SUMO's car following does."""
+"""On an external network, a vehicle closer to its corridor's end (or to where its lane leads off the
+corridor, to an off-ramp) than CORRIDOR_END_GUARD_M plus its braking distance at CORRIDOR_END_DECEL_MPS2,
+v²/(2·2 m/s²), is left to SUMO: the controller sees no leader beyond the end (past a junction x jumps to
+another corridor) and no traffic light or queue at the junction; SUMO's car following does."""
 
 
 @dataclass
@@ -53,9 +53,8 @@ def control_setup(scenario: Scenario) -> ControlSetup:
     """What the scenario tells a controller about the run (its network built, or taken from the cache).
 
     On an external network: the most road lanes of any edge, the highest speed limit, the lanes of
-    every edge, and no lane ends (`ControlSetup.lane_ends_m` holds one x per road lane for the whole
-    road, which a network of many corridors cannot give; SUMO's lane-change model takes vehicles off
-    lanes that end, as it does at every junction)."""
+    every edge, and the lanes that end inside their corridor without a connection (an acceleration
+    lane: `Network.lane_ends_ahead`); lanes that lead off the corridor are left to SUMO's routes."""
     sim = scenario.simulation
     network = build_network(scenario.road)
     external = network.external is not None
@@ -65,7 +64,7 @@ def control_setup(scenario: Scenario) -> ControlSetup:
         speed_limit_mps=max(e.speed_limit_mps for e in network.edges) if external else scenario.road.speed_limit_mps,
         lane_change_duration_s=sim.lane_change_duration_s,
         seed=sim.seed,
-        lane_ends_m={} if external else network.road_lane_ends(),
+        lane_ends_m=network.lane_ends_ahead(),
         edge_lanes=tuple((e.lane_offset, e.lane_offset + e.lanes - 1) for e in network.edges),
     )
 
@@ -76,8 +75,10 @@ def make_perception(scenario: Scenario) -> Perception:
         return GroundTruth()
     from cavlab.sim.perception_loop import PerceptionLoop
 
+    external = build_network(scenario.road).external
     return PerceptionLoop(scenario.perception, scenario.context, scenario.simulation,
-                          lane_width_m=scenario.road.lane_width_m)  # fmt: skip
+                          lane_width_m=scenario.road.lane_width_m,
+                          corridor=None if external is None else np.array(external.corridor))  # fmt: skip
 
 
 class Engine:
@@ -110,14 +111,18 @@ class Engine:
         self.inputs = write_sumo_inputs(scenario, self.network, self.workdir)
         external = self.network.external
         self._control_edges = None  # on an external network: per edge, whether the controller plans there
-        self._corridor_end_m = None  # ... and the x where its corridor ends
+        self._exit_m = None  # ... and per (edge, SUMO lane) the x where a vehicle there leaves its corridor
         if external is not None:
-            self._control_edges = np.zeros(len(self.network.edges), dtype=bool)
+            edges = self.network.edges
+            self._control_edges = np.zeros(len(edges), dtype=bool)
             self._control_edges[list(external.control_edges)] = True
             ends: dict[int, float] = {}
-            for c, e in zip(external.corridor, self.network.edges, strict=True):
+            for c, e in zip(external.corridor, edges, strict=True):
                 ends[c] = max(ends.get(c, -np.inf), e.start_m + e.length_m)
-            self._corridor_end_m = np.array([ends[c] for c in external.corridor])
+            self._exit_m = np.repeat([[ends[c]] for c in external.corridor], max(e.lanes for e in edges), axis=1)
+            for (k, lane), x in self.network.lane_ends_ahead(leaving=True).items():  # lanes to an off-ramp
+                self._exit_m[k, lane - edges[k].lane_offset] = x
+            self._lane_offset = self.network.edge_lane_offset
         self.backend: SumoBackend | None = None
         self.world: WorldState | None = None
         self.events: StepEvents | None = None
@@ -216,12 +221,14 @@ class Engine:
 
     def _guarded(self, commands: list[Command]) -> list[Command]:
         """On an external network, the controller's commands without those for vehicles that near their
-        corridor's end (CORRIDOR_END_GUARD_M), which are handed back to SUMO (`Release`)."""
+        corridor's end, or the end of a lane that leads off the corridor (CORRIDOR_END_GUARD_M), which are
+        handed back to SUMO (`Release`)."""
         world = self.world
-        if self._corridor_end_m is None or not (commands or world.controlled.any()):
+        if self._exit_m is None or not (commands or world.controlled.any()):
             return commands
         reach = CORRIDOR_END_GUARD_M + world.speed_mps**2 / (2 * CORRIDOR_END_DECEL_MPS2)
-        near = self._corridor_end_m[world.edge] - world.x_m < reach
+        lane = world.lane - self._lane_offset[world.edge]
+        near = self._exit_m[world.edge, lane] - world.x_m < reach
         if not near.any():
             return commands
         ids = set(world.ids[near].tolist())

@@ -125,12 +125,35 @@ class Network:
                     ends[(k, lane)] = end
         return ends
 
-    def road_lane_ends(self) -> dict[int, float]:
-        """road lane → the first x where it stops (lanes that run to the road's end are absent)."""
-        ends: dict[int, float] = {}
-        for (_, lane), x in self.lane_ends().items():
-            ends[lane] = min(x, ends.get(lane, x))
-        return ends
+    def lane_ends_ahead(self, leaving: bool = False) -> dict[tuple[int, int], float]:
+        """(edge index, road lane) → the x where that lane next stops, on this edge or on a later one of its
+        corridor (lanes that run on to the corridor's end are absent): where every vehicle in it must have left
+        it. On an external network only lanes without any connection count (an acceleration lane's end, a
+        dropped lane); with `leaving`, instead the lanes that lead off the corridor (to an off-ramp), where
+        the vehicles SUMO routes on through them leave the corridor (none on a generated road)."""
+        stops = self.lane_ends()
+        if self.external is None and leaving:
+            return {}
+        if self.external is not None:
+            linked = {(k, i) for k, i, _, _ in self.external.continuations}
+            stops = {(k, lane): x for (k, lane), x in stops.items()
+                     if ((k, lane - self.edges[k].lane_offset) in linked) == leaving}  # fmt: skip
+            corridor = self.external.corridor
+            nxt = {k: k + 1 for k in range(len(self.edges) - 1) if corridor[k + 1] == corridor[k]}
+        else:
+            by_start = {round(e.start_m, 3): k for k, e in enumerate(self.edges) if e.id != "ramp"}
+            ends = {k: by_start.get(round(e.start_m + e.length_m, 3)) for k, e in enumerate(self.edges)}
+            nxt = {k: j for k, j in ends.items() if j is not None}
+        ahead: dict[tuple[int, int], float] = {}
+        for k in sorted(range(len(self.edges)), key=lambda k: -self.edges[k].start_m):  # downstream edges first
+            e = self.edges[k]
+            for lane in range(e.lane_offset, e.lane_offset + e.lanes):
+                end = stops.get((k, lane))
+                if end is None and k in nxt:
+                    end = ahead.get((nxt[k], lane))
+                if end is not None:
+                    ahead[(k, lane)] = end
+        return ahead
 
     def route_free_flow_time_s(
         self, route: str | tuple[str, ...], speed_factor: float, max_speed_mps: float, start_m: float = 0.0

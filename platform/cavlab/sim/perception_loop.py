@@ -120,8 +120,9 @@ class PerceptionLoop:
     see lanes `lane_width_m` wide (the scenario's `road.lane_width_m`)."""
 
     def __init__(self, spec: PerceptionSpec, context: ContextSpec, simulation: SimulationSpec, *,
-                 lane_width_m: float) -> None:  # fmt: skip
+                 lane_width_m: float, corridor: np.ndarray | None = None) -> None:  # fmt: skip
         self.spec = spec
+        self.corridor = corridor  # per edge index on an external network: the corridor it lies in
         self.dt = simulation.step_length_s
         self.warmup_s = simulation.warmup_s
         self.suite = SensorSuite(context, lane_width_m=lane_width_m)
@@ -328,7 +329,7 @@ class PerceptionLoop:
         if world.time_s > self.warmup_s + 1e-9:
             self.stats["leader_holds"] += float((self.tracks.leader & (age > self.spec.track_hold_s + 1e-9)
                                                  & (age <= hold + 1e-9)).sum())  # fmt: skip
-        self.tracks = self.tracks.take(np.flatnonzero(age <= hold + 1e-9))
+        self.tracks = self.tracks.take(np.flatnonzero((age <= hold + 1e-9) & self._in_corridor(world, self.tracks)))
         others = Tracks.join(self.tracks, seen.take(np.flatnonzero(ghost)))
         cavs = np.flatnonzero(world.is_cav)
         x = np.concatenate([world.x_m[cavs], others.x_m + others.speed_mps * (t - others.time_s)])
@@ -350,6 +351,17 @@ class PerceptionLoop:
             type_names=world.type_names, edge_names=world.edge_names,
         )  # fmt: skip
         return perceived, sigma[order]
+
+    def _in_corridor(self, world: WorldState, tracks: Tracks) -> np.ndarray:
+        """Per track, whether its vehicle is still on the road it was seen on: on an external network a
+        tracker sees a vehicle take a ramp or cross a junction into another corridor (x means something
+        else there), or leave the network, and drops it rather than predicting it on along the old lane."""
+        if self.corridor is None or not len(tracks):
+            return np.ones(len(tracks), dtype=bool)
+        row_of_slot = np.full(max(int(world.slot.max(initial=-1)), int(tracks.slot.max())) + 1, -1)
+        row_of_slot[world.slot] = np.arange(len(world))
+        rows = row_of_slot[tracks.slot]
+        return (rows >= 0) & (self.corridor[world.edge[rows]] == self.corridor[tracks.edge])
 
     def _looks(self, frame_of: np.ndarray, index: np.ndarray, t: float) -> Tracks:
         """Every detection of the observers `index` of the pending frames `frame_of`, predicted to `t`."""

@@ -327,14 +327,20 @@ def test_filter_is_inactive_far_behind_and_recovers_after_a_cut_in() -> None:
 
     p = CooperativeParams()
     assert barrier_accel(200.0, 30.0, 30.0, 0.0, p, 0.1) == math.inf
-    # a vehicle cuts in 10 m ahead, 5 m/s slower: the barrier is broken, the bound brakes harder than
-    # |u_min| but never past 2·u_min, there is no collision, and the safe gap comes back
+    # a vehicle cuts in 10 m ahead, 5 m/s slower: the barrier is broken, but braking at |u_min| sheds the
+    # 5 m/s within 5²/(2·4) = 3.1 m < 10 − 1 m: the bound is u_min (comfortable), there is no collision,
+    # and the safe gap comes back
     assert barrier(10.0, 30.0, 25.0, p) < 0
-    bound = barrier_accel(10.0, 30.0, 25.0, 0.0, p, 0.1)
-    assert 2 * p.u_min_mps2 <= bound < p.u_min_mps2
+    assert barrier_accel(10.0, 30.0, 25.0, 0.0, p, 0.1) == p.u_min_mps2
     least, closest, hardest, end = follow(10.0, 30.0, 25.0, 0.0, p, plan_accel_mps2=1.0, seconds=60.0)
-    assert least < 0 < closest and hardest >= 2 * p.u_min_mps2 - 1e-9
+    assert least < 0 < closest and hardest >= p.u_min_mps2 - 1e-9
     assert end >= 0
+    # 5 m ahead and 7 m/s slower: 7²/8 = 6.1 m > 5 − 1 m, so the filter brakes harder than |u_min|, never
+    # past 2·u_min, and still avoids the collision (7²/16 = 3.1 m < 5 m)
+    bound = barrier_accel(5.0, 30.0, 23.0, 0.0, p, 0.1)
+    assert 2 * p.u_min_mps2 <= bound < p.u_min_mps2
+    _, closest, hardest, _ = follow(5.0, 30.0, 23.0, 0.0, p, plan_accel_mps2=1.0, seconds=60.0)
+    assert closest > 0 and p.u_min_mps2 > hardest >= 2 * p.u_min_mps2 - 1e-9
 
 
 def test_filter_bound_is_the_largest_acceleration_keeping_the_barrier() -> None:
@@ -350,6 +356,8 @@ def test_filter_bound_is_the_largest_acceleration_keeping_the_barrier() -> None:
         bound = barrier_accel(gap, v, v_l, a_l, p, dt)
         h = barrier(gap, v, v_l, p)
         target = 0.0 if h >= 0 else (1 - dt) * h
+        room = gap - 1.0 >= max(0.0, v - v_l) ** 2 / (2 * (-p.u_min_mps2 + a_l))  # braking at |u_min| avoids it
+        floor = p.u_min_mps2 if room else 2 * p.u_min_mps2
 
         def h_next(a: float, gap=gap, v=v, v_l=v_l, a_l=a_l) -> float:
             gap_next = gap + (v_l - v) * dt + (a_l - a) * dt**2 / 2
@@ -357,7 +365,7 @@ def test_filter_bound_is_the_largest_acceleration_keeping_the_barrier() -> None:
 
         if math.isinf(bound):
             assert h_next(p.u_max_mps2) >= target - 1e-9
-        elif bound == 2 * p.u_min_mps2:
+        elif bound == floor:
             assert h_next(bound) <= target + 1e-9
         else:
             assert h_next(bound) == pytest.approx(target, abs=1e-6)
@@ -398,7 +406,8 @@ def test_a_request_without_a_plan_leaves_sumo_alone() -> None:
 
     column = [(f"h{i}", 1, 100.0 + 12.0 * i, 30.0, False) for i in range(90)]
     rows = [("c", 0, 600.0, 25.0, True), ("u", 0, 635.0, 18.0, False), *column]
-    ctrl = CooperativeLaneChange(CooperativeParams(request_patience_s=0.0, scan_period_s=0.5), SETUP)
+    params = CooperativeParams(request_patience_s=0.0, scan_period_s=0.5, max_target_occupancy=10.0)  # no gate
+    ctrl = CooperativeLaneChange(params, SETUP)
     assert ctrl.step(world(rows, t=100.0)) == []
     assert [(r.vehicle_id, r.status) for r in ctrl.records] == [("c", "infeasible")]
     assert ctrl.step(world(rows, t=100.5)) == [] and len(ctrl.records) == 1  # put off (retry_after_s = 3 s)
@@ -411,6 +420,25 @@ def test_no_request_into_a_congested_target_lane() -> None:
     gated = CooperativeLaneChange(CooperativeParams(request_patience_s=0.0, min_flow_speed_mps=15.0), SETUP)
     assert gated.step(stuck(100.0, target_speed=12.0)) == []
     assert gated.step(stuck(100.0 + 0.5, target_speed=20.0)) != []  # flowing again: claimed
+
+
+def test_no_request_into_a_target_lane_near_its_capacity() -> None:
+    """The target lane (CAVs that could cooperate) flows fast, 30 m/s, but its vehicles are 40 m apart:
+    8 of them within C's ±150 m, 8 · 35 m / 300 m = 0.93 of their safe spacing φv + δ + L = 0.9·30 + 3 + 5 m,
+    above `max_target_occupancy` (0.8): no request; 55 m apart (6 · 35 / 300 = 0.7) the request finds a
+    slot (C is claimed)."""
+    from cavlab.controllers.cooperative import CooperativeLaneChange
+
+    def world_with(spacing_m: float) -> WorldState:
+        lane = [(f"t{i}", 1, 300.0 + spacing_m * i, 30.0, True) for i in range(round(600 / spacing_m))]
+        return world([("c", 0, 600.0, 25.0, True), ("u", 0, 635.0, 18.0, False), *lane])
+
+    from cavlab.world import HoldLane
+
+    params = CooperativeParams(request_patience_s=0.0)
+    dense = CooperativeLaneChange(params, SETUP)
+    assert dense.step(world_with(40.0)) == [] and dense.records == []
+    assert CooperativeLaneChange(params, SETUP).step(world_with(55.0)) == [HoldLane("c")]
 
 
 def test_the_solve_budget_ends_the_search() -> None:

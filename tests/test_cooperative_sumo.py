@@ -15,7 +15,9 @@ pytestmark = pytest.mark.sumo
 
 # Deterministic traffic (no driver imperfection, no speed spread, uniform arrivals): slow trucks
 # with CAVs behind them on the right, a dense platoon of CAVs at 28 m/s on the left. Every
-# vehicle that is not part of a maneuver cruises, as the plans predict.
+# vehicle that is not part of a maneuver cruises, as the plans predict. The occupancy gate is off:
+# the platoon is as dense as a lane near capacity, where the controller's defaults leave lane
+# changes to SUMO.
 DETERMINISTIC = """
 name: deterministic-lane-change
 road: {kind: highway, length_m: 4000, lanes: 2, speed_limit_mps: 33.33, detectors_m: [3900]}
@@ -29,7 +31,7 @@ demand:
     - {lane: 0, vehicles_per_hour: 240, arrivals: uniform, vehicle_types: {truck: 1}, cav_share: 0.0}
     - {lane: 0, vehicles_per_hour: 240, arrivals: uniform, depart_speed: 22}
     - {lane: 1, vehicles_per_hour: 2400, arrivals: uniform, depart_speed: 28}
-control: {controller: CONTROLLER}
+control: {controller: CONTROLLER, params: {max_target_occupancy: 10.0}}  # the platoon fills 0.79 of its safe spacing
 simulation: {duration_s: 240, warmup_s: 30, lane_change_duration_s: 3.0}
 """
 

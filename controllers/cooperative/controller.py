@@ -189,8 +189,8 @@ class CooperativeLaneChange(Controller):
                 close = u is not None and u.x_m - u.length_m - x < p.headway.gap_m(world.speed_mps[row])
                 if close or (u is not None and u.id in self._busy()):
                     continue  # not yet at a safe distance behind its leader, or the leader maneuvers: wait
-                if self._flow_speed(lanes, target, x) < p.min_flow_speed_mps:
-                    continue  # a congested target lane: LC2013's zipper merge, no cooperator slows down in it
+                if self._flow_speed(lanes, target, x) < p.min_flow_speed_mps or self._saturated(lanes, target, x):
+                    continue  # a congested or saturated target lane: LC2013's zipper merge, nobody slows down in it
                 if not self._patient(vid, t, waiting) or not self._claimed(world, lanes, row, u, target, commands):
                     continue  # LC2013 has the first go; then SUMO must have finished any lane change it began
                 commands += self._request(world, lanes, row, u, target)
@@ -204,7 +204,7 @@ class CooperativeLaneChange(Controller):
             gap = world.x_m[lead] - world.length_m[lead] - world.x_m[row]
             flow = self._flow_speed(lanes, target, x)
             if gap > p.request_gap_m or flow - world.speed_mps[lead] < p.request_speed_gain_mps \
-                    or flow < p.min_flow_speed_mps:  # fmt: skip
+                    or flow < p.min_flow_speed_mps or self._saturated(lanes, target, x):  # fmt: skip
                 continue
             if gap < p.headway.gap_m(world.speed_mps[row]):
                 continue  # not yet at a safe distance behind U (a cut-in): wait until it is
@@ -228,6 +228,18 @@ class CooperativeLaneChange(Controller):
         p = self.params
         flow = lanes.mean_speed(lane, x_m - p.search_behind_m, x_m + p.search_ahead_m)
         return min(self.setup.speed_limit_mps if flow is None else flow, p.v_max_mps)
+
+    def _saturated(self, lanes: Lanes, lane: int, x_m: float) -> bool:
+        """Whether the lane's vehicles in [x − L_r, x + L_f] are packed closer than their safe spacing over
+        `max_target_occupancy`: n·(φv̄ + δ + L̄)/(L_r + L_f) > max (v̄, L̄ their means): a lane near its
+        capacity, where every gap opened by slowing down is flow lost."""
+        p, w = self.params, lanes.world
+        rows = lanes.in_lane(lane)
+        near = rows[(w.x_m[rows] >= x_m - p.search_behind_m) & (w.x_m[rows] <= x_m + p.search_ahead_m)]
+        if not len(near):
+            return False
+        spacing = p.headway.gap_m(float(w.speed_mps[near].mean())) + float(w.length_m[near].mean())
+        return len(near) * spacing / (p.search_behind_m + p.search_ahead_m) > p.max_target_occupancy
 
     def _claimed(self, world: WorldState, lanes: Lanes, row: int, u: Vehicle | None, target: int,
                  commands: list[Command]) -> bool:  # fmt: skip

@@ -55,6 +55,9 @@ class CooperativeParams(InputModel):
     min_flow_speed_mps: Speed = Field(
         25.0, description="No request into a target lane flowing slower than this (congestion: SUMO's zipper merge)"
     )
+    max_target_occupancy: Annotated[float, Field(gt=0, le=10)] = Field(
+        0.8, description="No request into a target lane denser than this share of its safe spacing φv + δ + L"
+    )
     request_speed_gain_mps: Speed = Field(
         2.0, description="... and the target lane flows at least this much faster than U"
     )

@@ -9,7 +9,10 @@ from cavlab.controllers.cooperative.snapshot import Lanes
 from cavlab.world import WorldState
 
 RECOVERY_RATE_PER_S = 1.0
-"""κ: a barrier already broken (a cut-in) must recover at least this fast, h' ≥ (1 − κΔt)·h."""
+"""κ: a barrier already broken (a cut-in) must recover at least this fast, h' ≥ (1 − κΔt)·h, braking
+harder than |u_min| only when that is needed to avoid a collision."""
+MIN_GAP_M = 1.0
+"""The least gap braking at |u_min| must keep before the filter may brake harder (up to 2·|u_min|)."""
 
 
 def safe_accel(row: int, world: WorldState, lanes: Lanes, params: CooperativeParams, dt_s: float,
@@ -44,8 +47,11 @@ def barrier(gap_m: float, v_mps: float, v_lead_mps: float, params: CooperativePa
 def barrier_accel(gap_m: float, v_mps: float, v_lead_mps: float, a_lead_mps2: float, params: CooperativeParams,
                   dt_s: float) -> float:  # fmt: skip
     """The largest acceleration a over the next step Δt that keeps the barrier h (`barrier`) at
-    h' ≥ H, H = 0 while h ≥ 0 and H = (1 − κΔt)·h after a cut-in broke it; +∞ where u_max does,
-    and never below 2·u_min (an emergency). Ballistic step, the leader at its measured deceleration a_L:
+    h' ≥ H, H = 0 while h ≥ 0 and H = (1 − κΔt)·h after a cut-in broke it; +∞ where u_max does.
+    Never below u_min while braking at |u_min| still sheds the closing speed before the gap falls to
+    MIN_GAP_M (`_room_at_u_min`: a broken barrier then recovers at the comfortable rate, as a driver
+    lets a vehicle that cut in pull away), else never below 2·u_min (an emergency). Ballistic step,
+    the leader at its measured deceleration a_L:
 
         h'(a) = A − B·a − max(0, c + a·Δt)²/(2b),   b = |u_min|, B = Δt²/2 + φΔt, c = v − v_L − a_LΔt,
         A = gap + (v_L − v)Δt + a_LΔt²/2 − φv − δ,
@@ -64,7 +70,7 @@ def barrier_accel(gap_m: float, v_mps: float, v_lead_mps: float, a_lead_mps2: fl
 
     if h_next(p.u_max_mps2) >= target:
         return math.inf
-    floor = 2 * p.u_min_mps2
+    floor = p.u_min_mps2 if _room_at_u_min(gap_m, v_mps, v_lead_mps, a_lead_mps2, p) else 2 * p.u_min_mps2
     if h_next(floor) <= target:
         return floor
     a = (A - target) / B  # the branch without closing
@@ -72,3 +78,12 @@ def barrier_accel(gap_m: float, v_mps: float, v_lead_mps: float, a_lead_mps2: fl
         k, m, n = dt_s * dt_s / (2 * b), c * dt_s / b + B, c * c / (2 * b) + target - A
         a = (-m + math.sqrt(max(m * m - 4 * k * n, 0.0))) / (2 * k)
     return max(floor, a)
+
+
+def _room_at_u_min(gap_m: float, v_mps: float, v_lead_mps: float, a_lead_mps2: float,
+                   params: CooperativeParams) -> bool:  # fmt: skip
+    """Whether braking at |u_min| sheds the closing speed c = v − v_L before the gap falls to MIN_GAP_M,
+    the leader keeping its measured deceleration a_L: gap − MIN_GAP_M ≥ c²/(2(|u_min| + a_L))."""
+    relative = -params.u_min_mps2 + min(0.0, a_lead_mps2)
+    closing = max(0.0, v_mps - v_lead_mps)
+    return relative > 0 and gap_m - MIN_GAP_M >= closing * closing / (2 * relative)

@@ -69,13 +69,14 @@ def control_setup(scenario: Scenario) -> ControlSetup:
     )
 
 
-def make_perception(scenario: Scenario) -> Perception:
-    """The scenario's perception: the ground truth, or the perception loop when it is enabled."""
+def make_perception(scenario: Scenario, network: Network) -> Perception:
+    """The scenario's perception on its built network: the ground truth, or the perception loop when it is
+    enabled."""
     if not scenario.perception.enabled:
         return GroundTruth()
     from cavlab.sim.perception_loop import PerceptionLoop
 
-    external = build_network(scenario.road).external
+    external = network.external
     return PerceptionLoop(scenario.perception, scenario.context, scenario.simulation,
                           lane_width_m=scenario.road.lane_width_m,
                           corridor=None if external is None else np.array(external.corridor))  # fmt: skip
@@ -105,9 +106,9 @@ class Engine:
         self.controller = controller or make_controller(
             scenario.control.controller, scenario.control.params, control_setup(scenario)
         )
-        self.perception = perception or make_perception(scenario)
-        self.collect_metrics = collect_metrics
         self.network: Network = build_network(scenario.road)
+        self.perception = perception or make_perception(scenario, self.network)
+        self.collect_metrics = collect_metrics
         self.inputs = write_sumo_inputs(scenario, self.network, self.workdir)
         external = self.network.external
         self._control_edges = None  # on an external network: per edge, whether the controller plans there

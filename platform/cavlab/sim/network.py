@@ -126,6 +126,14 @@ class Network:
         return ends
 
     def lane_ends_ahead(self, leaving: bool = False) -> dict[tuple[int, int], float]:
+        """`_lane_ends_ahead`, computed once per network (the envs' rule driver asks every step)."""
+        return self._ends_ahead[leaving]
+
+    @cached_property
+    def _ends_ahead(self) -> dict[bool, dict[tuple[int, int], float]]:
+        return {leaving: self._lane_ends_ahead(leaving) for leaving in (False, True)}
+
+    def _lane_ends_ahead(self, leaving: bool) -> dict[tuple[int, int], float]:
         """(edge index, road lane) → the x where that lane next stops, on this edge or on a later one of its
         corridor (lanes that run on to the corridor's end are absent): where every vehicle in it must have left
         it. On an external network only lanes without any connection count (an acceleration lane's end, a

@@ -355,7 +355,7 @@ def test_filter_bound_is_the_largest_acceleration_keeping_the_barrier() -> None:
         gap = p.headway.gap_m(v) + rng.uniform(-10, 30)
         bound = barrier_accel(gap, v, v_l, a_l, p, dt)
         h = barrier(gap, v, v_l, p)
-        target = 0.0 if h >= 0 else (1 - dt) * h
+        target = (1 - dt) * h  # h' ≥ (1 − κΔt)·h, κ = 1 1/s
         room = gap - 1.0 >= max(0.0, v - v_l) ** 2 / (2 * (-p.u_min_mps2 + a_l))  # braking at |u_min| avoids it
         floor = p.u_min_mps2 if room else 2 * p.u_min_mps2
 
@@ -370,6 +370,68 @@ def test_filter_bound_is_the_largest_acceleration_keeping_the_barrier() -> None:
         else:
             assert h_next(bound) == pytest.approx(target, abs=1e-6)
             assert h_next(bound + 1e-3) < target
+
+
+def lateral_maneuver(lane_ends_m: dict | None = None):
+    """The maneuver of BASIC's plan in its lateral phase, the lane change commanded at t = 100 s."""
+    from dataclasses import replace
+
+    from cavlab.controllers.cooperative.maneuver import Maneuver, ManeuverRecord
+
+    outcome, _ = plan(BASIC)
+    assert outcome.status == "planned", outcome.reason
+    setup = replace(SETUP, lane_ends_m=lane_ends_m or {})
+    record = ManeuverRecord(request_time_s=95.0, vehicle_id="C", leader_id="U", target_lane=1, status="")
+    m = Maneuver(outcome.plan, record, CooperativeParams(**PAPER), setup, cut_in=lambda w, row: False)
+    m.phase, m.t_lane_change = "lateral", 100.0
+    return m, outcome.plan
+
+
+def commanded(m, w: WorldState) -> dict[str, float]:
+    return {c.vehicle_id: c.accel_mps2 for c in m.step(w, Lanes(w))}
+
+
+def test_lateral_phase_keeps_the_barrier_in_both_lanes() -> None:
+    """While C crosses over (still in its old lane by index, already in the target lane's space), C keeps
+    its barrier to the target lane's vehicle ahead, and the rear cooperator to C: both brake here; a
+    vehicle of the target lane ahead of C, and C behind its own lane's far leader, would not otherwise."""
+    m, p = lateral_maneuver()
+    front, rear = p.front.vehicle.id, p.rear.vehicle.id
+    hw = CooperativeParams().headway
+    rows = {vid: (lane, x, v) for vid, lane, x, v, _ in BASIC}
+    rows["U"] = (0, 900.0, 30.0)  # far ahead of C in its old lane: no bound from there
+    rows["C"] = (0, 500.0, 28.0)
+    rows[front] = (1, 500.0 + 5.0 + hw.gap_m(28.0) + 1.0, 24.0)  # 4 m/s slower, 1 m beyond C's safe gap
+    rows[rear] = (1, 500.0 - 5.0 - hw.gap_m(30.0) - 1.0, 30.0)  # 2 m/s faster than C, 1 m beyond its safe gap
+    others = [vid for vid in rows if vid not in ("U", "C", front, rear)]
+    for k, vid in enumerate(others):  # the rest of the platoon well clear of the three
+        rows[vid] = (1, 1500.0 + 60.0 * k if rows[vid][1] > rows[front][1] else 100.0 - 60.0 * k, 28.0)
+    w = world([(vid, lane, x, v, True) for vid, (lane, x, v) in rows.items()], t=100.5)
+    u = commanded(m, w)
+    assert u["C"] < -0.5, u
+    assert u[rear] < -0.1, u
+    # the same world with C already in the target lane: the bounds come from the lane's own leaders
+    w2 = world([(vid, 1 if vid == "C" else lane, x, v, True) for vid, (lane, x, v) in rows.items()], t=100.5)
+    u2 = commanded(lateral_maneuver()[0], w2)
+    assert u2["C"] == pytest.approx(u["C"]) and u2[rear] == pytest.approx(u[rear])
+
+
+def test_lateral_phase_ignores_the_old_lane_end_only_when_c_crosses_before_it() -> None:
+    """C in a lane that ends: in the lateral phase the end does not brake C when C is across half-way
+    through it (at its speed) δ before the end, and does brake it when it is not; certification asks the
+    same (a lane change that would cross after the end is not started)."""
+    half_way_m = 28.0 * 1.5  # v·(t_lc + t_lat/2 − t) at t = t_lc, t_lat = 3 s
+    for end_m, brakes in [(500.0 + half_way_m + 3.0 + 0.5, False), (500.0 + half_way_m + 3.0 - 0.5, True)]:
+        m, p = lateral_maneuver(lane_ends_m={(0, 0): end_m})
+        rows = [("U", 0, 2000.0, 30.0, True), ("C", 0, 500.0, 28.0, True)]
+        rows += [(c.vehicle.id, 1, 1500.0 + 60.0 * k if c.vehicle.x_m > 100.0 else 100.0 - 60.0 * k, 28.0, True)
+                 for k, c in enumerate(p.cooperators)]  # fmt: skip
+        rows += [(vid, 1, 3000.0 + 60.0 * k, 28.0, True) for k, (vid, *_) in enumerate(BASIC)
+                 if vid not in {r[0] for r in rows}]  # fmt: skip
+        w = world(rows, t=100.0)
+        assert (commanded(m, w)["C"] < 0) is brakes, end_m
+        m.phase = "certify"
+        assert m._certified(w, Lanes(w)) is not brakes
 
 
 # ----------------------------------------------------------------------------- requests: claim, gate

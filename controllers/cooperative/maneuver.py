@@ -171,13 +171,45 @@ class Maneuver:
 
     def _safe(self, u: float, row: int, world: WorldState, lanes: Lanes) -> float:
         """The plan's u, unless the measured leader (which need not behave as predicted) is too
-        close: see `safe_accel`."""
-        return min(u, safe_accel(row, world, lanes, self.p, self.dt, self.lane_ends_m))
+        close: see `safe_accel`. In the lateral phase C occupies both lanes: it keeps its barrier to
+        the target lane's vehicle ahead of it too, the vehicles of the maneuver behind it in the
+        target lane keep theirs to C, and C's old lane's end does not brake it while C crosses over
+        before it (`_flips_before_end`)."""
+        ends, also = self.lane_ends_m, ()
+        if self.phase == "lateral":
+            c_row = lanes.row_of[self.plan.changer.id]
+            target = self.plan.target_lane
+            if row == c_row:
+                if world.lane[c_row] != target:
+                    rows = lanes.in_lane(target)
+                    k = int(np.searchsorted(world.x_m[rows], world.x_m[c_row]))
+                    also = (int(rows[k]),) if k < len(rows) else ()
+                    if self._flips_before_end(world, c_row):
+                        ends = None
+            elif world.lane[c_row] != target and world.x_m[c_row] > world.x_m[row]:
+                lead = lanes.leader(row)
+                if lead is None or world.x_m[lead] > world.x_m[c_row]:
+                    also = (c_row,)
+        return min(u, safe_accel(row, world, lanes, self.p, self.dt, ends, also))
+
+    def _flips_before_end(self, world: WorldState, c_row: int) -> bool:
+        """Whether C, at its speed now, is across in the target lane (half-way through the lateral
+        phase, where SUMO moves it over) δ before its old lane ends, if that lane ends."""
+        end_m = (self.lane_ends_m or {}).get((int(world.edge[c_row]), int(world.lane[c_row])))
+        if end_m is None:
+            return True
+        started = world.time_s if self.t_lane_change is None else self.t_lane_change
+        to_flip_s = max(0.0, started + self.t_lat / 2 - world.time_s)
+        x, v = float(world.x_m[c_row]), float(world.speed_mps[c_row])
+        return x + v * to_flip_s + self.p.standstill_gap_m <= end_m
 
     def _certified(self, world: WorldState, lanes: Lanes) -> bool:
         """Safe gaps to the target lane's actual neighbours now and, at constant speeds, through the
-        lateral phase (a gap that changes linearly: both ends suffice)."""
+        lateral phase (a gap that changes linearly: both ends suffice), and, where C's lane ends, C
+        across before the end (`_flips_before_end`)."""
         c_row = lanes.row_of[self.plan.changer.id]
+        if not self._flips_before_end(world, c_row):
+            return False
         x_c, v_c, l_c = (float(a[c_row]) for a in (world.x_m, world.speed_mps, world.length_m))
         rows = lanes.in_lane(self.plan.target_lane)
         xs = world.x_m[rows]

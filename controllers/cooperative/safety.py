@@ -8,26 +8,31 @@ from cavlab.controllers.cooperative.params import CooperativeParams
 from cavlab.controllers.cooperative.snapshot import Lanes
 from cavlab.world import WorldState
 
-RECOVERY_RATE_PER_S = 1.0
-"""κ: a barrier already broken (a cut-in) must recover at least this fast, h' ≥ (1 − κΔt)·h, braking
-harder than |u_min| only when that is needed to avoid a collision."""
+BARRIER_RATE_PER_S = 1.0
+"""κ of the discrete barrier condition h' ≥ (1 − κΔt)·h: a follower closes in on its safe gap no faster
+than h decays at this rate (h → 0 smoothly instead of at u_max up to h = 0, where a one-step
+deceleration of the leader then forces hard braking), and a barrier already broken (a cut-in)
+recovers at least this fast, braking harder than |u_min| only when that is needed to avoid a
+collision."""
 MIN_GAP_M = 1.0
 """The least gap braking at |u_min| must keep before the filter may brake harder (up to 2·|u_min|)."""
 
 
 def safe_accel(row: int, world: WorldState, lanes: Lanes, params: CooperativeParams, dt_s: float,
-               lane_ends_m: dict[tuple[int, int], float] | None = None) -> float:  # fmt: skip
-    """An upper bound on a controlled vehicle's acceleration from its measured leader (`barrier_accel`)
-    and, where its lane ends, from the end: stop δ short of it, braking only once that needs 2·|u_min|
-    (an emergency: a planned lane change leaves before that, the planner's `_end_line`),
-    a = −v²/(2·(x_end − x − δ))."""
-    lead = lanes.leader(row)
+               lane_ends_m: dict[tuple[int, int], float] | None = None, also_behind: tuple[int, ...] = ()
+               ) -> float:  # fmt: skip
+    """An upper bound on a controlled vehicle's acceleration from its measured leader (`barrier_accel`),
+    and from the vehicles of `also_behind` (rows ahead of it in the other lane of a lane change under
+    way, which it is behind already), and, where its lane ends, from the end: stop δ short of it,
+    braking only once that needs 2·|u_min| (an emergency: a planned lane change leaves before that,
+    the planner's `_end_line`), a = −v²/(2·(x_end − x − δ))."""
     x, v = float(world.x_m[row]), float(world.speed_mps[row])
     bound = math.inf
-    if lead is not None:
-        gap = float(world.x_m[lead] - world.length_m[lead]) - x
-        v_lead, a_lead = float(world.speed_mps[lead]), min(0.0, float(world.accel_mps2[lead]))
-        bound = barrier_accel(gap, v, v_lead, a_lead, params, dt_s)
+    lead = lanes.leader(row)
+    for ahead in (*([] if lead is None else [lead]), *also_behind):
+        gap = float(world.x_m[ahead] - world.length_m[ahead]) - x
+        v_lead, a_lead = float(world.speed_mps[ahead]), min(0.0, float(world.accel_mps2[ahead]))
+        bound = min(bound, barrier_accel(gap, v, v_lead, a_lead, params, dt_s))
     end_m = (lane_ends_m or {}).get((int(world.edge[row]), int(world.lane[row])))
     if end_m is not None and end_m > x:
         room = end_m - x - params.standstill_gap_m
@@ -47,7 +52,7 @@ def barrier(gap_m: float, v_mps: float, v_lead_mps: float, params: CooperativePa
 def barrier_accel(gap_m: float, v_mps: float, v_lead_mps: float, a_lead_mps2: float, params: CooperativeParams,
                   dt_s: float) -> float:  # fmt: skip
     """The largest acceleration a over the next step Δt that keeps the barrier h (`barrier`) at
-    h' ≥ H, H = 0 while h ≥ 0 and H = (1 − κΔt)·h after a cut-in broke it; +∞ where u_max does.
+    h' ≥ H = (1 − κΔt)·h (`BARRIER_RATE_PER_S`); +∞ where u_max does.
     Never below u_min while braking at |u_min| still sheds the closing speed before the gap falls to
     MIN_GAP_M (`_room_at_u_min`: a broken barrier then recovers at the comfortable rate, as a driver
     lets a vehicle that cut in pull away), else never below 2·u_min (an emergency). Ballistic step,
@@ -60,7 +65,7 @@ def barrier_accel(gap_m: float, v_mps: float, v_lead_mps: float, a_lead_mps2: fl
     root of (Δt²/2b)·a² + (cΔt/b + B)·a + c²/(2b) + H − A = 0."""
     p, b, phi = params, -params.u_min_mps2, params.reaction_time_s
     h = barrier(gap_m, v_mps, v_lead_mps, p)
-    target = 0.0 if h >= 0 else (1 - RECOVERY_RATE_PER_S * dt_s) * h
+    target = (1 - BARRIER_RATE_PER_S * dt_s) * h
     A = gap_m + (v_lead_mps - v_mps) * dt_s + a_lead_mps2 * dt_s * dt_s / 2 - phi * v_mps - p.standstill_gap_m
     B = dt_s * dt_s / 2 + phi * dt_s
     c = v_mps - v_lead_mps - a_lead_mps2 * dt_s

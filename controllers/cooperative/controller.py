@@ -12,7 +12,7 @@ from cavlab.controllers.base import Controller, ControllerReport, ControlSetup, 
 from cavlab.controllers.cooperative.maneuver import Maneuver, ManeuverRecord
 from cavlab.controllers.cooperative.params import CooperativeParams
 from cavlab.controllers.cooperative.planner import OFF_GRID, SLOT_GONE, Planner, PlanOutcome
-from cavlab.controllers.cooperative.snapshot import Lanes, Vehicle
+from cavlab.controllers.cooperative.snapshot import Lanes, Vehicle, lane_end_ahead
 from cavlab.world import Command, ControlModes, HoldLane, Release, WorldState
 
 
@@ -137,9 +137,7 @@ class CooperativeLaneChange(Controller):
         return record, commands
 
     def _lane_end(self, world: WorldState, row: int) -> float | None:
-        """Where the vehicle's lane ends ahead of it, if it does."""
-        end_m = self.setup.lane_ends_m.get((int(world.edge[row]), int(world.lane[row])))
-        return end_m if end_m is not None and end_m > world.x_m[row] else None
+        return lane_end_ahead(self.setup.lane_ends_m, world, row)
 
     def _busy(self, besides: Maneuver | None = None) -> set[str]:
         """The vehicles of the running maneuvers (but `besides`) and their slots' front and rear."""
@@ -234,8 +232,7 @@ class CooperativeLaneChange(Controller):
         `max_target_occupancy`: n·(φv̄ + δ + L̄)/(L_r + L_f) > max (v̄, L̄ their means): a lane near its
         capacity, where every gap opened by slowing down is flow lost."""
         p, w = self.params, lanes.world
-        rows = lanes.in_lane(lane)
-        near = rows[(w.x_m[rows] >= x_m - p.search_behind_m) & (w.x_m[rows] <= x_m + p.search_ahead_m)]
+        near = lanes.near(lane, x_m - p.search_behind_m, x_m + p.search_ahead_m)
         if not len(near):
             return False
         spacing = p.headway.gap_m(float(w.speed_mps[near].mean())) + float(w.length_m[near].mean())

@@ -8,13 +8,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
-
 from cavlab.controllers.base import ControlSetup
 from cavlab.controllers.cooperative.params import CooperativeParams
 from cavlab.controllers.cooperative.planner import LaneChangePlan, Plan, disruption_parts
 from cavlab.controllers.cooperative.safety import barrier, safe_accel
-from cavlab.controllers.cooperative.snapshot import Lanes
+from cavlab.controllers.cooperative.snapshot import Lanes, lane_end_ahead
 from cavlab.world import Accelerate, ChangeLane, Command, Release, WorldState
 
 
@@ -181,9 +179,8 @@ class Maneuver:
             target = self.plan.target_lane
             if row == c_row:
                 if world.lane[c_row] != target:
-                    rows = lanes.in_lane(target)
-                    k = int(np.searchsorted(world.x_m[rows], world.x_m[c_row]))
-                    also = (int(rows[k]),) if k < len(rows) else ()
+                    front, _ = lanes.beside(c_row, target)
+                    also = () if front is None else (front,)
                     if self._flips_before_end(world, c_row):
                         ends = None
             elif world.lane[c_row] != target and world.x_m[c_row] > world.x_m[row]:
@@ -195,7 +192,7 @@ class Maneuver:
     def _flips_before_end(self, world: WorldState, c_row: int) -> bool:
         """Whether C, at its speed now, is across in the target lane (half-way through the lateral
         phase, where SUMO moves it over) δ before its old lane ends, if that lane ends."""
-        end_m = (self.lane_ends_m or {}).get((int(world.edge[c_row]), int(world.lane[c_row])))
+        end_m = lane_end_ahead(self.lane_ends_m, world, c_row)
         if end_m is None:
             return True
         started = world.time_s if self.t_lane_change is None else self.t_lane_change
@@ -211,18 +208,14 @@ class Maneuver:
         if not self._flips_before_end(world, c_row):
             return False
         x_c, v_c, l_c = (float(a[c_row]) for a in (world.x_m, world.speed_mps, world.length_m))
-        rows = lanes.in_lane(self.plan.target_lane)
-        xs = world.x_m[rows]
-        k = int(np.searchsorted(xs, x_c))
+        f, r = lanes.beside(c_row, self.plan.target_lane)
         v = world.speed_mps
         for horizon in (0.0, self.t_lat):
-            if k < len(rows):  # front neighbour
-                f = rows[k]
+            if f is not None:
                 gap = (world.x_m[f] + v[f] * horizon) - world.length_m[f] - (x_c + v_c * horizon)
                 if barrier(float(gap), v_c, float(v[f]), self.p) < 0:
                     return False
-            if k > 0:  # rear neighbour
-                r = rows[k - 1]
+            if r is not None:
                 gap = (x_c + v_c * horizon) - l_c - (world.x_m[r] + v[r] * horizon)
                 if barrier(float(gap), float(v[r]), v_c, self.p) < 0:
                     return False

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from cavlab.controllers.cooperative.params import CooperativeParams
-from cavlab.controllers.cooperative.snapshot import Lanes
+from cavlab.controllers.cooperative.snapshot import Lanes, lane_end_ahead
 from cavlab.world import WorldState
 
 BARRIER_RATE_PER_S = 1.0
@@ -29,12 +29,12 @@ def safe_accel(row: int, world: WorldState, lanes: Lanes, params: CooperativePar
     x, v = float(world.x_m[row]), float(world.speed_mps[row])
     bound = math.inf
     lead = lanes.leader(row)
-    for ahead in (*([] if lead is None else [lead]), *also_behind):
+    for ahead in also_behind if lead is None else (lead, *also_behind):
         gap = float(world.x_m[ahead] - world.length_m[ahead]) - x
         v_lead, a_lead = float(world.speed_mps[ahead]), min(0.0, float(world.accel_mps2[ahead]))
         bound = min(bound, barrier_accel(gap, v, v_lead, a_lead, params, dt_s))
-    end_m = (lane_ends_m or {}).get((int(world.edge[row]), int(world.lane[row])))
-    if end_m is not None and end_m > x:
+    end_m = lane_end_ahead(lane_ends_m, world, row)
+    if end_m is not None:
         room = end_m - x - params.standstill_gap_m
         if room < v * v / (4 * -params.u_min_mps2):
             bound = min(bound, -v * v / (2 * max(room, 0.5)))

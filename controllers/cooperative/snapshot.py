@@ -50,8 +50,24 @@ class Lanes:
     def in_lane(self, lane: int) -> np.ndarray:
         return self.rows.get(lane, np.zeros(0, dtype=np.int64))
 
-    def mean_speed(self, lane: int, x_from: float, x_to: float) -> float | None:
+    def near(self, lane: int, x_from: float, x_to: float) -> np.ndarray:
+        """The rows of the lane's vehicles with x_from ≤ x ≤ x_to."""
         rows = self.in_lane(lane)
         x = self.world.x_m[rows]
-        near = rows[(x >= x_from) & (x <= x_to)]
+        return rows[(x >= x_from) & (x <= x_to)]
+
+    def mean_speed(self, lane: int, x_from: float, x_to: float) -> float | None:
+        near = self.near(lane, x_from, x_to)
         return float(self.world.speed_mps[near].mean()) if len(near) else None
+
+    def beside(self, row: int, lane: int) -> tuple[int | None, int | None]:
+        """The rows of `lane`'s nearest vehicle with x ≥ the row's x (front) and nearest with x below it (rear)."""
+        rows = self.in_lane(lane)
+        k = int(np.searchsorted(self.world.x_m[rows], self.world.x_m[row]))
+        return (int(rows[k]) if k < len(rows) else None), (int(rows[k - 1]) if k > 0 else None)
+
+
+def lane_end_ahead(lane_ends_m: dict[tuple[int, int], float] | None, world: WorldState, row: int) -> float | None:
+    """Where the vehicle's lane ends ahead of it (`ControlSetup.lane_ends_m`), if it does."""
+    end_m = (lane_ends_m or {}).get((int(world.edge[row]), int(world.lane[row])))
+    return end_m if end_m is not None and end_m > world.x_m[row] else None

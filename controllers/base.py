@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from cavlab.config.scenario import InputModel
+from cavlab.controllers.longitudinal import Headway
 from cavlab.world import Command, ControlModes, WorldState
 
 
@@ -29,6 +30,8 @@ class ControlSetup:
     edge_lanes: tuple[tuple[int, int], ...] = ()
     """per edge index (`WorldState.edge`): its lowest and highest road lane (a lane change is possible
     only into a lane of the vehicle's edge)."""
+    sumo_headways: dict[str, Headway] = field(default_factory=dict)
+    """per vehicle type name (`WorldState.type_names`): SUMO's own car-following headway, tau·v + minGap."""
 
 
 @dataclass(frozen=True)

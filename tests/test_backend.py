@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ from cavlab.config.scenario import parse_scenario
 from cavlab.errors import SimulationError
 from cavlab.sim.backends import SumoBackend, make_backend
 from cavlab.sim.engine import Engine
-from cavlab.world import Accelerate, ChangeLane, HoldLane, Release, SetSpeed
+from cavlab.world import Accelerate, CapSpeed, ChangeLane, HoldLane, Release, SetSpeed
 
 from .conftest import short
 
@@ -161,6 +162,44 @@ def test_hold_lane_keeps_sumo_driving_but_not_changing_lanes(tmp_path: Path) -> 
         assert (v.getSpeedMode(vid), v.getLaneChangeMode(vid)) == (32, 0)
         b.apply([HoldLane(vid), Release(vid)])  # a hold on a controlled vehicle changes nothing; Release ends both
         assert (v.getSpeedMode(vid), v.getLaneChangeMode(vid)) == (31, 1621)
+
+
+def test_cap_speed_keeps_sumo_driving_below_the_cap_until_lifted(tmp_path: Path) -> None:
+    """CapSpeed leaves the modes SUMO's (31/1621, not controlled) and holds the vehicle at the cap, never
+    above its own desired speed; `inf` lifts it (SUMO's desired speed again), as Release does; a command
+    that takes control ends the cap."""
+    with open_backend(cavs_only(), tmp_path) as b:
+        world = step_until(b, lambda w: len(w) > 0)
+        vid, v = str(world.ids[0]), b.api.vehicle
+        desired = v.getAllowedSpeed(vid)
+        b.apply([CapSpeed(vid, 12.0)])
+        for _ in range(100):
+            world, *_ = b.step()
+        row = world.index_of(vid)
+        assert world.speed_mps[row] == pytest.approx(12.0) and not world.controlled[row]
+        assert (v.getSpeedMode(vid), v.getLaneChangeMode(vid)) == (31, 1621)
+        b.apply([CapSpeed(vid, 100.0)])  # above the desired speed: the desired speed
+        for _ in range(100):
+            world, *_ = b.step()
+        assert world.speed_mps[world.index_of(vid)] == pytest.approx(desired)
+        for lift in (CapSpeed(vid, math.inf), Release(vid)):
+            b.apply([CapSpeed(vid, 12.0)])
+            for _ in range(100):
+                world, *_ = b.step()
+            assert world.speed_mps[world.index_of(vid)] == pytest.approx(12.0)
+            b.apply([lift])
+            for _ in range(100):
+                world, *_ = b.step()
+            assert world.speed_mps[world.index_of(vid)] == pytest.approx(desired)
+            assert (v.getSpeedMode(vid), v.getLaneChangeMode(vid)) == (31, 1621)
+        b.apply([CapSpeed(vid, 12.0)])
+        b.step()
+        b.apply([Accelerate(vid, 0.5)])  # full control: the cap is gone with SUMO's speed
+        world, *_ = b.step()
+        assert world.accel_mps2[world.index_of(vid)] == pytest.approx(0.5)
+        b.apply([CapSpeed(vid, 5.0)])  # ignored while controlled
+        world, *_ = b.step()
+        assert world.controlled[world.index_of(vid)] and v.getSpeedMode(vid) == 32
 
 
 def test_commands_for_vehicles_that_left_are_ignored(tmp_path: Path) -> None:

@@ -512,3 +512,87 @@ def test_the_solve_budget_ends_the_search() -> None:
     assert capped.plan is None and capped.numeric_solves == 2 and "solve budget spent" in capped.reason
     roomy, _ = plan(BASIC, CooperativeParams(**PAPER, max_solves_per_request=25))
     assert roomy.plan is not None and sum(roomy.plan.disruption) == sum(full.plan.disruption)
+
+
+# ----------------------------------------------------------------------------- the zipper at a lane end
+
+# A lane drop: road lane 0 ends at x = 1500 m on edge 0 (lanes 0..2); edge 1 carries lanes 1..2 on.
+DROP_SETUP = ControlSetup(step_length_s=0.1, lanes=3, speed_limit_mps=33.33, lane_change_duration_s=3.0, seed=1,
+                          lane_ends_m={(0, 0): 1500.0}, edge_lanes=((0, 2), (1, 2)))  # fmt: skip
+
+
+def test_each_lane_end_merges_into_the_neighbour_that_runs_on() -> None:
+    from cavlab.controllers.cooperative.zipper import Merge, merges
+
+    assert merges(DROP_SETUP) == [Merge(1500.0, 0, 1)]
+    # an on-ramp: the ramp's own edge (lane -1 only) and the acceleration lane's edge (lanes -1..1)
+    ramp = ControlSetup(0.1, 2, 33.33, 3.0, 1, lane_ends_m={(0, -1): 1250.0, (1, -1): 1250.0},
+                        edge_lanes=((-1, -1), (-1, 1), (0, 1)))  # fmt: skip
+    assert merges(ramp) == [Merge(1250.0, -1, 0)]
+    # a left lane that ends, its right neighbour running on; no lane end, no merge
+    left = ControlSetup(0.1, 3, 33.33, 3.0, 1, lane_ends_m={(0, 2): 900.0}, edge_lanes=((0, 2), (0, 1)))
+    assert merges(left) == [Merge(900.0, 2, 1)] and merges(SETUP) == []
+
+
+def test_zipper_caps_follow_the_vehicle_ahead_in_either_lane() -> None:
+    """Near the end (zone 100 m) the vehicles of both lanes form one sequence by position; each CAV gets
+    Krauss' safe speed behind the one ahead of it, with SUMO's tau and minGap of its type (1 s, 2.5 m) and
+    b = |u_min| = 4: E (ending lane) behind T1, T2 behind E; the HDV H is a leader but gets no cap, the CAV
+    F beyond the zone none either, nor the busy CAV B."""
+    from cavlab.controllers.cooperative.zipper import Merge, zipper_caps
+    from cavlab.controllers.longitudinal import Headway
+
+    rows = [("T1", 1, 1470.0, 15.0, True), ("E", 0, 1450.0, 14.0, True), ("T2", 1, 1440.0, 16.0, True),
+            ("H", 0, 1425.0, 12.0, False), ("B", 1, 1410.0, 12.0, True), ("F", 1, 1380.0, 15.0, True)]  # fmt: skip
+    w = world(rows)
+    setup = ControlSetup(0.1, 3, 33.33, 3.0, 1, sumo_headways={"car": Headway(1.0, 2.5)})
+    free = w.is_cav.copy()
+    free[w.index_of("B")] = False
+    caps = zipper_caps(Lanes(w), Merge(1500.0, 0, 1), CooperativeParams(zipper_zone_m=100.0), setup, free)
+
+    def krauss(v: float, x_l: float, v_l: float) -> float:
+        gap = x_l - 5.0 - 2.5
+        return max(v_l + (gap - 1.0 * v_l) / ((v + v_l) / 8.0 + 1.0), 0.0)
+
+    expected = {"E": krauss(14.0, 1470.0 - 1450.0, 15.0), "T2": krauss(16.0, 1450.0 - 1440.0, 14.0)}
+    assert {str(w.ids[r]): c for r, c in caps.items()} == pytest.approx(expected)
+    assert expected["T2"] < 14.0 < expected["E"]  # T2 opens E's gap; E may close up behind T1
+
+
+def test_the_zipper_caps_only_free_cavs_and_lifts_the_caps_it_set() -> None:
+    from cavlab.controllers.cooperative import CooperativeLaneChange, SelfishLaneChange
+    from cavlab.world import CapSpeed
+
+    def near_end(e_x: float) -> WorldState:
+        return world([("T1", 1, 1470.0, 15.0, True), ("E", 0, e_x, 14.0, True)])
+
+    params = CooperativeParams(request_patience_s=1e3)  # no request gets planned
+    ctrl = CooperativeLaneChange(params, DROP_SETUP)
+    commands = ctrl.step(near_end(1450.0))
+    assert [type(c) for c in commands] == [CapSpeed] and commands[0].vehicle_id == "E"
+    assert ctrl.step(near_end(1350.0)) == [CapSpeed("E", math.inf)]  # out of the zone: lifted once
+    assert ctrl.step(near_end(1340.0)) == []
+    assert SelfishLaneChange(params, DROP_SETUP).step(near_end(1450.0)) == []  # nobody cooperates
+    assert CooperativeLaneChange(params.model_copy(update={"zipper_zone_m": 0.0}), DROP_SETUP).step(
+        near_end(1450.0)) == []  # fmt: skip
+    on_request = CooperativeLaneChange(params, DROP_SETUP)
+    on_request.autonomous = False  # serves requests only (an RL agent's): no zipper either
+    assert on_request.step(near_end(1450.0)) == []
+
+
+def test_a_vehicle_already_beside_goes_first() -> None:
+    """A human driver standing at the very end of the dropped lane, a CAV of the target lane already 0.5 m short
+    of its minGap behind the driver's rear (g < 0): waiting behind the driver could never open its gap (a
+    deadlock seen at the on-ramp), so the CAV follows the vehicle ahead in its own lane; behind a driver that
+    still moves it yields as before."""
+    from cavlab.controllers.cooperative.zipper import Merge, zipper_caps
+    from cavlab.controllers.longitudinal import Headway
+
+    w = world([("A", 1, 1530.0, 10.0, True), ("H", 0, 1500.0, 0.0, False), ("T", 1, 1493.0, 2.0, True)])
+    setup = ControlSetup(0.1, 3, 33.33, 3.0, 1, sumo_headways={"car": Headway(1.0, 2.5)})
+    caps = zipper_caps(Lanes(w), Merge(1500.0, 0, 1), CooperativeParams(), setup, w.is_cav.copy())
+    gap = 1530.0 - 5.0 - 1493.0 - 2.5
+    assert caps == {w.index_of("T"): pytest.approx(10.0 + (gap - 10.0) / ((2.0 + 10.0) / 8.0 + 1.0))}
+    moving = world([("A", 1, 1530.0, 10.0, True), ("H", 0, 1500.0, 1.0, False), ("T", 1, 1493.0, 2.0, True)])
+    caps = zipper_caps(Lanes(moving), Merge(1500.0, 0, 1), CooperativeParams(), setup, moving.is_cav.copy())
+    assert caps == {moving.index_of("T"): pytest.approx(max(1.0 + (-0.5 - 1.0) / ((2.0 + 1.0) / 8.0 + 1.0), 0.0))}

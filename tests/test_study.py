@@ -280,6 +280,9 @@ def test_windowed_disruption_on_a_hand_made_table() -> None:
     assert w.disruption[1] == pytest.approx(d_c, rel=1e-12) and w.disruption[2] == pytest.approx(d_k, rel=1e-12)
     assert np.isnan(w.disruption[0]) and np.isnan(w.disruption[3])  # windows that leave the recorded run
     assert w.followers.tolist() == [0, 2, 1, 0]
+    # the followers' mean speed change: c's f1 25 → 20 m/s and f2 cruising; k's n 20 → 18 m/s
+    assert w.speed_change_mps[1:3].tolist() == pytest.approx([-2.5, -2.0])
+    assert np.isnan(w.speed_change_mps[0]) and np.isnan(w.speed_change_mps[3])
     # several chunks and dictionary-encoded strings: the same
     chunked = pa.concat_tables([table.slice(0, 100), table.slice(100)])
     for i, name in ((1, "vehicle_id"), (2, "vehicle_type")):
@@ -296,6 +299,7 @@ def test_windowed_disruption_on_a_hand_made_table() -> None:
     hours = 27 / 3600
     assert m["disruption_per_lc_cav"] == pytest.approx((d_c + d_k) / 2) and math.isnan(m["disruption_per_lc_hdv"])
     assert m["disruption_per_lc_all"] == pytest.approx((d_c + d_k) / 2)
+    assert m["follower_speed_change_mps"] == pytest.approx(-2.25)
     assert m["lc_per_hour_cav"] == pytest.approx(3 / hours) and m["lc_per_hour_hdv"] == pytest.approx(1 / hours)
     assert m["lc_per_hour_all"] == pytest.approx(4 / hours)
     assert (m["lc_windows_cav"], m["lc_windows_hdv"], m["lc_windows_all"]) == (2.0, 0.0, 2.0)

@@ -21,6 +21,9 @@ a CAV whose lane ends (an on-ramp, a lane drop) into the lane that continues:
 4. Execution: the plans are tracked step by step (Accelerate), the lane change is issued
    once the slot is certified on the measured state, control is handed back afterwards.
    A request with no valid slot is left to SUMO's own lane changing and retried later.
+5. The zipper: near a lane's end the CAVs of the ending lane and of the lane it merges into that no
+   maneuver drives keep Krauss' safe speed behind the vehicle ahead in either lane, so the merges
+   SUMO makes there find their gaps open.
 
 Modules, one concern each:
 
@@ -30,6 +33,7 @@ Modules, one concern each:
   `disruption_parts`;
 - `maneuver`: `Maneuver` (execution) and `ManeuverRecord`;
 - `safety`: `safe_accel`, the filter on every commanded acceleration;
+- `zipper`: `Merge`, `merges`, `zipper_caps` (the zipper's speed caps);
 - `controller`: the controllers `CooperativeLaneChange` and `SelfishLaneChange`.
 """
 

@@ -13,7 +13,8 @@ from cavlab.controllers.cooperative.maneuver import Maneuver, ManeuverRecord
 from cavlab.controllers.cooperative.params import CooperativeParams
 from cavlab.controllers.cooperative.planner import OFF_GRID, SLOT_GONE, Planner, PlanOutcome
 from cavlab.controllers.cooperative.snapshot import Lanes, Vehicle, lane_end_ahead
-from cavlab.world import Command, ControlModes, HoldLane, Release, WorldState
+from cavlab.controllers.cooperative.zipper import merges, zipper_caps
+from cavlab.world import CapSpeed, Command, ControlModes, HoldLane, Release, WorldState
 
 
 class CooperativeLaneChange(Controller):
@@ -40,6 +41,8 @@ class CooperativeLaneChange(Controller):
         self._flip_time_s = np.zeros(0)  # ... and when its lane index last changed
         self._waiting_since: dict[str, float] = {}
         self._guards: set[str] = set()  # CAVs held in lane beside a slot (`_guard_slots`)
+        self._merges = merges(setup) if self.cooperation and params.zipper_zone_m > 0 else []
+        self._capped: set[str] = set()  # CAVs under the zipper's speed cap (`_zipper`)
 
     def step(self, world: WorldState) -> list[Command]:
         if not len(world):
@@ -60,7 +63,28 @@ class CooperativeLaneChange(Controller):
         if self.autonomous and world.time_s >= self._next_scan_s - 1e-9:
             self._next_scan_s = world.time_s + self.params.scan_period_s
             commands += self._serve_requests(world, lanes)
-        return commands + self._guard_slots(world, lanes)
+        commands += self._guard_slots(world, lanes)
+        if self.autonomous:
+            commands += self._zipper(world, lanes)
+        return commands
+
+    def _zipper(self, world: WorldState, lanes: Lanes) -> list[Command]:
+        """Cap the speeds of the CAVs near each lane end that no maneuver drives (`zipper_caps`); lift the
+        caps of those that left the zone."""
+        free = world.is_cav & ~world.controlled
+        for vid in self._busy():
+            row = lanes.row_of.get(vid)
+            if row is not None:
+                free[row] = False
+        caps: dict[int, float] = {}
+        for merge in self._merges:
+            caps.update(zipper_caps(lanes, merge, self.params, self.setup, free))
+        capped = {str(world.ids[row]) for row in caps}
+        commands: list[Command] = [CapSpeed(str(world.ids[row]), cap) for row, cap in caps.items()]
+        commands += [CapSpeed(vid, math.inf) for vid in sorted(self._capped - capped)
+                     if vid in lanes.row_of and free[lanes.row_of[vid]]]  # fmt: skip
+        self._capped = capped
+        return commands
 
     def _guard_slots(self, world: WorldState, lanes: Lanes) -> list[Command]:
         """Hold in lane (`HoldLane`) the CAVs beside a slot that is being opened, in the lanes either
@@ -196,6 +220,8 @@ class CooperativeLaneChange(Controller):
             target = lane + 1
             if lane < 0 or x < p.request_after_m or not self._beside(world, row, target) or (edge, target) in ends:
                 continue  # no lane to the left here, or one that ends ahead (the CAV would have to leave it again)
+            if self._zipping(lane, x):
+                continue  # near a lane end that merges into this lane: the CAV is the zipper's
             lead = lanes.leader(row)
             if lead is None:
                 continue
@@ -219,6 +245,13 @@ class CooperativeLaneChange(Controller):
             if vid not in busy:  # (a cooperator of another maneuver now: that one releases it)
                 commands.append(Release(vid))
         return commands
+
+    def _zipping(self, lane: int, x_m: float) -> bool:
+        """Whether x lies within L_f before the zipper zone of a lane end merging into `lane` to L_r past
+        the end: a discretionary maneuver there would take the zipper's CAVs out of it."""
+        p = self.params
+        return any(m.target_lane == lane and m.end_m - p.zipper_zone_m - p.search_ahead_m <= x_m
+                   <= m.end_m + p.search_behind_m for m in self._merges)  # fmt: skip
 
     def _flow_speed(self, lanes: Lanes, lane: int, x_m: float) -> float:
         """The lane's mean speed in [x − L_r, x + L_f] (the speed limit if empty), capped at v_max, as the

@@ -58,6 +58,10 @@ class CooperativeParams(InputModel):
     max_target_occupancy: Annotated[float, Field(gt=0, le=10)] = Field(
         0.8, description="No request into a target lane denser than this share of its safe spacing φv + δ + L"
     )
+    zipper_zone_m: Distance = Field(
+        100.0, description="CAVs this far before a lane's end, in it and in the lane it merges into, keep the safe "
+        "gap to the vehicle ahead in either lane (a zipper; 0: none)"
+    )
     request_speed_gain_mps: Speed = Field(
         2.0, description="... and the target lane flows at least this much faster than U"
     )

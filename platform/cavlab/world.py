@@ -155,6 +155,15 @@ class SetSpeed:
 
 
 @dataclass(frozen=True)
+class CapSpeed:
+    """Leave the vehicle to SUMO's driver models (safe speed, lane changes) but drive no faster than
+    `speed_mps` (nor its own desired speed) from the next step on; `math.inf` lifts the cap, as `Release` does."""
+
+    vehicle_id: str
+    speed_mps: float
+
+
+@dataclass(frozen=True)
 class ChangeLane:
     """Move to road lane `lane`; SUMO keeps this target for `hold_s` seconds."""
 
@@ -178,7 +187,7 @@ class Release:
     vehicle_id: str
 
 
-Command = Accelerate | SetSpeed | ChangeLane | HoldLane | Release
+Command = Accelerate | SetSpeed | CapSpeed | ChangeLane | HoldLane | Release
 
 
 @dataclass(frozen=True)

@@ -93,6 +93,7 @@ SUMMARY_METRICS = {
     "disruption_per_lc_cav": "D per CAV lane change",
     "disruption_per_lc_hdv": "D per HDV lane change",
     "disruption_per_lc_all": "D per lane change",
+    "follower_speed_change_mps": "followers' speed change per lane change [m/s]",
     "lc_per_hour_cav": "CAV lane changes [1/h]",
     "lc_per_hour_all": "lane changes [1/h]",
     "collisions": "collisions per run",
@@ -170,6 +171,7 @@ class LaneChangeWindows:
     to_lane: np.ndarray
     disruption: np.ndarray  # NaN where the window leaves the recorded run
     followers: np.ndarray  # how many of the vehicles behind were measured (present at both ends of the window)
+    speed_change_mps: np.ndarray  # their mean v(t₁) − v(t₀) (NaN where none was measured): D counts gains too
 
 
 def lane_change_windows(trajectories: pa.Table, warmup_s: float, cav_types: Iterable[str], params: Any,
@@ -226,13 +228,15 @@ def lane_change_windows(trajectories: pa.Table, warmup_s: float, cav_types: Iter
     measured = present & found0 & found1 & inside[:, None]
     span = steps[i1] - steps[i0] if len(steps) else np.zeros(0)
     d = np.zeros(measured.shape)
+    dv = np.where(measured, v[r1] - v[r0], 0.0)
+    counted = measured.sum(axis=1)
     for j, k in zip(*np.nonzero(measured), strict=True):
         p, q = r0[j, k], r1[j, k]
         d[j, k] = sum(disruption_parts(float(x[p]), float(v[p]), float(x[q]), float(v[q]), float(span[j]), params))
     return LaneChangeWindows(
         time_s=time_s[change], vehicle_id=[id_names[i] for i in ids[change]], is_cav=is_cav[change],
         from_lane=lane[before], to_lane=lane[change], disruption=np.where(inside, d.sum(axis=1), math.nan),
-        followers=measured.sum(axis=1),
+        followers=counted, speed_change_mps=np.where(counted > 0, dv.sum(axis=1) / np.maximum(counted, 1), math.nan),
     )  # fmt: skip
 
 
@@ -261,6 +265,8 @@ def lane_change_disruption(scenario: Scenario, result: Any) -> dict[str, float]:
         out[f"disruption_per_lc_{name}"] = float(d.mean()) if len(d) else math.nan
         out[f"lc_per_hour_{name}"] = float(np.count_nonzero(mask)) / hours
         out[f"lc_windows_{name}"] = float(len(d))
+    dv = w.speed_change_mps[~np.isnan(w.speed_change_mps)]
+    out["follower_speed_change_mps"] = float(dv.mean()) if len(dv) else math.nan
     return out
 
 

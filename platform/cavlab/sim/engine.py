@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from cavlab.config.scenario import Scenario
 from cavlab.controllers import Controller, ControllerReport, ControlSetup, make_controller
+from cavlab.controllers.longitudinal import Headway
 from cavlab.perception import GroundTruth, Perception
 from cavlab.sim.backends import SumoBackend, make_backend
 from cavlab.sim.metrics import LaneChange, MetricsCollector
@@ -66,6 +67,7 @@ def control_setup(scenario: Scenario) -> ControlSetup:
         seed=sim.seed,
         lane_ends_m=network.lane_ends_ahead(),
         edge_lanes=tuple((e.lane_offset, e.lane_offset + e.lanes - 1) for e in network.edges),
+        sumo_headways={name: Headway(t.tau_s, t.min_gap_m) for name, t in scenario.demand.vehicle_types.items()},
     )
 
 

@@ -8,6 +8,7 @@ here, so both backends build identical states from identical SUMO runs.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ from cavlab.world import (
     SUMO_DEFAULT_MODES,
     Accelerate,
     Arrival,
+    CapSpeed,
     ChangeLane,
     Collision,
     Command,
@@ -103,6 +105,7 @@ class SumoBackend(ABC):
         self._slot_edge = np.zeros(capacity, dtype=np.intp)
         self._controlled = np.zeros(capacity, dtype=bool)
         self._held = np.zeros(capacity, dtype=bool)  # kept in lane by `HoldLane`, speed SUMO's
+        self._capped = np.zeros(capacity, dtype=bool)  # driven by SUMO under a `CapSpeed`
         self._routes_added: set[str] = set()
         self._removed: set[str] = set()  # removed since the last step (still registered until it reports them)
         self._speeds_stale = False
@@ -270,7 +273,8 @@ class SumoBackend(ABC):
         self._slot_length[slot] = self._type_length[k]
 
     def _grow(self) -> None:
-        for name in ("_prev_speed", "_slot_type", "_slot_is_cav", "_slot_length", "_slot_edge", "_controlled", "_held"):
+        for name in ("_prev_speed", "_slot_type", "_slot_is_cav", "_slot_length", "_slot_edge", "_controlled", "_held",
+                     "_capped"):
             old = getattr(self, name)
             new = np.zeros(2 * len(old), old.dtype)
             new[: len(old)] = old
@@ -329,9 +333,22 @@ class SumoBackend(ABC):
                     v.setLaneChangeMode(vid, idle.idle_lane_change_mode)
                     self._controlled[slot] = False
                     self._ease_back(vid)
-                elif self._held[slot]:
-                    v.setLaneChangeMode(vid, idle.idle_lane_change_mode)
-                self._held[slot] = False
+                else:
+                    if self._held[slot]:
+                        v.setLaneChangeMode(vid, idle.idle_lane_change_mode)
+                    if self._capped[slot]:
+                        v.setSpeed(vid, -1)
+                self._held[slot] = self._capped[slot] = False
+                continue
+            if isinstance(cmd, CapSpeed):
+                if self._controlled[slot]:
+                    continue  # driven by the controller's own commands
+                if math.isfinite(cmd.speed_mps):
+                    v.setSpeed(vid, min(float(cmd.speed_mps), v.getAllowedSpeed(vid)))
+                    self._capped[slot] = True
+                elif self._capped[slot]:
+                    v.setSpeed(vid, -1)
+                    self._capped[slot] = False
                 continue
             if isinstance(cmd, HoldLane):
                 if not self._controlled[slot] and not self._held[slot]:
@@ -339,6 +356,9 @@ class SumoBackend(ABC):
                     self._held[slot] = True
                 continue
             if not self._controlled[slot]:
+                if self._capped[slot]:
+                    v.setSpeed(vid, -1)
+                    self._capped[slot] = False
                 v.setSpeedMode(vid, self._modes.speed_mode)
                 v.setLaneChangeMode(vid, self._modes.lane_change_mode)
                 self._controlled[slot] = True

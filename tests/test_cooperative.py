@@ -572,6 +572,10 @@ def test_the_zipper_caps_only_free_cavs_and_lifts_the_caps_it_set() -> None:
     assert [type(c) for c in commands] == [CapSpeed] and commands[0].vehicle_id == "E"
     assert ctrl.step(near_end(1350.0)) == [CapSpeed("E", math.inf)]  # out of the zone: lifted once
     assert ctrl.step(near_end(1340.0)) == []
+    ctrl.step(near_end(1450.0))
+    hidden = near_end(1460.0)
+    hidden.is_cav[hidden.index_of("E")] = False  # on a junction of an external network: not the controller's
+    assert ctrl.step(hidden) == [CapSpeed("E", math.inf)]  # its cap is lifted all the same
     assert SelfishLaneChange(params, DROP_SETUP).step(near_end(1450.0)) == []  # nobody cooperates
     assert CooperativeLaneChange(params.model_copy(update={"zipper_zone_m": 0.0}), DROP_SETUP).step(
         near_end(1450.0)) == []  # fmt: skip

@@ -70,7 +70,8 @@ class CooperativeLaneChange(Controller):
 
     def _zipper(self, world: WorldState, lanes: Lanes) -> list[Command]:
         """Cap the speeds of the CAVs near each lane end that no maneuver drives (`zipper_caps`); lift the
-        caps of those that left the zone."""
+        caps of all others capped before (those that left the zone, and on an external network those on a
+        junction, which the controller does not see as CAVs; a cap of a vehicle a maneuver took over is gone)."""
         free = world.is_cav & ~world.controlled
         for vid in self._busy():
             row = lanes.row_of.get(vid)
@@ -81,8 +82,7 @@ class CooperativeLaneChange(Controller):
             caps.update(zipper_caps(lanes, merge, self.params, self.setup, free))
         capped = {str(world.ids[row]) for row in caps}
         commands: list[Command] = [CapSpeed(str(world.ids[row]), cap) for row, cap in caps.items()]
-        commands += [CapSpeed(vid, math.inf) for vid in sorted(self._capped - capped)
-                     if vid in lanes.row_of and free[lanes.row_of[vid]]]  # fmt: skip
+        commands += [CapSpeed(vid, math.inf) for vid in sorted(self._capped - capped) if vid in lanes.row_of]
         self._capped = capped
         return commands
 

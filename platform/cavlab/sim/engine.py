@@ -7,6 +7,7 @@ all step through `Engine.step`. SUMO is closed on every exit path (exception, Ct
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from cavlab.sim.metrics import LaneChange, MetricsCollector
 from cavlab.sim.network import Network, SumoInputs, build_network, write_sumo_inputs
 from cavlab.sim.recorder import TrajectoryRecorder
 from cavlab.sim.sumo_outputs import sumo_measures
-from cavlab.world import Collision, Command, Release, StepEvents, WorldState
+from cavlab.world import CapSpeed, Collision, Command, Release, StepEvents, WorldState
 
 ProgressCallback = Callable[[WorldState, int], None]
 CORRIDOR_END_GUARD_M = 100.0
@@ -225,7 +226,7 @@ class Engine:
     def _guarded(self, commands: list[Command]) -> list[Command]:
         """On an external network, the controller's commands without those for vehicles that near their
         corridor's end, or the end of a lane that leads off the corridor (CORRIDOR_END_GUARD_M), which are
-        handed back to SUMO (`Release`)."""
+        handed back to SUMO (`Release`; a `CapSpeed` that lifts a cap passes)."""
         world = self.world
         if self._exit_m is None or not (commands or world.controlled.any()):
             return commands
@@ -235,7 +236,7 @@ class Engine:
         if not near.any():
             return commands
         ids = set(world.ids[near].tolist())
-        kept = [c for c in commands if c.vehicle_id not in ids]
+        kept = [c for c in commands if c.vehicle_id not in ids or c == CapSpeed(c.vehicle_id, math.inf)]  # lifts pass
         return kept + [Release(vid) for vid in world.ids[near & world.controlled].tolist()]
 
     def read(self) -> WorldState:

@@ -12,7 +12,7 @@ from cavlab.controllers.base import Controller, ControllerReport, ControlSetup, 
 from cavlab.controllers.cooperative.maneuver import Maneuver, ManeuverRecord
 from cavlab.controllers.cooperative.params import CooperativeParams
 from cavlab.controllers.cooperative.planner import OFF_GRID, SLOT_GONE, Planner, PlanOutcome
-from cavlab.controllers.cooperative.snapshot import Lanes, Vehicle, lane_end_ahead
+from cavlab.controllers.cooperative.snapshot import Lanes, Vehicle, continuing_lane, lane_end_ahead, on_edge
 from cavlab.controllers.cooperative.zipper import merges, zipper_caps
 from cavlab.world import CapSpeed, Command, ControlModes, HoldLane, Release, WorldState
 
@@ -72,6 +72,8 @@ class CooperativeLaneChange(Controller):
         """Cap the speeds of the CAVs near each lane end that no maneuver drives (`zipper_caps`); lift the
         caps of all others capped before (those that left the zone, and on an external network those on a
         junction, which the controller does not see as CAVs; a cap of a vehicle a maneuver took over is gone)."""
+        if not self._merges:
+            return []
         free = world.is_cav & ~world.controlled
         for vid in self._busy():
             row = lanes.row_of.get(vid)
@@ -176,20 +178,9 @@ class CooperativeLaneChange(Controller):
             )
         } - {""}
 
-    def _target_of_ending(self, world: WorldState, row: int, end_m: float) -> int | None:
-        """The neighbour lane on the vehicle's edge that runs on past where its lane ends (left first)."""
-        edge, lane = int(world.edge[row]), int(world.lane[row])
-        for target in (lane + 1, lane - 1):
-            if self._beside(world, row, target) and self.setup.lane_ends_m.get((edge, target), math.inf) > end_m:
-                return target
-        return None
-
     def _beside(self, world: WorldState, row: int, lane: int) -> bool:
         """Whether `lane` exists on the vehicle's edge (it could change into it now)."""
-        if not self.setup.edge_lanes:
-            return 0 <= lane < self.setup.lanes
-        lo, hi = self.setup.edge_lanes[int(world.edge[row])]
-        return lo <= lane <= hi
+        return on_edge(self.setup, int(world.edge[row]), lane)
 
     def _serve_requests(self, world: WorldState, lanes: Lanes) -> list[Command]:
         p, t = self.params, world.time_s
@@ -203,7 +194,7 @@ class CooperativeLaneChange(Controller):
             edge, lane, x = int(world.edge[row]), int(world.lane[row]), float(world.x_m[row])
             end_m = ends.get((edge, lane), math.inf)
             if x < end_m < math.inf:  # mandatory: the lane ends ahead
-                target = self._target_of_ending(world, row, end_m)
+                target = continuing_lane(self.setup, edge, lane, end_m)
                 if end_m - x > p.mandatory_range_m or target is None:
                     continue  # too early, or the target lane is not beside it yet (an on-ramp's own edge)
                 lead = lanes.leader(row)

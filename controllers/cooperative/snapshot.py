@@ -3,10 +3,12 @@ of each road lane sorted by position for neighbour queries."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
+from cavlab.controllers.base import ControlSetup
 from cavlab.controllers.longitudinal import Arc
 from cavlab.world import WorldState
 
@@ -71,3 +73,19 @@ def lane_end_ahead(lane_ends_m: dict[tuple[int, int], float] | None, world: Worl
     """Where the vehicle's lane ends ahead of it (`ControlSetup.lane_ends_m`), if it does."""
     end_m = (lane_ends_m or {}).get((int(world.edge[row]), int(world.lane[row])))
     return end_m if end_m is not None and end_m > world.x_m[row] else None
+
+
+def on_edge(setup: ControlSetup, edge: int, lane: int) -> bool:
+    """Whether road lane `lane` exists on edge `edge` (a vehicle there could change into it)."""
+    if not setup.edge_lanes:
+        return 0 <= lane < setup.lanes
+    lo, hi = setup.edge_lanes[edge]
+    return lo <= lane <= hi
+
+
+def continuing_lane(setup: ControlSetup, edge: int, lane: int, end_m: float) -> int | None:
+    """The neighbour of `lane` on `edge` that runs on past `end_m`, where `lane` ends (left first)."""
+    for target in (lane + 1, lane - 1):
+        if on_edge(setup, edge, target) and setup.lane_ends_m.get((edge, target), math.inf) > end_m:
+            return target
+    return None

@@ -4,14 +4,13 @@ so that every vehicle of the ending lane arrives at the end with its gap in the 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from cavlab.controllers.base import ControlSetup
 from cavlab.controllers.cooperative.params import CooperativeParams
-from cavlab.controllers.cooperative.snapshot import Lanes
+from cavlab.controllers.cooperative.snapshot import Lanes, continuing_lane
 
 LEADER_REACH_M = 150.0  # virtual leaders are looked for this far beyond the zone
 STANDING_MPS = 0.1  # a vehicle this slow stands: one short of its gap behind it in the other lane goes first
@@ -30,11 +29,9 @@ def merges(setup: ControlSetup) -> list[Merge]:
     """The road's lane ends, each with the neighbour lane that runs on past it (left first)."""
     found = set()
     for (edge, lane), end_m in setup.lane_ends_m.items():
-        lo, hi = setup.edge_lanes[edge] if setup.edge_lanes else (0, setup.lanes - 1)
-        for target in (lane + 1, lane - 1):
-            if lo <= target <= hi and setup.lane_ends_m.get((edge, target), math.inf) > end_m:
-                found.add(Merge(end_m, lane, target))
-                break
+        target = continuing_lane(setup, edge, lane, end_m)
+        if target is not None:
+            found.add(Merge(end_m, lane, target))
     return sorted(found)
 
 
@@ -57,7 +54,7 @@ def zipper_caps(lanes: Lanes, merge: Merge, params: CooperativeParams, setup: Co
         if not free[row] or w.x_m[row] > merge.end_m:
             continue
         h = headways[w.type_index[row]]
-        for lead in reversed(order[:i]):
+        for lead in (order[k] for k in range(i - 1, -1, -1)):
             gap = w.x_m[lead] - w.length_m[lead] - w.x_m[row] - h.standstill_m
             if w.lane[lead] == w.lane[row] or gap >= 0 or w.speed_mps[lead] > STANDING_MPS:
                 v, v_l = w.speed_mps[row], w.speed_mps[lead]

@@ -236,7 +236,7 @@ class Engine:
         if not near.any():
             return commands
         ids = set(world.ids[near].tolist())
-        kept = [c for c in commands if c.vehicle_id not in ids or c == CapSpeed(c.vehicle_id, math.inf)]  # lifts pass
+        kept = [c for c in commands if c.vehicle_id not in ids or (isinstance(c, CapSpeed) and c.speed_mps == math.inf)]
         return kept + [Release(vid) for vid in world.ids[near & world.controlled].tolist()]
 
     def read(self) -> WorldState:

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from cavlab.controllers.base import ControlSetup
-from cavlab.controllers.cooperative import CooperativeParams, Lanes, Planner
+from cavlab.controllers.cooperative import CarFollowing, CooperativeParams, Lanes, Planner
+from cavlab.controllers.longitudinal import Headway, min_slack
 from cavlab.world import WorldState
 
 from .test_ocp import opti_ocp
@@ -65,6 +66,50 @@ SLOW_U = [
 ]
 
 
+def test_a_vehicle_closing_on_a_slower_leader_is_predicted_to_brake_to_its_safe_gap() -> None:
+    """X at 30 m/s, 72.5 m behind the bumper of L at 20 m/s; X's type keeps tau·v + minGap = 1·v + 2.5 m:
+    the safe gap behind L is 22.5 m, 50 m of room, so X brakes at a = 10²/(2·50) = 1 m/s² for 10 s and is
+    then at 300 − 50 = 250 m and 20 m/s, 22.5 m behind L's bumper (277.5 − 5). A faster leader, a vehicle
+    the controller commands, no room (braking at b) and no `CarFollowing` (a cruise) as stated."""
+    following = CarFollowing({"car": Headway(1.0, 2.5)}, Headway(0.9, 3.0), max_brake_mps2=4.0)
+    w = world([("L", 0, 77.5, 20.0, False), ("X", 0, 0.0, 30.0, False), ("F", 1, 0.0, 20.0, False),
+               ("K", 1, 50.0, 30.0, False)], t=0.0)  # fmt: skip
+    lanes = Lanes(w, following)
+    x = lanes.vehicle(lanes.row_of["X"])
+    assert math.isclose(x.brake_mps2, 1.0) and math.isclose(x.brake_s, 10.0) and math.isclose(x.v_settled_mps, 20.0)
+    x10, v10, _ = x.predicted(0.0).state(10.0)
+    assert math.isclose(x10, 250.0) and math.isclose(v10, 20.0)
+    assert math.isclose(x.predicted(0.0).state(20.0)[0], 450.0)  # cruising at L's speed after
+    assert lanes.vehicle(lanes.row_of["F"]).brake_s == 0.0  # its leader K is faster
+    assert Lanes(w).vehicle(lanes.row_of["X"]).brake_s == 0.0
+    close = Lanes(world([("L", 0, 20.0, 20.0, False), ("X", 0, 0.0, 30.0, False)], t=0.0), following)
+    assert close.vehicle(close.row_of["X"]).brake_mps2 == 4.0  # inside its safe gap already: b
+    commanded = world([("L", 0, 77.5, 20.0, False), ("X", 0, 0.0, 30.0, True)], t=0.0)
+    commanded.controlled[1] = True
+    assert Lanes(commanded, following).vehicle(1).brake_s == 0.0  # it follows its plan
+
+
+def test_the_changer_keeps_its_gap_to_a_leader_that_brakes_for_a_slower_one() -> None:
+    """BASIC with a slower truck U2 (16 m/s) 40 m ahead of U's bumper: U, driven by SUMO, will brake for it.
+    Predicted to cruise, U lets C plan to close up: C's plan then runs 36 m into its safe gap behind U
+    braking as `CarFollowing` predicts (U at 0.8 m/s² for 7.5 s); with the prediction, C's plan keeps
+    the planning margin (1 m) behind it through the lateral phase."""
+    params = CooperativeParams(**PAPER)
+    w = world([("U2", 0, 205.0, 16.0, False), *BASIC])
+    braking = Lanes(w, CarFollowing({}, params.headway, max_brake_mps2=-params.u_min_mps2))
+    u_pred = braking.vehicle(braking.row_of["U"])
+    assert 0.7 < u_pred.brake_mps2 < 0.9 and 7 < u_pred.brake_s < 8
+    slack = {}
+    for name, lanes in (("cruise", Lanes(w)), ("car-following", braking)):
+        out = Planner(params, SETUP).plan(lanes, lanes.row_of["C"], lanes.vehicle(lanes.row_of["U"]), 1, set())
+        assert out.status == "planned", out.reason
+        p = out.plan
+        slack[name] = min_slack(u_pred.predicted(p.t0_s), p.changer_plan, 5.0, params.headway, p.t0_s,
+                                p.t0_s + p.duration_s + SETUP.lane_change_duration_s)[0]  # fmt: skip
+    assert slack["cruise"] < -30.0
+    assert slack["car-following"] >= params.planning_margin_m - 1e-6
+
+
 def test_lanes_give_leaders_in_each_lane() -> None:
     lanes = Lanes(world(BASIC))
     assert lanes.world.ids[lanes.leader(lanes.row_of["C"])] == "U"
@@ -96,7 +141,8 @@ def test_cooperator_plans_reach_the_optimum_of_an_independent_solver(situation: 
                               p.changer.x_m + params.search_ahead_m)  # fmt: skip
     for coop in p.cooperators:
         veh = coop.vehicle
-        _, slot, lines = planner._slot_bounds(coop.role, veh, p.changer, x_c, v_c)
+        v_pred = veh.predicted(p.t0_s).state(t_f)[1]  # a cruise: `plan` predicts no braking
+        _, slot, lines = planner._slot_bounds(coop.role, veh, p.changer, x_c, v_c, v_pred)
         exact = tuple((slot[0], b, c) for b, c in lines)
         lead_row = lanes.leader(lanes.row_of[veh.id])
         lead = lanes.vehicle(lead_row) if lead_row is not None else None
@@ -416,6 +462,27 @@ def test_lateral_phase_keeps_the_barrier_in_both_lanes() -> None:
     assert u2["C"] == pytest.approx(u["C"]) and u2[rear] == pytest.approx(u[rear])
 
 
+def test_the_fallback_hands_c_back_once_it_can_shed_its_closing_speed() -> None:
+    """After an abort C follows its measured leader under control until its barrier to it is back,
+    h = gap − (φv + δ) − (v − v_L)²/(2|u_min|) ≥ 0, then SUMO has it again: 48 m behind a leader 3.3 m/s
+    slower (h = 35 m) C is released at once (it used to stay controlled, driven towards the slower
+    leader at u_max, until no faster than it); 12 m behind one 7 m/s slower (h < 0) it brakes under control."""
+    from cavlab.world import Accelerate, Release
+
+    for gap_m, v_lead, released in [(48.0, 6.0, True), (12.0, 2.3, False)]:
+        m, p = lateral_maneuver()
+        m.phase, m.tracked = "fallback", {"C": p.changer_plan}
+        rows = [("C", 0, 1000.0, 9.3, True), ("L", 0, 1000.0 + 5.0 + gap_m, v_lead, False)]
+        rows += [(f"F{i}", 1, 200.0 + 40.0 * i, 28.0, True) for i in range(3)]
+        w = world(rows, t=110.0)
+        commands = m.step(w, Lanes(w))
+        if released:
+            assert commands == [Release("C")] and m.phase == "done"
+        else:
+            assert len(commands) == 1 and isinstance(commands[0], Accelerate) and commands[0].accel_mps2 < 0
+            assert m.phase == "fallback"
+
+
 def test_lateral_phase_ignores_the_old_lane_end_only_when_c_crosses_before_it() -> None:
     """C in a lane that ends: in the lateral phase the end does not brake C when C is across half-way
     through it (at its speed) δ before the end, and does brake it when it is not; certification asks the
@@ -504,13 +571,14 @@ def test_no_request_into_a_target_lane_near_its_capacity() -> None:
 
 
 def test_the_solve_budget_ends_the_search() -> None:
-    """BASIC needs 24 QP/NLP solves for its best slot; with a budget of 2 the search stops there and says so,
-    with a budget above 24 it finds the same plan as without one."""
+    """BASIC needs some 25 QP/NLP solves for its best slot (how many depends on slots that fit to the last
+    1e-13 m); with a budget of 2 the search stops there and says so, with a budget above what it needs it
+    finds the same plan as without one."""
     full, _ = plan(BASIC)
-    assert full.plan is not None and full.numeric_solves == 24
+    assert full.plan is not None and 20 <= full.numeric_solves <= 30
     capped, _ = plan(BASIC, CooperativeParams(**PAPER, max_solves_per_request=2))
     assert capped.plan is None and capped.numeric_solves == 2 and "solve budget spent" in capped.reason
-    roomy, _ = plan(BASIC, CooperativeParams(**PAPER, max_solves_per_request=25))
+    roomy, _ = plan(BASIC, CooperativeParams(**PAPER, max_solves_per_request=full.numeric_solves + 1))
     assert roomy.plan is not None and sum(roomy.plan.disruption) == sum(full.plan.disruption)
 
 

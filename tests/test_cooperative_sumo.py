@@ -211,3 +211,43 @@ def test_the_zipper_carries_more_through_a_congested_lane_drop(tmp_path: Path) -
     assert zipper["throughput_vph"] > sumo["throughput_vph"]
     assert zipper_merges >= sumo_merges
     assert zipper["hard_braking_events"] <= sumo["hard_braking_events"] and zipper["collisions"] == 0
+
+
+def test_the_car_following_prediction_is_nearer_sumo_than_cruising(tmp_path: Path) -> None:
+    """On the shipped lane drop at 1.5× its demand, SUMO's own drivers only (Krauss, sigma 0.5): every 5 s
+    from 120 s on, each vehicle closing on a slower leader is predicted 6 s ahead by `CarFollowing` (its
+    type's tau and minGap) and by cruising, and compared with where SUMO has it 6 s later. The prediction's
+    mean and 90th-percentile errors are below 0.95 of the cruise's (measured: 3.55 against 4.14 m and 9.7
+    against 11.4 m over 2,747 predictions)."""
+    import numpy as np
+
+    from cavlab.controllers.cooperative import CarFollowing, CooperativeParams, Lanes
+    from cavlab.sim.engine import Engine, control_setup
+    from cavlab.sim.resolve import load_scenario
+
+    horizon_s = 6.0
+    scenario = load_scenario("lane-drop", ["demand.scale=1.5", "simulation.duration_s=400",
+                                           "control.controller=sumo", "demand.cav_share=0.0"])  # fmt: skip
+    setup = control_setup(scenario)
+    following = CarFollowing(dict(setup.sumo_headways), CooperativeParams().headway, max_brake_mps2=4.0)
+    pending: dict[int, list[tuple[str, float, float]]] = {}  # due step -> (id, cruise x, predicted x)
+    errors: dict[str, list[float]] = {"cruise": [], "predicted": []}
+    due_after = round(horizon_s / scenario.simulation.step_length_s)
+    with Engine(scenario, tmp_path / "sumo") as engine:
+        engine.start()
+        for k in range(1, scenario.simulation.steps + 1):
+            world, _ = engine.step()
+            for vid, x_cruise, x_pred in pending.pop(k, []):
+                row = world.index_of(vid)
+                if row >= 0:
+                    errors["cruise"].append(abs(world.x_m[row] - x_cruise))
+                    errors["predicted"].append(abs(world.x_m[row] - x_pred))
+            if k % 50 == 0 and world.time_s >= 120.0 and k + due_after <= scenario.simulation.steps:
+                lanes, t = Lanes(world, following), world.time_s
+                vehicles = [lanes.vehicle(row) for row in range(len(world))]
+                pending[k + due_after] = [(v.id, v.x_m + v.v_mps * horizon_s, v.predicted(t).state(t + horizon_s)[0])
+                                          for v in vehicles if v.brake_s > 0]  # fmt: skip
+    cruise, predicted = np.array(errors["cruise"]), np.array(errors["predicted"])
+    assert len(cruise) > 1000
+    assert predicted.mean() < 0.95 * cruise.mean()
+    assert np.percentile(predicted, 90) < 0.95 * np.percentile(cruise, 90)

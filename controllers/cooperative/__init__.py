@@ -7,13 +7,14 @@ a CAV whose lane ends (an on-ramp, a lane drop) into the lane that continues:
 1. C's plan: the time-and-energy optimum T* of min ρT + ∫½u² + β_C(v(T) − v_flow)² sets the
    starting duration (closed form |Δv|/√(2ρ), or the free-time NLP when the safe gap to U
    binds); for a duration T, C's plan is the fixed-time optimum of ∫½u² + β_C(v(T) − v_flow)²
-   keeping the safe gap to U (cruising) until the lateral phase ends and, where its lane ends,
+   keeping the safe gap to U (as predicted) until the lateral phase ends and, where its lane ends,
    leaving it before the end (closed form, or the QP).
 2. Candidate slots: consecutive pairs (front i, rear i+1) of the target lane around C's
    position at T. Cooperating CAVs get fixed-time plans min ∫½u² + β(v(T) − v_flow)² whose end
    state opens the slot through the lateral phase (front ahead of C by L_i + φv_C + δ, rear
    behind by L_C + φv_rear + δ, at T and at T + t_lat);
-   vehicles that do not cooperate (HDVs) are predicted to cruise; slots next to the
+   vehicles SUMO drives (HDVs, idle CAVs) are predicted with its car following (braking for a
+   slower leader to their type's safe gap, `snapshot.CarFollowing`); slots next to the
    vehicles of another maneuver are skipped.
 3. Disruption of the cooperators, D = Σ γ_x(x(T) − x0 − v0T)² + γ_v(v(T) − v0)²; a slot is
    valid when D ≤ D_th; otherwise T ← λT, up to k_max times. The valid slot with the least
@@ -52,10 +53,11 @@ from cavlab.controllers.cooperative.planner import (
     disruption_parts,
 )
 from cavlab.controllers.cooperative.safety import safe_accel
-from cavlab.controllers.cooperative.snapshot import Lanes, Vehicle
+from cavlab.controllers.cooperative.snapshot import CarFollowing, Lanes, Vehicle
 
 __all__ = [
     "MAX_INTERVALS",
+    "CarFollowing",
     "CooperativeLaneChange",
     "CooperativeParams",
     "CooperatorPlan",

@@ -12,7 +12,14 @@ from cavlab.controllers.base import Controller, ControllerReport, ControlSetup, 
 from cavlab.controllers.cooperative.maneuver import Maneuver, ManeuverRecord
 from cavlab.controllers.cooperative.params import CooperativeParams
 from cavlab.controllers.cooperative.planner import OFF_GRID, SLOT_GONE, Planner, PlanOutcome
-from cavlab.controllers.cooperative.snapshot import Lanes, Vehicle, continuing_lane, lane_end_ahead, on_edge
+from cavlab.controllers.cooperative.snapshot import (
+    CarFollowing,
+    Lanes,
+    Vehicle,
+    continuing_lane,
+    lane_end_ahead,
+    on_edge,
+)
 from cavlab.controllers.cooperative.zipper import merges, zipper_caps
 from cavlab.world import CapSpeed, Command, ControlModes, HoldLane, Release, WorldState
 
@@ -43,11 +50,15 @@ class CooperativeLaneChange(Controller):
         self._guards: set[str] = set()  # CAVs held in lane beside a slot (`_guard_slots`)
         self._merges = merges(setup) if self.cooperation and params.zipper_zone_m > 0 else []
         self._capped: set[str] = set()  # CAVs under the zipper's speed cap (`_zipper`)
+        self._following = (
+            CarFollowing(dict(setup.sumo_headways), params.headway, -params.u_min_mps2)
+            if params.predict_following else None
+        )  # fmt: skip
 
     def step(self, world: WorldState) -> list[Command]:
         if not len(world):
             return []
-        lanes = Lanes(world)
+        lanes = Lanes(world, self._following)
         self._note_lane_flips(world)
         commands: list[Command] = []
         for m in self.active:
@@ -141,7 +152,7 @@ class CooperativeLaneChange(Controller):
     def request(self, world: WorldState, vehicle_id: str, target_lane: int) -> tuple[ManeuverRecord, list[Command]]:
         """Plan a lane change of `vehicle_id` into `target_lane` now (for vehicles that ask rather than
         wait for the scan, e.g. an RL agent); the record says whether a maneuver started, and why not."""
-        lanes = Lanes(world)
+        lanes = Lanes(world, self._following)
         row = lanes.row_of[vehicle_id]
         lead = lanes.leader(row)
         u = lanes.vehicle(lead) if lead is not None else None

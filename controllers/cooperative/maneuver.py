@@ -271,8 +271,11 @@ class Maneuver:
         return [Release(vid) for vid in self.tracked]
 
     def _fall_back(self, world: WorldState, lanes: Lanes, c_row: int) -> list[Command]:
-        """Follow the actual leader, u = k_g·(gap − φv − δ) + k_v·(v_lead − v), until C is no faster
-        than it and at a safe distance (or for 10 s at most), then release C."""
+        """Follow the actual leader, u = k_g·(gap − φv − δ) + k_v·(v_lead − v), until C is at a safe
+        distance from it with its closing speed shed at the comfortable rate, barrier h ≥ 0
+        (`safety.barrier`), or for 10 s at most; then release C to SUMO. (Released only once no faster
+        than its leader, a C far behind a slower one was driven towards it at u_max, past the
+        vehicles about to merge in front of it that SUMO's own driver would have let in.)"""
         c_id = self.plan.changer.id
         if self.t_abort is None:
             self.t_abort = world.time_s
@@ -284,7 +287,7 @@ class Maneuver:
         gap = float(world.x_m[lead] - world.length_m[lead] - world.x_m[c_row])
         slack = gap - self.p.headway.gap_m(v)
         v_lead = float(world.speed_mps[lead])
-        if (slack >= 0 and v <= v_lead + 0.3) or world.time_s > self.t_abort + 10.0:
+        if barrier(gap, v, v_lead, self.p) >= 0 or world.time_s > self.t_abort + 10.0:
             self.phase = "done"
             return [Release(c_id)]
         u = min(self.p.u_max_mps2, max(self.p.u_min_mps2, 0.25 * slack + 0.8 * (v_lead - v)))

@@ -62,6 +62,10 @@ class CooperativeParams(InputModel):
         100.0, description="CAVs this far before a lane's end, in it and in the lane it merges into, keep the safe "
         "gap to the vehicle ahead in either lane (a zipper; 0: none)"
     )
+    predict_following: bool = Field(
+        True, description="Predict the vehicles SUMO drives braking for a slower leader (SUMO's tau and minGap of "
+        "their type); False: every vehicle not in a maneuver is predicted to cruise"
+    )
     request_speed_gain_mps: Speed = Field(
         2.0, description="... and the target lane flows at least this much faster than U"
     )

@@ -264,11 +264,11 @@ class Planner:
         T_star = time_energy_duration(c.v_mps, v_flow, p.rho, p.limits)
         arc = terminal_speed_arc(t0, c.x_m, c.v_mps, v_flow, p.changer_speed_weight, max(T_star, self.dt))
         if u is not None and not (arc.within(p.limits)
-                                  and self._slack(u.cruise(t0), arc, u.length_m, t0, arc.t_end_s) >= 0):  # fmt: skip
+                                  and self._slack(u.predicted(t0), arc, u.length_m, t0, arc.t_end_s) >= 0):  # fmt: skip
             self.numeric_solves += 1
             profile, status = self._nlp.solve(
                 t0_s=t0, x0_m=c.x_m, v0_mps=c.v_mps, v_f_mps=v_flow, rho=p.rho, beta=p.changer_speed_weight,
-                limits=p.limits, headway=p.headway, leader=(u.x_m - p.planning_margin_m, u.v_mps, u.length_m),
+                limits=p.limits, headway=p.headway, leader=(u.x_m - p.planning_margin_m, u.v_settled_mps, u.length_m),
                 t_min_s=p.min_maneuver_s, t_max_s=p.max_maneuver_s,
                 t_guess_s=min(max(T_star, p.min_maneuver_s), p.max_maneuver_s),
             )  # fmt: skip
@@ -277,14 +277,14 @@ class Planner:
         return min(max(T_star, p.min_maneuver_s), p.max_maneuver_s)
 
     def _changer_plan(self, c: Vehicle, u: Vehicle | None, v_flow: float, t0: float, T: float) -> Plan | None:
-        """C's fixed-time plan, min ∫½u² + β_C(v(T) − v_flow)², keeping the safe gap to U (cruising)
+        """C's fixed-time plan, min ∫½u² + β_C(v(T) − v_flow)², keeping the safe gap to U (as predicted)
         until the lateral phase ends and, where its lane ends, `_end_line`: the closed form, or the QP
-        when a constraint binds. Through the lateral phase at constant speeds the gap condition is
-        linear in the end state: x(T) + (φ + t_lat)·v(T) ≤ x_U(T) + v_U·t_lat − L_U − δ."""
+        when a constraint binds. Through the lateral phase at C's constant speed the gap condition is
+        linear in the end state: x(T) + (φ + t_lat)·v(T) ≤ x_U(T + t_lat) − L_U − δ."""
         p, hw = self.p, self.p.headway
 
         def ok(plan: Plan) -> bool:
-            safe = u is None or self._slack(u.cruise(t0), plan, u.length_m, t0, t0 + T + self.t_lat) >= 0
+            safe = u is None or self._slack(u.predicted(t0), plan, u.length_m, t0, t0 + T + self.t_lat) >= 0
             return safe and self._before_end(plan, t0 + T)
 
         arc = terminal_speed_arc(t0, c.x_m, c.v_mps, v_flow, p.changer_speed_weight, T)
@@ -292,8 +292,8 @@ class Planner:
             return arc
         lines = [self._end] if self._end is not None else []
         if u is not None:
-            x_u_end = u.x_m + u.v_mps * T
-            bound = x_u_end + u.v_mps * self.t_lat - u.length_m - hw.standstill_m - p.planning_margin_m
+            x_u_end = u.predicted(t0).state(t0 + T + self.t_lat)[0]
+            bound = x_u_end - u.length_m - hw.standstill_m - p.planning_margin_m
             lines.insert(0, ("rear", bound, hw.reaction_time_s + self.t_lat))
         return self._numeric(c, t0, T, v_flow, p.changer_speed_weight, leader=u, slot=lines[0] if lines else None,
                              check=ok, more_slots=tuple(lines[1:]))  # fmt: skip
@@ -301,9 +301,10 @@ class Planner:
     def _numeric(self, veh: Vehicle, t0: float, T: float, v_ref: float, beta: float, leader: Vehicle | None,
                  slot, check, more_slots: tuple = ()) -> Plan | None:  # fmt: skip
         """The QP with a leader kept `planning_margin_m` farther than needed (safety is imposed at
-        the grid nodes only), accepted if `check` holds on the exact trajectory."""
+        the grid nodes only) and cruising at the speed it settles at (below its prediction), accepted
+        if `check` holds on the exact trajectory."""
         self.numeric_solves += 1
-        lead = (leader.x_m - self.p.planning_margin_m, leader.v_mps, leader.length_m) if leader else None
+        lead = (leader.x_m - self.p.planning_margin_m, leader.v_settled_mps, leader.length_m) if leader else None
         profile, status = self._qp(T).solve(
             t0_s=t0, x0_m=veh.x_m, v0_mps=veh.v_mps, duration_s=T, v_ref_mps=v_ref, beta=beta,
             limits=self.p.limits, headway=self.p.headway, leader=lead, slot=slot, more_slots=more_slots,
@@ -317,51 +318,51 @@ class Planner:
         self, c: Vehicle, u: Vehicle, front: Vehicle | None, rear: Vehicle | None, v_flow: float, t0: float, T: float
     ) -> Plan | None:
         """Selfish C: at T, match the speed of the gap (its rear vehicle's, else v_flow) at the point of
-        the cruising gap nearest to where a constant acceleration would take it, still behind U through
+        the predicted gap nearest to where a constant acceleration would take it, still behind U through
         the lateral phase (energy-optimal arc with both end states fixed)."""
         hw, m, t_f, t_lat = self.p.headway, self.p.planning_margin_m, t0 + T, self.t_lat
-        v_end = min(rear.v_mps if rear else v_flow, self.p.v_max_mps)
+        at_T = {id(veh): veh.predicted(t0).state(t_f)[:2] for veh in (u, front, rear) if veh is not None}
+        v_end = min(at_T[id(rear)][1] if rear else v_flow, self.p.v_max_mps)
         x_free = c.x_m + (c.v_mps + v_end) / 2 * T
         hi = math.inf
-        if u is not None:
-            closing_u = max(0.0, v_end - u.v_mps) * t_lat
-            hi = u.x_m + u.v_mps * T - u.length_m - hw.gap_m(v_end) - m - closing_u
+        for ahead in (u, front):
+            if ahead is not None:
+                x_a, v_a = at_T[id(ahead)]
+                hi = min(hi, x_a - ahead.length_m - hw.gap_m(v_end) - m - max(0.0, v_end - v_a) * t_lat)
         if self._end is not None:
             hi = min(hi, self._end[1] - self._end[2] * v_end)
-        if front:
-            closing_f = max(0.0, v_end - front.v_mps) * t_lat
-            hi = min(hi, front.x_m + front.v_mps * T - front.length_m - hw.gap_m(v_end) - m - closing_f)
         lo = -math.inf
         if rear:
-            lo = rear.x_m + rear.v_mps * T + c.length_m + hw.gap_m(rear.v_mps) + m
+            x_r, v_r = at_T[id(rear)]
+            lo = x_r + c.length_m + hw.gap_m(v_r) + m
         x_end = min(max(x_free, lo), hi)
         if lo > hi or not reachable(c.x_m, c.v_mps, T, x_end, v_end, self.p.limits):
             return None
         arc = fixed_state_arc(t0, c.x_m, c.v_mps, x_end, v_end, T)
-        if not arc.within(self.p.limits) or (u is not None and self._slack(u.cruise(t0), arc, u.length_m, t0,
+        if not arc.within(self.p.limits) or (u is not None and self._slack(u.predicted(t0), arc, u.length_m, t0,
                                                                              t_f + t_lat) < 0):  # fmt: skip
             return None
         return arc
 
     def _slot_bounds(
-        self, role: str, veh: Vehicle, c: Vehicle, x_c: float, v_c: float
+        self, role: str, veh: Vehicle, c: Vehicle, x_c: float, v_c: float, v_veh: float
     ) -> tuple[float, tuple[str, float, float], list[tuple[float, float]]]:
         """Where a cooperator must be at T for the gap to hold from T through the lateral phase (at
         constant speeds from T on the gap changes linearly: both ends suffice). Each end is a line
         x(T) + c·v(T) ≷ b in the cooperator's end state (≥ for the front one, ≤ for the rear one):
         front  x_f − L_f − (x_C + v_C·τ) + v_f·τ ≥ φ·v_C + δ,   rear  x_C + v_C·τ − L_C − x_r − v_r·τ ≥ φ·v_r + δ,
-        τ ∈ {0, t_lat}. Returned: the bound on x(T) if it kept its speed (whether it must move, and
+        τ ∈ {0, t_lat}. Returned: the bound on x(T) if it drove as predicted, at `v_veh` at T (whether it must move, and
         whether it can get there), the line the QP imposes (the end that binds at its own speed) and
         both lines [(b, c)]."""
         p, hw, t_lat = self.p, self.p.headway, self.t_lat
         m = p.planning_margin_m
         if role == "front":
-            closes = v_c > veh.v_mps
-            bound = x_c + veh.length_m + hw.gap_m(v_c) + m + (v_c - veh.v_mps) * t_lat * closes
+            closes = v_c > v_veh
+            bound = x_c + veh.length_m + hw.gap_m(v_c) + m + (v_c - v_veh) * t_lat * closes
             lines = [(x_c + veh.length_m + hw.gap_m(v_c) + m + v_c * tau, tau) for tau in (0.0, t_lat)]
             return bound, ("front", *lines[closes]), lines
-        closes = veh.v_mps > v_c
-        bound = x_c - c.length_m - hw.gap_m(veh.v_mps) - m - (veh.v_mps - v_c) * t_lat * closes
+        closes = v_veh > v_c
+        bound = x_c - c.length_m - hw.gap_m(v_veh) - m - (v_veh - v_c) * t_lat * closes
         lines = [(x_c + v_c * tau - c.length_m - hw.standstill_m - m, hw.reaction_time_s + tau) for tau in (0.0, t_lat)]
         return bound, ("rear", *lines[closes]), lines
 
@@ -371,10 +372,10 @@ class Planner:
     ) -> Plan | None:  # fmt: skip
         """min ∫½u² + β(v(T) − v_flow)² (the cooperators harmonise at the target lane's flow speed) with
         the end state on the slot's side of both lines of `_slot_bounds`, safe behind its own leader
-        (cruising) until the lateral phase ends, u and v bounded.
+        (as predicted) until the lateral phase ends, u and v bounded.
 
         The end-state constraints are lines s·(x(T) + c·v(T) − b) ≥ 0: the slot's two and, behind a
-        leader, the gap to it at the end of the lateral phase at constant speeds,
+        leader, the gap to it at the end of the lateral phase at the cooperator's constant speed,
         x(T) + (φ + t_lat)·v(T) ≤ x_L(T + t_lat) − L_L − δ. Without the other constraints the optimum
         has none of them active, one (`terminal_speed_arc` on it), or two (the end state fixed where
         they cross): the cheapest candidate on the right side of every line. If it also keeps u, v
@@ -385,7 +386,7 @@ class Planner:
         sign = 1.0 if side == "front" else -1.0
         signed = [(sign, b, c) for b, c in lines]
         if lead is not None:
-            b_lead = lead.x_m + lead.v_mps * (T + self.t_lat) - lead.length_m - p.standstill_gap_m
+            b_lead = lead.predicted(t0).state(t0 + T + self.t_lat)[0] - lead.length_m - p.standstill_gap_m
             signed.append((-1.0, b_lead, p.reaction_time_s + self.t_lat))
 
         def on_side(arc: Plan) -> bool:
@@ -393,7 +394,8 @@ class Planner:
             return all(s * (x_T + c * v_T - b) >= -1e-3 for s, b, c in signed)  # 1 mm: the QP's tolerance
 
         def ok(plan: Plan) -> bool:
-            return on_side(plan) and (lead is None or self._slack(lead.cruise(t0), plan, lead.length_m, t0, end) >= 0)
+            safe = lead is None or self._slack(lead.predicted(t0), plan, lead.length_m, t0, end) >= 0
+            return on_side(plan) and safe
 
         beta = p.terminal_speed_weight
         arcs = [terminal_speed_arc(t0, veh.x_m, veh.v_mps, v_flow, beta, T)]
@@ -432,7 +434,7 @@ class Planner:
             return True
         w, hw = lanes.world, self.p.headway
         follower = lanes.vehicle(int(rows[k - 1]))
-        intrusion = -self._slack(plan, follower.cruise(t0), veh.length_m, t0, t_to)
+        intrusion = -self._slack(plan, Arc.cruise(t0, follower.x_m, follower.v_mps), veh.length_m, t0, t_to)
         for j in range(k - 2, k - 1 - self.p.absorbing_followers, -1):
             if intrusion <= 0 or j < 0:
                 return True
@@ -443,16 +445,18 @@ class Planner:
     def _slots(self, target: list[Vehicle], c_plan: Arc, t_f: float) -> list[tuple[Vehicle | None, Vehicle | None]]:
         """Consecutive (front, rear) pairs of the target lane whose slot lies within [x_C − L_r, x_C + L_f] at t_f."""
         x_c = c_plan.state(t_f)[0]
+        at_t_f = [veh.predicted(c_plan.t0_s).state(t_f)[0] for veh in target]
         # target is sorted by x: (target[i+1], target[i]) are consecutive; plus the ends of the queue
-        pairs: list[tuple[Vehicle | None, Vehicle | None]] = [(None, None)]
+        pairs: list[tuple[int | None, int | None]] = [(None, None)]
         if target:
-            pairs = [*zip([*target[1:], None], target, strict=True), (target[0], None)]
-        dt = t_f - c_plan.t0_s
+            pairs = [*zip([*range(1, len(target)), None], range(len(target)), strict=True), (0, None)]
         keep = []
-        for front, rear in pairs:
-            hi = front.x_m + front.v_mps * dt if front else math.inf  # cruising predictions
-            lo = rear.x_m + rear.v_mps * dt if rear else -math.inf
+        for i_front, i_rear in pairs:
+            hi = at_t_f[i_front] if i_front is not None else math.inf
+            lo = at_t_f[i_rear] if i_rear is not None else -math.inf
             if hi >= x_c - self.p.search_behind_m and lo <= x_c + self.p.search_ahead_m:
+                front = target[i_front] if i_front is not None else None
+                rear = target[i_rear] if i_rear is not None else None
                 keep.append((0.0 if lo <= x_c <= hi else min(abs(x_c - lo), abs(hi - x_c)), front, rear))
         # nearest slots first (for the selfish baseline; cooperative ties are resolved by disruption)
         return [(front, rear) for _, front, rear in sorted(keep, key=lambda item: item[0])]
@@ -502,10 +506,10 @@ class Planner:
             if veh is None:
                 continue
             cooperates = self.cooperation and veh.is_cav
-            bound, slot, lines = self._slot_bounds(role, veh, c, x_c, v_c)
-            plan: Plan = veh.cruise(t0)
-            x_cruise = plan.state(t_f)[0]
-            needs_move = x_cruise < bound if role == "front" else x_cruise > bound
+            plan: Plan = veh.predicted(t0)
+            x_pred, v_pred, _ = plan.state(t_f)
+            bound, slot, lines = self._slot_bounds(role, veh, c, x_c, v_c, v_pred)
+            needs_move = x_pred < bound if role == "front" else x_pred > bound
             if needs_move:
                 if not cooperates:
                     return None, "slot closed and its vehicles do not cooperate"
@@ -534,13 +538,13 @@ class Planner:
             r = plans["rear"]
             slack = min(slack, self._slack(c_plan, r.plan, c.length_m, t_f, end))
         if u is not None:
-            slack = min(slack, self._slack(u.cruise(t0), c_plan, u.length_m, t0, end))
+            slack = min(slack, self._slack(u.predicted(t0), c_plan, u.length_m, t0, end))
         if slack < 0 or not self._sheds_closing(c, c_plan, plans["front"], plans["rear"], end):
             return None, "slot too tight for the lateral phase"
         f, r = plans["front"], plans["rear"]
         if f is not None and r is not None and (f.cooperates or r.cooperates) \
                 and self._slack(f.plan, r.plan, f.vehicle.length_m, t0, t_f + self.t_lat / 2) < 0:  # fmt: skip
-            # the rear one is planned behind the front one's cruise: checked behind its plan until C is between
+            # the rear one is planned behind the front one's prediction: checked behind its plan until C is between
             return None, "the rear cooperator is not safe behind the front one's plan"
         plan = LaneChangePlan(c, u, target_lane, c_plan, plans["front"], plans["rear"], t0, T, k, slack, v_flow)
         if self.cooperation and sum(plan.disruption) > p.max_disruption:

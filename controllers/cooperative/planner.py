@@ -321,20 +321,17 @@ class Planner:
         the predicted gap nearest to where a constant acceleration would take it, still behind U through
         the lateral phase (energy-optimal arc with both end states fixed)."""
         hw, m, t_f, t_lat = self.p.headway, self.p.planning_margin_m, t0 + T, self.t_lat
-        at_T = {id(veh): veh.predicted(t0).state(t_f)[:2] for veh in (u, front, rear) if veh is not None}
-        v_end = min(at_T[id(rear)][1] if rear else v_flow, self.p.v_max_mps)
+        x_r, v_r, _ = rear.predicted(t0).state(t_f) if rear else (-math.inf, v_flow, 0.0)
+        v_end = min(v_r, self.p.v_max_mps)
         x_free = c.x_m + (c.v_mps + v_end) / 2 * T
         hi = math.inf
         for ahead in (u, front):
             if ahead is not None:
-                x_a, v_a = at_T[id(ahead)]
+                x_a, v_a, _ = ahead.predicted(t0).state(t_f)
                 hi = min(hi, x_a - ahead.length_m - hw.gap_m(v_end) - m - max(0.0, v_end - v_a) * t_lat)
         if self._end is not None:
             hi = min(hi, self._end[1] - self._end[2] * v_end)
-        lo = -math.inf
-        if rear:
-            x_r, v_r = at_T[id(rear)]
-            lo = x_r + c.length_m + hw.gap_m(v_r) + m
+        lo = x_r + c.length_m + hw.gap_m(v_r) + m if rear else -math.inf
         x_end = min(max(x_free, lo), hi)
         if lo > hi or not reachable(c.x_m, c.v_mps, T, x_end, v_end, self.p.limits):
             return None

@@ -14,7 +14,8 @@ replay is left out of the run's wall time. With `--replan-period S` > 0
 (`control.params.replan_period_s`) running maneuvers are planned again every S seconds: those
 `Planner.replan` calls (the same slot, from the measured states) are timed separately. Per path:
 calls, median, p95, max and how many took longer than one simulation step (wall time), and the
-median and p95 of the planning thread's CPU time (without the waits of a loaded machine). Then
+median and p95 of the planning thread's CPU time (without the waits of a loaded machine); the three
+slowest requests with their numeric solves and candidate slots. Then
 the slowdown of the controlled run against the same run with SUMO-only driving (the `sumo`
 controller), same seed, each in a fresh process, and planning's share of the controlled run's
 wall time.
@@ -179,6 +180,12 @@ def main() -> None:
     ):
         if group:
             print(_row(label, group, step_s))
+    if plans:
+        slow = sorted(plans, key=lambda p: -p["s"])[:3]
+        print(
+            "\nslowest requests: "
+            + "; ".join(f"{p['s'] * 1e3:.1f} ms ({p['solves']} solves, {p['candidates']} candidates)" for p in slow)
+        )
     ratio = statistics.median(c["wall_s"] / s["wall_s"] for c, s in zip(coop, runs["sumo"], strict=True))
     share = statistics.median(r["planning_s"] / r["wall_s"] for r in coop)
     walls = {k: statistics.median(r["wall_s"] for r in v) for k, v in runs.items()}

@@ -197,6 +197,27 @@ def test_infeasible_request_gives_a_reason() -> None:
     assert "do not cooperate" in outcome.reason
 
 
+def test_a_rear_cav_that_need_not_move_holds_its_prediction() -> None:
+    """LOOSE: only the slot's front vehicle must move (it speeds up to open the slot); the rear CAV need
+    not, but the maneuver still drives it, cruising as predicted, at no disruption: left to SUMO, its
+    driver follows the front one away into C's gap (the RL env's planner test aborted so with the
+    prediction on). The same rear vehicle human-driven stays SUMO's."""
+    out, _ = plan(LOOSE)
+    assert out.status == "planned", out.reason
+    p = out.plan
+    T, t_f = p.duration_s, p.t0_s + p.duration_s
+    front, rear = p.front, p.rear
+    assert front.cooperates and front.plan.state(t_f)[0] > front.vehicle.x_m + front.vehicle.v_mps * T + 1.0
+    assert rear.cooperates and {c.vehicle.id for c in p.cooperators} == {front.vehicle.id, rear.vehicle.id}
+    x_r, v_r, _ = rear.plan.state(t_f)
+    assert x_r == pytest.approx(rear.vehicle.x_m + rear.vehicle.v_mps * T) and v_r == pytest.approx(rear.vehicle.v_mps)
+    assert rear.disruption_position + rear.disruption_speed < 1e-12
+    human = [(vid, lane, x, v, cav and vid != rear.vehicle.id) for vid, lane, x, v, cav in LOOSE]
+    again, _ = plan(human)
+    assert again.status == "planned", again.reason
+    assert again.plan.rear.vehicle.id == rear.vehicle.id and not again.plan.rear.cooperates
+
+
 def test_busy_cavs_do_not_cooperate() -> None:
     """Slots next to the vehicles of another maneuver are skipped: with the best slot's pair busy, the
     planner takes another slot, cooperation included, that neither of them belongs to."""

@@ -525,7 +525,9 @@ class Planner:
                 ):
                     return None, "the rear cooperator's follower would have to brake"
             dx, dv = disruption_parts(veh.x_m, veh.v_mps, *plan.state(t_f)[:2], T, p) if cooperates else (0.0, 0.0)
-            plans[role] = CooperatorPlan(veh, role, plan, cooperates and needs_move, dx, dv)
+            # a rear CAV that need not move still holds its predicted plan: SUMO's driver would follow
+            # the front vehicle (which may open the slot by speeding up) into C's gap
+            plans[role] = CooperatorPlan(veh, role, plan, cooperates and (needs_move or role == "rear"), dx, dv)
         slack = math.inf
         end = t_f + self.t_lat
         if plans["front"] is not None:

@@ -50,15 +50,16 @@ class _Parameters:
     """A named parameter set of an OCP: `symbols()` while building, numbers by name when solving."""
 
     @classmethod
-    def symbols(cls: type[_P]) -> _P:
-        """Every field a scalar `ca.SX` symbol of its own name."""
-        return cls(**{f.name: ca.SX.sym(f.name) for f in fields(cls)})
+    def symbols(cls: type[_P], kind: type = ca.SX) -> _P:
+        """Every field a scalar symbol of its own name, `ca.SX` (scalar graphs: fast to evaluate) or
+        `ca.MX` (matrix graphs: fast to build where the problem is dense)."""
+        return cls(**{f.name: kind.sym(f.name) for f in fields(cls)})
 
     def vector(self) -> Any:
-        """The fields in declaration order, the problem's parameter vector: a `ca.SX` column of the
-        symbols, or a list of the numbers."""
+        """The fields in declaration order, the problem's parameter vector: a column of the symbols,
+        or a list of the numbers."""
         values = [getattr(self, name) for name in _field_names(type(self))]
-        return ca.vertcat(*values) if isinstance(values[0], ca.SX) else values
+        return ca.vertcat(*values) if isinstance(values[0], (ca.SX, ca.MX)) else values
 
 
 @functools.cache
@@ -290,7 +291,7 @@ class FixedTimeQP:
         i = np.arange(n)[None, :]
         speed = ca.DM((i < k).astype(float))  # v_k − v0 = h·(speed @ u)
         position = ca.DM(np.where(i < k, k - i - 0.5, 0.0))  # ξ_k − k·h·v0 = h²·(position @ u)
-        p = QPParameters.symbols()
+        p = QPParameters.symbols(ca.MX)  # dense matrices: an MX graph builds faster than an SX one
         h = p.h
         ones = np.ones(n)
         hess = h * ca.DM.eye(n) + 2 * p.beta * h * h * ca.DM.ones(n, n)

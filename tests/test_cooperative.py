@@ -483,25 +483,44 @@ def test_lateral_phase_keeps_the_barrier_in_both_lanes() -> None:
     assert u2["C"] == pytest.approx(u["C"]) and u2[rear] == pytest.approx(u[rear])
 
 
+def assert_fallback_step(v_c: float, gap_m: float, v_lead: float, released: bool, sumo_headways=None) -> None:
+    """One fallback step of C `gap_m` behind a leader at `v_lead`: C released to SUMO, or
+    braking under control."""
+    from cavlab.world import Accelerate, Release
+
+    m, p = lateral_maneuver()
+    m.phase, m.tracked = "fallback", {"C": p.changer_plan}
+    if sumo_headways is not None:
+        m.sumo_headways = sumo_headways
+    rows = [("C", 0, 1000.0, v_c, True), ("L", 0, 1000.0 + 5.0 + gap_m, v_lead, False)]
+    rows += [(f"F{i}", 1, 200.0 + 40.0 * i, 28.0, True) for i in range(3)]
+    w = world(rows, t=110.0)
+    commands = m.step(w, Lanes(w))
+    if released:
+        assert commands == [Release("C")] and m.phase == "done"
+    else:
+        assert len(commands) == 1 and isinstance(commands[0], Accelerate) and commands[0].accel_mps2 < 0
+        assert m.phase == "fallback"
+
+
 def test_the_fallback_hands_c_back_once_it_can_shed_its_closing_speed() -> None:
     """After an abort C follows its measured leader under control until its barrier to it is back,
     h = gap − (φv + δ) − (v − v_L)²/(2|u_min|) ≥ 0, then SUMO has it again: 48 m behind a leader 3.3 m/s
     slower (h = 35 m) C is released at once (it used to stay controlled, driven towards the slower
     leader at u_max, until no faster than it); 12 m behind one 7 m/s slower (h < 0) it brakes under control."""
-    from cavlab.world import Accelerate, Release
+    assert_fallback_step(9.3, 48.0, 6.0, released=True)
+    assert_fallback_step(9.3, 12.0, 2.3, released=False)
 
-    for gap_m, v_lead, released in [(48.0, 6.0, True), (12.0, 2.3, False)]:
-        m, p = lateral_maneuver()
-        m.phase, m.tracked = "fallback", {"C": p.changer_plan}
-        rows = [("C", 0, 1000.0, 9.3, True), ("L", 0, 1000.0 + 5.0 + gap_m, v_lead, False)]
-        rows += [(f"F{i}", 1, 200.0 + 40.0 * i, 28.0, True) for i in range(3)]
-        w = world(rows, t=110.0)
-        commands = m.step(w, Lanes(w))
-        if released:
-            assert commands == [Release("C")] and m.phase == "done"
-        else:
-            assert len(commands) == 1 and isinstance(commands[0], Accelerate) and commands[0].accel_mps2 < 0
-            assert m.phase == "fallback"
+
+def test_the_fallback_keeps_c_until_sumo_need_not_brake_hard() -> None:
+    """Seen on the straight road: C 28.67 m/s, 37.2 m behind a leader at 21.94 m/s has its barrier back
+    (h = 37.2 − 28.8 − 6.73²/8 = +2.7 m), but SUMO's Krauss driver of its type (tau 1 s, minGap 2.5 m)
+    wants v_safe = −τb + √((τb)² + v_L² + 2b(gap − minGap)) = 23.8 m/s at once (b = 4): released there,
+    it braked at 5 m/s², past its type's decel. C stays controlled and brakes; 80 m behind
+    (v_safe = 29.4 m/s) it is released."""
+    sumo = {"car": Headway(1.0, 2.5)}
+    assert_fallback_step(28.67, 37.2, 21.94, released=False, sumo_headways=sumo)
+    assert_fallback_step(28.67, 80.0, 21.94, released=True, sumo_headways=sumo)
 
 
 def test_lateral_phase_ignores_the_old_lane_end_only_when_c_crosses_before_it() -> None:

@@ -13,9 +13,9 @@ a CAV whose lane ends (an on-ramp, a lane drop) into the lane that continues:
    position at T. Cooperating CAVs get fixed-time plans min ∫½u² + β(v(T) − v_flow)² whose end
    state opens the slot through the lateral phase (front ahead of C by L_i + φv_C + δ, rear
    behind by L_C + φv_rear + δ, at T and at T + t_lat);
-   vehicles SUMO drives (HDVs, idle CAVs) are predicted to cruise, or with `predict_following`
-   with its car following (braking for a slower leader to their type's safe gap,
-   `snapshot.CarFollowing`); slots next to the
+   a rear CAV that need not move is held to its prediction; the vehicles SUMO drives (HDVs, idle
+   CAVs) are predicted with its car following (braking for a slower leader to their type's safe
+   gap, `snapshot.CarFollowing`; `predict_following: false`: cruising); slots next to the
    vehicles of another maneuver are skipped.
 3. Disruption of the cooperators, D = Σ γ_x(x(T) − x0 − v0T)² + γ_v(v(T) − v0)²; a slot is
    valid when D ≤ D_th; otherwise T ← λT, up to k_max times. The valid slot with the least

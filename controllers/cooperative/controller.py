@@ -317,7 +317,7 @@ class CooperativeLaneChange(Controller):
         if m.phase == "longitudinal":
             plan, why = self.planner.replan(lanes, m.plan, busy, end)
             if plan is not None:
-                return m.replace(plan)
+                return m.replace(plan, world, lanes)
             if why == OFF_GRID:
                 m.next_replan_s = t + self.setup.step_length_s
             if why not in SLOT_GONE:
@@ -339,7 +339,7 @@ class CooperativeLaneChange(Controller):
         if u is not None and u.id in busy:
             return []
         outcome = self.planner.plan(lanes, row, u, m.plan.target_lane, busy, self._lane_end(world, row))
-        return m.replace(outcome.plan) if outcome.plan is not None else []
+        return m.replace(outcome.plan, world, lanes) if outcome.plan is not None else []
 
     def _back_off(self, vehicle_id: str, t: float, refused: bool) -> None:
         """After the n-th refusal in a row a CAV asks again only after min(2ⁿ⁻¹·retry_after_s,

@@ -67,6 +67,7 @@ class Maneuver:
         self.t_lat = setup.lane_change_duration_s
         self.lane_ends_m = setup.lane_ends_m
         self.edge_lanes = setup.edge_lanes
+        self.sumo_headways = setup.sumo_headways
         self.phase: Literal["longitudinal", "certify", "lateral", "fallback", "done"] = "longitudinal"
         self.t_abort: float | None = None
         self.t_lane_change: float | None = None
@@ -74,6 +75,7 @@ class Maneuver:
         self.min_slack = math.inf
         self.tracked: dict[str, Plan] = {}
         self.first_state: dict[str, tuple[float, float, float]] = {}  # a cooperator's (t, x, v) when it joined
+        self._released_parts = (0.0, 0.0)  # the executed (D_x, D_v) of cooperators a new plan released
         self.next_replan_s = plan.t0_s + params.replan_period_s
         self._track(plan)
 
@@ -83,12 +85,19 @@ class Maneuver:
             self.tracked[coop.vehicle.id] = coop.plan
             self.first_state.setdefault(coop.vehicle.id, (plan.t0_s, coop.vehicle.x_m, coop.vehicle.v_mps))
 
-    def replace(self, plan: LaneChangePlan) -> list[Command]:
+    def replace(self, plan: LaneChangePlan, world: WorldState, lanes: Lanes) -> list[Command]:
         """Go on with a new plan for the same C (re-planned from the measured state): back to the
         longitudinal phase; cooperators the new plan does not use are released."""
         old = set(self.tracked)
         self.plan = plan
         self._track(plan)
+        for vid in sorted(old - set(self.tracked)):
+            t0, x0, v0 = self.first_state.pop(vid, (None, 0.0, 0.0))
+            row = lanes.row_of.get(vid)
+            if t0 is not None and row is not None:
+                parts = disruption_parts(x0, v0, float(world.x_m[row]), float(world.speed_mps[row]),
+                                         world.time_s - t0, self.p)  # fmt: skip
+                self._released_parts = (self._released_parts[0] + parts[0], self._released_parts[1] + parts[1])
         self.phase = "longitudinal"
         self.record.replans += 1
         self.record.front_id = plan.front.vehicle.id if plan.front else ""
@@ -243,7 +252,9 @@ class Maneuver:
             self.min_slack = min(self.min_slack, slack)
 
     def _record_executed(self, world: WorldState, lanes: Lanes) -> None:
-        dx = dv = 0.0
+        """Each cooperator's D_k from its state when it joined to now; one a new plan released counts
+        with its D_k at the release (`replace`): after it, SUMO drove it."""
+        dx, dv = self._released_parts
         for vid, (t0, x0, v0) in self.first_state.items():
             row = lanes.row_of.get(vid)
             if row is None:
@@ -275,7 +286,10 @@ class Maneuver:
         distance from it with its closing speed shed at the comfortable rate, barrier h ≥ 0
         (`safety.barrier`), or for 10 s at most; then release C to SUMO. (Released only once no faster
         than its leader, a C far behind a slower one was driven towards it at u_max, past the
-        vehicles about to merge in front of it that SUMO's own driver would have let in.)"""
+        vehicles about to merge in front of it that SUMO's own driver would have let in.) Released
+        also only where SUMO's own driver of C's type (its tau and minGap) need not brake harder
+        than |u_min| (released nearer, it braked harder than its type's decel at once); the gap
+        followed is the larger of the controller's and SUMO's."""
         c_id = self.plan.changer.id
         if self.t_abort is None:
             self.t_abort = world.time_s
@@ -285,9 +299,16 @@ class Maneuver:
             self.phase = "done"
             return [Release(c_id)]
         gap = float(world.x_m[lead] - world.length_m[lead] - world.x_m[c_row])
-        slack = gap - self.p.headway.gap_m(v)
+        sumo = self.sumo_headways.get(world.type_names[world.type_index[c_row]], self.p.headway)
+        slack = gap - max(self.p.headway.gap_m(v), sumo.gap_m(v))
         v_lead = float(world.speed_mps[lead])
-        if barrier(gap, v, v_lead, self.p) >= 0 or world.time_s > self.t_abort + 10.0:
+        # SUMO's Krauss driver takes v_safe = −τb + √((τb)² + v_L² + 2b(gap − minGap)) at once, braking
+        # harder than its decel if it must: C is released only where that is at most one step at b = |u_min|
+        b = -self.p.u_min_mps2
+        v_safe = -sumo.reaction_time_s * b + math.sqrt(
+            (sumo.reaction_time_s * b) ** 2 + v_lead * v_lead + 2 * b * max(0.0, gap - sumo.standstill_m))
+        at_ease = v_safe >= v - b * self.dt
+        if (at_ease and barrier(gap, v, v_lead, self.p) >= 0) or world.time_s > self.t_abort + 10.0:
             self.phase = "done"
             return [Release(c_id)]
         u = min(self.p.u_max_mps2, max(self.p.u_min_mps2, 0.25 * slack + 0.8 * (v_lead - v)))

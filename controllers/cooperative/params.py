@@ -63,7 +63,7 @@ class CooperativeParams(InputModel):
         "gap to the vehicle ahead in either lane (a zipper; 0: none)"
     )
     predict_following: bool = Field(
-        False, description="Predict the vehicles SUMO drives braking for a slower leader (SUMO's tau and minGap of "
+        True, description="Predict the vehicles SUMO drives braking for a slower leader (SUMO's tau and minGap of "
         "their type); False: every vehicle not in a maneuver is predicted to cruise"
     )
     request_speed_gain_mps: Speed = Field(

@@ -11,7 +11,7 @@ from typing import Literal
 from cavlab.controllers.base import ControlSetup
 from cavlab.controllers.cooperative.params import CooperativeParams
 from cavlab.controllers.cooperative.planner import LaneChangePlan, Plan, disruption_parts
-from cavlab.controllers.cooperative.safety import barrier, safe_accel
+from cavlab.controllers.cooperative.safety import barrier, safe_accel, sumo_safe_speed
 from cavlab.controllers.cooperative.snapshot import Lanes, lane_end_ahead
 from cavlab.world import Accelerate, ChangeLane, Command, Release, WorldState
 
@@ -91,13 +91,10 @@ class Maneuver:
         old = set(self.tracked)
         self.plan = plan
         self._track(plan)
-        for vid in sorted(old - set(self.tracked)):
-            t0, x0, v0 = self.first_state.pop(vid, (None, 0.0, 0.0))
-            row = lanes.row_of.get(vid)
-            if t0 is not None and row is not None:
-                parts = disruption_parts(x0, v0, float(world.x_m[row]), float(world.speed_mps[row]),
-                                         world.time_s - t0, self.p)  # fmt: skip
-                self._released_parts = (self._released_parts[0] + parts[0], self._released_parts[1] + parts[1])
+        gone = sorted(vid for vid in old - set(self.tracked) if vid in self.first_state)
+        released = {vid: self.first_state.pop(vid) for vid in gone}
+        dx, dv = self._executed_parts(released, world, lanes)
+        self._released_parts = (self._released_parts[0] + dx, self._released_parts[1] + dv)
         self.phase = "longitudinal"
         self.record.replans += 1
         self.record.front_id = plan.front.vehicle.id if plan.front else ""
@@ -251,17 +248,24 @@ class Maneuver:
             self._cut_in.pop(vid, None)
             self.min_slack = min(self.min_slack, slack)
 
-    def _record_executed(self, world: WorldState, lanes: Lanes) -> None:
-        """Each cooperator's D_k from its state when it joined to now; one a new plan released counts
-        with its D_k at the release (`replace`): after it, SUMO drove it."""
-        dx, dv = self._released_parts
-        for vid, (t0, x0, v0) in self.first_state.items():
+    def _executed_parts(self, states: dict[str, tuple[float, float, float]], world: WorldState, lanes: Lanes
+                        ) -> tuple[float, float]:  # fmt: skip
+        """Σ (D_x, D_v) of the vehicles of `states` (vid → (t0, x0, v0)) from those states to now."""
+        dx = dv = 0.0
+        for vid, (t0, x0, v0) in states.items():
             row = lanes.row_of.get(vid)
             if row is None:
                 continue
             parts = disruption_parts(x0, v0, float(world.x_m[row]), float(world.speed_mps[row]), world.time_s - t0,
                                      self.p)  # fmt: skip
             dx, dv = dx + parts[0], dv + parts[1]
+        return dx, dv
+
+    def _record_executed(self, world: WorldState, lanes: Lanes) -> None:
+        """Each cooperator's D_k from its state when it joined to now; one a new plan released counts
+        with its D_k at the release (`replace`): after it, SUMO drove it."""
+        dx, dv = self._executed_parts(self.first_state, world, lanes)
+        dx, dv = dx + self._released_parts[0], dv + self._released_parts[1]
         self.record.disruption_position_executed = dx
         self.record.disruption_speed_executed = dv
         self.record.disruption_executed = dx + dv
@@ -302,12 +306,8 @@ class Maneuver:
         sumo = self.sumo_headways.get(world.type_names[world.type_index[c_row]], self.p.headway)
         slack = gap - max(self.p.headway.gap_m(v), sumo.gap_m(v))
         v_lead = float(world.speed_mps[lead])
-        # SUMO's Krauss driver takes v_safe = −τb + √((τb)² + v_L² + 2b(gap − minGap)) at once, braking
-        # harder than its decel if it must: C is released only where that is at most one step at b = |u_min|
-        b = -self.p.u_min_mps2
-        v_safe = -sumo.reaction_time_s * b + math.sqrt(
-            (sumo.reaction_time_s * b) ** 2 + v_lead * v_lead + 2 * b * max(0.0, gap - sumo.standstill_m))
-        at_ease = v_safe >= v - b * self.dt
+        b = -self.p.u_min_mps2  # released only where SUMO's driver brakes by at most one step at b
+        at_ease = sumo_safe_speed(gap, v_lead, sumo, b) >= v - b * self.dt
         if (at_ease and barrier(gap, v, v_lead, self.p) >= 0) or world.time_s > self.t_abort + 10.0:
             self.phase = "done"
             return [Release(c_id)]

@@ -6,6 +6,7 @@ import math
 
 from cavlab.controllers.cooperative.params import CooperativeParams
 from cavlab.controllers.cooperative.snapshot import Lanes, lane_end_ahead
+from cavlab.controllers.longitudinal import Headway
 from cavlab.world import WorldState
 
 BARRIER_RATE_PER_S = 1.0
@@ -47,6 +48,14 @@ def barrier(gap_m: float, v_mps: float, v_lead_mps: float, params: CooperativePa
     does not brake harder than it does now."""
     closing = max(0.0, v_mps - v_lead_mps)
     return gap_m - params.headway.gap_m(v_mps) - closing * closing / (2 * -params.u_min_mps2)
+
+
+def sumo_safe_speed(gap_m: float, v_lead_mps: float, headway: Headway, brake_mps2: float) -> float:
+    """The speed SUMO's Krauss driver takes at once behind a leader (braking harder than its decel if it
+    must): v_safe = −τb + √((τb)² + v_L² + 2b·max(0, gap − minGap)), τ and minGap its type's (`headway`)."""
+    tau_b = headway.reaction_time_s * brake_mps2
+    return -tau_b + math.sqrt(tau_b * tau_b + v_lead_mps * v_lead_mps
+                              + 2 * brake_mps2 * max(0.0, gap_m - headway.standstill_m))  # fmt: skip
 
 
 def barrier_accel(gap_m: float, v_mps: float, v_lead_mps: float, a_lead_mps2: float, params: CooperativeParams,

@@ -17,7 +17,7 @@ road has filled:
 
 `--parts SIZE` times each piece of `Engine.step` (median µs per step over the timed window:
 SUMO's step with its events, the reads, the world-state assembly, metrics, recorder,
-perception hook, controller, commands) at one size.
+perception hook, controller, commands) at one size; `--set KEY=VALUE` changes its scenario.
 
 `--reads` adds a micro-benchmark of ways to read the world state at the 500-vehicle size:
 libsumo lane lists + 2 getters (what the libsumo backend does), libsumo getIDList + 4
@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -42,7 +43,7 @@ SPEED_MPS = 26.0  # rough mean speed on highway-lane-change, used to size the fi
 DENSITY_PER_KM = 26.0  # vehicles per km of highway-lane-change once filled (measured: 655 on 25 km)
 
 
-def scenario_for(vehicles: int, window_s: float, backend: str = "libsumo"):
+def scenario_for(vehicles: int, window_s: float, backend: str = "libsumo", overrides: tuple[str, ...] = ()):
     from cavlab.sim.resolve import load_scenario
 
     length_m = round(1000 * vehicles / DENSITY_PER_KM / 100) * 100
@@ -55,6 +56,7 @@ def scenario_for(vehicles: int, window_s: float, backend: str = "libsumo"):
             f"simulation.duration_s={fill_s + window_s}",
             f"simulation.warmup_s={fill_s}",
             f"simulation.backend={backend}",
+            *overrides,
         ],
     )
 
@@ -103,11 +105,12 @@ def one_run(mode: str, vehicles: int, window_s: float) -> dict:
     return {"mode": mode, "size": vehicles, "steps": steps, "vehicle_steps": vehicle_steps, "wall_s": wall}
 
 
-def step_parts(vehicles: int, window_s: float) -> dict[str, float]:
-    """Median µs per step of each piece of `Engine.step`, timed by wrapping the methods."""
+def step_parts(vehicles: int, window_s: float, overrides: tuple[str, ...] = ()) -> dict[str, float]:
+    """Median µs per step of each piece of `Engine.step`, timed by wrapping the methods (the scenario
+    changed by `overrides`, KEY=VALUE as `cavlab run --set` takes them)."""
     from cavlab.sim.engine import Engine
 
-    scenario = scenario_for(vehicles, window_s)
+    scenario = scenario_for(vehicles, window_s, overrides=overrides)
     sim = scenario.simulation
     times: dict[str, list[float]] = {}
 
@@ -136,7 +139,8 @@ def step_parts(vehicles: int, window_s: float) -> dict[str, float]:
             (engine.perception, "observe", "perception hook"), (engine.controller, "step", "controller"),
             (engine, "step", "Engine.step in all"),
         ]:  # fmt: skip
-            timed(obj, name, label)
+            if obj is not None:  # no recorder without trajectories
+                timed(obj, name, label)
         counts = [len(engine.step()[0]) for _ in range(sim.steps - fill)]
         engine.close()
     return {"vehicles": statistics.mean(counts), **{k: statistics.median(v) * 1e6 for k, v in times.items()}}
@@ -244,6 +248,13 @@ def main() -> None:
     parser.add_argument("--window-s", type=float, default=120.0)
     parser.add_argument("--reads", action="store_true")
     parser.add_argument("--parts", type=int, metavar="SIZE", help="time each piece of Engine.step at this size")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="with --parts: change the scenario (e.g. outputs.trajectories=false)",
+    )
     parser.add_argument("--one", nargs=2, metavar=("MODE", "SIZE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -251,9 +262,10 @@ def main() -> None:
         return
     print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
     if args.parts:
-        res = step_parts(args.parts, args.window_s)
+        res = step_parts(args.parts, args.window_s, tuple(args.set))
         print(f"\n| piece of Engine.step (≈{res.pop('vehicles'):.0f} vehicles) | µs per step (median) |\n|---|---|")
         print("\n".join(f"| {k} | {v:,.1f} |" for k, v in res.items()))
+        print(f"| peak resident memory (MB) | {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} |")
         return
     print(f"command: python benchmarks/bench_engine.py --runs {args.runs} --sizes {' '.join(map(str, args.sizes))}")
     rows = []

@@ -257,6 +257,8 @@ def main() -> None:
     )
     parser.add_argument("--one", nargs=2, metavar=("MODE", "SIZE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.set and not args.parts:
+        parser.error("--set changes the scenario of --parts only: give --parts SIZE with it")
     if args.one:
         print(json.dumps(one_run(args.one[0], int(args.one[1]), args.window_s)))
         return

@@ -18,7 +18,7 @@ from cavlab.config.scenario import ContextSpec, PerceptionSpec, SimulationSpec
 from cavlab.errors import UserError
 from cavlab.hw.backends.onnxruntime import OrtPerception
 from cavlab.perception.inference import BatchedPerception
-from cavlab.perception.task import neighbour_targets
+from cavlab.perception.task import SLOTS, neighbour_targets
 from cavlab.sim.perception_loop import PerceptionLoop, radar_leader
 from cavlab.world import Accelerate, Release, SetSpeed, WorldState
 
@@ -117,6 +117,24 @@ def test_unseen_vehicles_are_held_then_dropped_and_ghosts_last_one_step(percepti
         if held:
             assert perceived.x_m[perceived.index_of("hdv_front")] == pytest.approx(130.0 + 20.0 * k * DT)
     assert loop.metrics()["perception_ghost_share"] > 0
+
+
+def test_a_look_into_a_lane_its_cav_sees_clear_is_dropped(perception_model_dir: Path) -> None:
+    """cav_a (lane 0, x ≈ 100) sees nobody behind it within 60 m; a ghost cav_b reports in lane 0 12 m ahead of
+    itself (x ≈ 59, 43 m behind cav_a) reaches into that clear stretch and is dropped; one 12 m behind cav_b
+    (x ≈ 23) lies beyond cav_a's view less the 10 m margin (x > 47) and stays."""
+    loop, oracle = make_loop(perception_model_dir, latency_s=0.0, uncertainty_k=0.0)
+    observe(loop, oracle, world_at(1))
+    for slot, kept in ((SLOTS.index("right_front"), False), (SLOTS.index("right_rear"), True)):
+        oracle.ghost = (1, slot)
+        perceived = observe(loop, oracle, world_at(2))
+        ghosts = [vid for vid in perceived.ids.tolist() if vid.startswith("ghost:")]
+        assert ghosts == ([f"ghost:cav_b:{slot}"] if kept else []), slot
+        assert perceived.index_of("hdv_front") >= 0 and perceived.index_of("hdv_left") >= 0  # true looks stay
+    metrics = loop.metrics()
+    # non-CAV looks: hdv_front by cav_a, hdv_left by both (3 a step), and the ghost in the two steps with one
+    assert metrics["perception_contradicted_share"] == pytest.approx(1 / (3 + 4 + 4))
+    assert metrics["perception_contradicted_real_share"] == 0.0
 
 
 def test_footprints_widen_with_uncertainty_and_leaders_are_held_through_misses(perception_model_dir: Path) -> None:

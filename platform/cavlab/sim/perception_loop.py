@@ -46,7 +46,15 @@ from cavlab.perception.fusion import BRANCHES, CONFIGURATIONS, MODALITIES, Selec
 from cavlab.perception.inference import BatchedPerception
 from cavlab.perception.sensors import SPEED_SCALE_MPS, SensorSuite, context_label
 from cavlab.perception.spiking_branch import SpikingStream
-from cavlab.perception.task import SLOT_AHEAD, SLOT_LANE, SLOTS, neighbour_rows, neighbour_targets, slot_correct
+from cavlab.perception.task import (
+    RANGE_M,
+    SLOT_AHEAD,
+    SLOT_LANE,
+    SLOTS,
+    neighbour_rows,
+    neighbour_targets,
+    slot_correct,
+)
 from cavlab.perception.training import configuration_energies, load_checkpoint, spiking_head
 from cavlab.world import Accelerate, Command, Release, SetSpeed, WorldState
 
@@ -153,7 +161,8 @@ class PerceptionLoop:
             ("frames", "slots_correct", "truth_present", "missed", "estimated_present", "ghosts", "matched",
              "gap_error_m", "speed_error_mps", "plan_errors", "plan_position_error_m", "plan_speed_error_mps",
              "energy_j", "delay_steps", "sensors_s", "inference_s", "steps", "spiking_slots_correct", "emergency_steps",
-             "emergency_events", "leader_holds", "fault_steps"), 0.0)  # fmt: skip
+             "emergency_events", "leader_holds", "fault_steps", "looks", "contradicted",
+             "contradicted_real"), 0.0)  # fmt: skip
         self.modality_off = dict.fromkeys(MODALITIES, 0.0)
         self._braking: set[str] = set()
 
@@ -316,10 +325,16 @@ class PerceptionLoop:
         _, last = np.unique(observers[::-1], return_index=True)
         last = np.sort(len(observers) - 1 - last)
         frame_of, index = frame_of[last], index[last]
-        looks = self._looks(frame_of, index, t)
+        looks, seer, seen_in = self._looks(frame_of, index, t)
+        of_cav = np.isin(looks.key, cav_slots)  # V2V: the CAVs' own states win
+        contradicted = ~of_cav & _contradicted(world, looks, seer, seen_in)
+        if world.time_s > self.warmup_s + 1e-9:
+            self.stats["looks"] += float((~of_cav).sum())
+            self.stats["contradicted"] += float(contradicted.sum())
+            self.stats["contradicted_real"] += float((contradicted & (looks.slot >= 0)).sum())
+        looks = looks.take(np.flatnonzero(~of_cav & ~contradicted))
         keep_after = min((self.pending[f].time_s for f in np.unique(frame_of).tolist()), default=-math.inf)
         self.pending = [f for f in self.pending if f.time_s >= keep_after or (f.ready_step > self.step).any()]
-        looks = looks.take(np.flatnonzero(~np.isin(looks.key, cav_slots)))  # V2V: the CAVs' own states win
         seen = _averaged(looks)
         ghost = seen.slot < 0
         self.tracks = Tracks.join(seen.take(np.flatnonzero(~ghost)), self.tracks)
@@ -363,9 +378,10 @@ class PerceptionLoop:
         rows = row_of_slot[tracks.slot]
         return (rows >= 0) & (self.corridor[world.edge[rows]] == self.corridor[tracks.edge])
 
-    def _looks(self, frame_of: np.ndarray, index: np.ndarray, t: float) -> Tracks:
-        """Every detection of the observers `index` of the pending frames `frame_of`, predicted to `t`."""
-        parts = []
+    def _looks(self, frame_of: np.ndarray, index: np.ndarray, t: float) -> tuple[Tracks, np.ndarray, np.ndarray]:
+        """Every detection of the observers `index` of the pending frames `frame_of`, predicted to `t`; the
+        world slot of the observer that made each, and the neighbour slot (`SLOTS` index) it was made in."""
+        parts, seers, slots = [], [], []
         for f in np.unique(frame_of).tolist():
             frame = self.pending[f]
             k = index[frame_of == f]
@@ -377,9 +393,12 @@ class PerceptionLoop:
                 frame.type_index[kk, ss], frame.slot[kk, ss], frame.edge[kk], frame.sigma_m[kk, ss] +
                 self.spec.speed_sigma_mps * (t - frame.time_s), ss == SLOTS.index("own_front"),
                 frame.key[kk, ss]))  # fmt: skip
+            seers.append(frame.observer_slot[kk])
+            slots.append(ss)
         if not parts:
-            return Tracks.empty()
-        return Tracks(**{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(Tracks)})
+            return Tracks.empty(), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        looks = Tracks(**{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(Tracks)})
+        return looks, np.concatenate(seers), np.concatenate(slots)
 
     # ------------------------------------------------------------------ metrics
 
@@ -446,6 +465,8 @@ class PerceptionLoop:
             "perception_emergency_braking_s": st["emergency_steps"] * self.dt,
             "perception_leader_hold_s": st["leader_holds"] * self.dt,
             "perception_fault_s": st["fault_steps"] * self.dt,
+            "perception_contradicted_share": ratio("contradicted", "looks"),
+            "perception_contradicted_real_share": ratio("contradicted_real", "contradicted"),
             **{f"perception_{m}_off_share": self.modality_off[m] / st["frames"] if st["frames"] else math.nan
                for m in MODALITIES},
         }  # fmt: skip
@@ -462,6 +483,39 @@ def _averaged(looks: Tracks) -> Tracks:
     return Tracks(merged.ids, merged.time_s, np.bincount(which, looks.x_m, n) / counts,
                   np.bincount(which, looks.speed_mps, n) / counts, merged.lane, merged.length_m, merged.type_index,
                   merged.slot, merged.edge, sigma, np.bincount(which, looks.leader, n) > 0, keys)  # fmt: skip
+
+
+def _contradicted(world: WorldState, looks: Tracks, seer: np.ndarray, seen_in: np.ndarray) -> np.ndarray:
+    """Per look, whether a CAV's own view of its lane rules it out. The nearest vehicle ahead of a CAV in its
+    lane and the nearest behind cannot be hidden from it, so its own estimates of them (or none within RANGE_M)
+    leave its lane clear in between: [front of the one behind + m, rear of the one ahead − m], or x_o ± RANGE_M ∓ m
+    where it sees none, m = ASSOCIATION_GAP_M; its view ends at the CAVs next to it in the lane (V2V). A look by
+    another CAV whose footprint reaches into that interval (the CAV itself included) is dropped: a ghost, or a
+    vehicle misplaced into the lane. (Adjacent lanes are left alone: the model misplaces vehicles alongside,
+    and a CAV's own side view would drop others' right looks of them.)"""
+    cavs = np.flatnonzero(world.is_cav)
+    if not len(looks) or not len(cavs):
+        return np.zeros(len(looks), dtype=bool)
+    slot_cav, lane_cav = world.slot[cavs], world.lane[cavs]
+    x_o, rear_o = world.x_m[cavs], world.x_m[cavs] - world.length_m[cavs]
+    ahead_m, behind_m = x_o + RANGE_M - ASSOCIATION_GAP_M, rear_o - RANGE_M + ASSOCIATION_GAP_M
+    by_lane = np.lexsort((x_o, lane_cav))
+    next_to = lane_cav[by_lane][1:] == lane_cav[by_lane][:-1]
+    behind, ahead = by_lane[:-1][next_to], by_lane[1:][next_to]
+    ahead_m[behind] = np.minimum(ahead_m[behind], rear_o[ahead])
+    behind_m[ahead] = np.maximum(behind_m[ahead], x_o[behind])
+    rear = looks.x_m - looks.length_m
+    row_of = np.argsort(slot_cav)
+    for s, limit, edge in ((SLOTS.index("own_front"), ahead_m, rear - ASSOCIATION_GAP_M),
+                           (SLOTS.index("own_rear"), behind_m, looks.x_m + ASSOCIATION_GAP_M)):  # fmt: skip
+        mine = np.flatnonzero(seen_in == s)
+        at = row_of[np.searchsorted(slot_cav, seer[mine], sorter=row_of)]
+        bound = np.minimum if limit is ahead_m else np.maximum
+        limit[at] = bound(limit[at], edge[mine])
+    seeing = np.isin(slot_cav, seer)  # only a CAV whose frame was delivered knows its lane now
+    reaches = (looks.lane[:, None] == lane_cav[None, :]) & (rear[:, None] < ahead_m[None, :]) \
+        & (looks.x_m[:, None] > behind_m[None, :]) & (seer[:, None] != slot_cav[None, :]) & seeing[None, :]
+    return reaches.any(axis=1)
 
 
 def _widened(world: WorldState, margin_m: np.ndarray) -> WorldState:

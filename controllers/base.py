@@ -72,6 +72,12 @@ class Controller(ABC):
     def step(self, world: WorldState) -> list[Command]:
         """Commands to apply before the next simulation step."""
 
+    @property
+    def safe_gap(self) -> Headway | None:
+        """The gap φ·v + δ it keeps behind a leader (the run's `min_safe_gap_slack_controlled_m` is measured
+        against it); None where it keeps none of its own."""
+        return None
+
     def report(self) -> ControllerReport:
         """Tables and metrics of the run (none by default)."""
         return ControllerReport()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from cavlab.controllers.longitudinal import Headway
 from cavlab.sim.metrics import MetricsCollector, throughput
 from cavlab.sim.network import build_network
 from cavlab.sim.resolve import load_scenario
@@ -88,3 +90,14 @@ def test_safety_of_controlled_vehicles_on_the_true_state(collector: MetricsColle
         collector.observe(step(t, gap), StepEvents())
     assert collector._min_gap_controlled_m == 12.0
     assert collector._critical_ttc_steps == 1  # 12 m at 10 m/s closing: 1.2 s < 1.5 s; 16 m: 1.6 s
+    assert math.isinf(collector._min_slack_controlled_m)  # no safe gap given: none measured
+
+
+def test_the_safe_gap_slack_of_controlled_vehicles_is_measured_on_the_true_state() -> None:
+    """With the controller's safe gap 0.9 s·v + 3 m, the commanded CAV at 30 m/s keeps 40, 32, then 28 m:
+    slack 10, 2, −2 m; the least is reported."""
+    collector = MetricsCollector(SCENARIO, build_network(SCENARIO.road), Headway(0.9, 3.0))
+    for t, gap in ((1.1, 40.0), (1.2, 32.0), (1.3, 28.0)):
+        w = world(t, [("cav", 1, "cav", 0, 6.0, 30, 0), ("lead", 2, "car", 0, 11.0 + gap, 30, 0)])
+        collector.observe(WorldState(**{**w.__dict__, "controlled": np.array([True, False])}), StepEvents())
+    assert collector._min_slack_controlled_m == pytest.approx(28.0 - (0.9 * 30 + 3.0))

@@ -21,6 +21,7 @@ from cavlab.controllers.cooperative.snapshot import (
     on_edge,
 )
 from cavlab.controllers.cooperative.zipper import merges, zipper_caps
+from cavlab.controllers.longitudinal import Headway
 from cavlab.world import CapSpeed, Command, ControlModes, HoldLane, Release, WorldState
 
 
@@ -144,6 +145,10 @@ class CooperativeLaneChange(Controller):
         1, seen from behind, it cut in."""
         age = world.time_s - self._flip_time_s[world.slot[row]]
         return age < lane_changes * self.setup.lane_change_duration_s + 1e-9
+
+    @property
+    def safe_gap(self) -> Headway:
+        return self.params.headway
 
     def maneuvering(self, vehicle_id: str) -> bool:
         """Whether a maneuver of this controller commands the vehicle now."""

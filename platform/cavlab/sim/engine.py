@@ -160,7 +160,9 @@ class Engine:
         scenario = self.scenario
         if backend.time_s > sim.warmup_s:
             scenario = scenario.model_copy(update={"simulation": sim.model_copy(update={"warmup_s": backend.time_s})})
-        self.metrics = MetricsCollector(scenario, self.network) if self.collect_metrics else None
+        self.metrics = None
+        if self.collect_metrics:
+            self.metrics = MetricsCollector(scenario, self.network, self.controller.safe_gap)
         if "--load-state" in extra_args:
             self.world, self.events = self.read(), StepEvents(backend.present, (), ())
             if self.metrics is not None:

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from cavlab.config.scenario import Scenario
+from cavlab.controllers.longitudinal import Headway
 from cavlab.sim.network import Network
 from cavlab.world import Collision, Departure, StepEvents, WorldState
 
@@ -51,10 +52,12 @@ class LaneChange:
 
 
 class MetricsCollector:
-    """Accumulates a run's metrics; feed it every step, then call `finish`."""
+    """Accumulates a run's metrics; feed it every step, then call `finish`. `safe_gap`: the gap φ·v + δ the
+    controller keeps to a leader, against which the slack of the vehicles it commands is measured."""
 
-    def __init__(self, scenario: Scenario, network: Network) -> None:
+    def __init__(self, scenario: Scenario, network: Network, safe_gap: Headway | None = None) -> None:
         self.scenario = scenario
+        self.safe_gap = safe_gap
         self.network = network
         self.dt = scenario.simulation.step_length_s
         self.warmup_s = scenario.simulation.warmup_s
@@ -73,6 +76,7 @@ class MetricsCollector:
         self._vehicle_steps = 0
         self._hard_braking = 0
         self._min_gap_controlled_m = math.inf
+        self._min_slack_controlled_m = math.inf
         self._critical_ttc_steps = 0
         self.route_edges: dict[int, tuple[tuple[str, ...], float]] = {}  # external networks: slot → route, depart pos
         external = network.external
@@ -156,6 +160,9 @@ class MetricsCollector:
         gap = world.gap_m(rows, ahead)
         closing = world.speed_mps[rows] - world.speed_mps[ahead]
         self._min_gap_controlled_m = min(self._min_gap_controlled_m, float(gap.min()))
+        if self.safe_gap is not None:
+            slack = gap - self.safe_gap.gap_m(world.speed_mps[rows])
+            self._min_slack_controlled_m = min(self._min_slack_controlled_m, float(slack.min()))
         self._critical_ttc_steps += int(np.count_nonzero((closing > 0) & (gap < CRITICAL_TTC_S * closing)))
 
     def finish(self, detector_output: Path, end_s: float) -> dict:
@@ -199,6 +206,9 @@ class MetricsCollector:
             "hard_braking_events": self._hard_braking,
             "min_gap_controlled_m": self._min_gap_controlled_m
             if math.isfinite(self._min_gap_controlled_m)
+            else math.nan,
+            "min_safe_gap_slack_controlled_m": self._min_slack_controlled_m
+            if math.isfinite(self._min_slack_controlled_m)
             else math.nan,
             "critical_ttc_controlled_s": self._critical_ttc_steps * self.dt,
             "control_energy_per_trip_m2ps3": _mean(energy),

@@ -232,6 +232,34 @@ def test_dataset_is_reproducible_and_bad_input_is_refused(tmp_path: Path) -> Non
         assert not (tmp_path / "bad").exists()
 
 
+@pytest.mark.sumo
+def test_a_mixed_dataset_holds_every_scenario_and_the_first_as_alone(tmp_path: Path) -> None:
+    """Two roads, held-out seed 3: one shard per road, named by it; the first road's frames are those of a
+    dataset of it alone, the second's differ."""
+    args = ["perception", "dataset", "--weather", "clear", "--light", "day", "--seeds", "1", "--first-seed", "3",
+            "--duration", "30", "--warmup", "20"]  # fmt: skip
+    for name, roads in (("mixed", ["highway", "lane-drop"]), ("alone", ["highway"])):
+        scenarios = [a for road in roads for a in ("--scenario", road)]
+        done = runner.invoke(app, [*args, *scenarios, "--out", str(tmp_path / name)])
+        assert done.exit_code == 0, done.output
+    manifest, mixed = load_dataset(tmp_path / "mixed")
+    _, alone = load_dataset(tmp_path / "alone")
+    assert manifest["scenarios"] == ["highway", "lane-drop"] and manifest["seeds"] == [3]
+    assert [(s["file"], s["scenario"]) for s in manifest["shards"]] == [
+        ("highway-clear-day-s3.npz", "highway"), ("lane-drop-clear-day-s3.npz", "lane-drop")]
+    first = manifest["shards"][0]["samples"]
+    assert 0 < first < len(mixed["targets"]) and first == len(alone["targets"])
+    for key in alone:
+        np.testing.assert_array_equal(mixed[key][:first], alone[key])
+    for bad, message in [
+        (["--scenario", "highway", "--scenario", "highway"], "each scenario once (given: highway, highway)"),
+        (["--first-seed", "-1"], "--first-seed ≥ 0"),
+    ]:
+        done = runner.invoke(app, ["perception", "dataset", *bad, "--out", str(tmp_path / "bad")])
+        assert done.exit_code == 2 and message in " ".join(done.output.split()), done.output
+        assert not (tmp_path / "bad").exists()
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(st.floats(0, 300), st.integers(0, 2), st.floats(3, 15)), min_size=1, max_size=25),
        st.data())  # fmt: skip

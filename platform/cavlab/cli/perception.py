@@ -28,10 +28,13 @@ from cavlab.runs.rundir import staged_run_dir
 
 
 def perception_dataset(
-    scenario: Annotated[str, typer.Option(help="Shipped scenario name or YAML file")] = "highway",
+    scenario: Annotated[
+        list[str] | None, typer.Option(help="Shipped scenario name or YAML file (repeat: a mixed dataset)")
+    ] = None,
     weather: Annotated[list[str] | None, typer.Option(help="clear, rain, fog or snow (repeat)")] = None,
     light: Annotated[list[str] | None, typer.Option(help="day, dusk or night (repeat)")] = None,
     seeds: Annotated[int, typer.Option(help="Seeds per context")] = 2,
+    first_seed: Annotated[int, typer.Option(help="The first seed (held-out data: one a training set lacks)")] = 0,
     duration: DurationOption = 180.0,
     warmup: Annotated[float, typer.Option(help="Warm-up per run, not sampled [s]")] = 60.0,
     every: Annotated[float, typer.Option(help="Sampling period [s]")] = 1.0,
@@ -45,13 +48,15 @@ def perception_dataset(
     """Simulate every CAV's camera, lidar and radar frames with their true neighbours, per context and seed."""
     table = None if sensors is None else read_sensor_table(sensors)
     weathers, lights = weather or ["clear", "rain", "fog", "snow"], light or ["day", "night"]
-    plan = plan_dataset(scenario, overrides or [], weathers, lights, seeds, duration, warmup, every, sensor_version)
-    runs = len(plan.contexts) * len(plan.seeds)
+    plan = plan_dataset(scenario or ["highway"], overrides or [], weathers, lights, seeds, duration, warmup, every,
+                        sensor_version, first_seed)  # fmt: skip
+    runs = len(plan.scenarios) * len(plan.contexts) * len(plan.seeds)
     bar = ProgressBar("dataset", runs, "runs", columns=("{task.description}",))
     with staged_run_dir(out_dir) as staging, bar:
         manifest = generate(plan, staging, table, progress=lambda name: bar.advance(description=name))
     out.print(
-        f"{manifest['samples']} samples ({len(plan.contexts)} contexts × {len(plan.seeds)} seeds) → "
+        f"{manifest['samples']} samples ({len(plan.scenarios)} scenarios × {len(plan.contexts)} contexts × "
+        f"{len(plan.seeds)} seeds) → "
         f"[bold]{escape(str(out_dir))}[/]",
         highlight=False,
     )

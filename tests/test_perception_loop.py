@@ -122,7 +122,8 @@ def test_unseen_vehicles_are_held_then_dropped_and_ghosts_last_one_step(percepti
 def test_a_look_into_a_lane_its_cav_sees_clear_is_dropped(perception_model_dir: Path) -> None:
     """cav_a (lane 0, x ≈ 100) sees nobody behind it within 60 m; a ghost cav_b reports in lane 0 12 m ahead of
     itself (x ≈ 59, 43 m behind cav_a) reaches into that clear stretch and is dropped; one 12 m behind cav_b
-    (x ≈ 23) lies beyond cav_a's view less the 10 m margin (x > 47) and stays."""
+    (x ≈ 23) lies beyond cav_a's view less the 10 m margin (x > 47) and stays; and the first stays too once
+    cav_a drives in another corridor of an external network."""
     loop, oracle = make_loop(perception_model_dir, latency_s=0.0, uncertainty_k=0.0)
     observe(loop, oracle, world_at(1))
     for slot, kept in ((SLOTS.index("right_front"), False), (SLOTS.index("right_rear"), True)):
@@ -135,6 +136,12 @@ def test_a_look_into_a_lane_its_cav_sees_clear_is_dropped(perception_model_dir: 
     # non-CAV looks: hdv_front by cav_a, hdv_left by both (3 a step), and the ghost in the two steps with one
     assert metrics["perception_contradicted_share"] == pytest.approx(1 / (3 + 4 + 4))
     assert metrics["perception_contradicted_real_share"] == 0.0
+    # on an external network, cav_a in another corridor (edge 1) says nothing of the lane 0 cav_b sees
+    loop.corridor = np.array([0, 1])
+    oracle.ghost = (1, SLOTS.index("right_front"))
+    elsewhere = world_at(3)
+    perceived = observe(loop, oracle, dataclasses.replace(elsewhere, edge=np.array([1, 1, 0, 0], dtype=np.int16)))
+    assert "ghost:cav_b:4" in perceived.ids.tolist()
 
 
 def test_footprints_widen_with_uncertainty_and_leaders_are_held_through_misses(perception_model_dir: Path) -> None:

@@ -327,7 +327,7 @@ class PerceptionLoop:
         frame_of, index = frame_of[last], index[last]
         looks, seer, seen_in = self._looks(frame_of, index, t)
         of_cav = np.isin(looks.key, cav_slots)  # V2V: the CAVs' own states win
-        contradicted = ~of_cav & _contradicted(world, looks, seer, seen_in)
+        contradicted = ~of_cav & _contradicted(world, looks, seer, seen_in, self.corridor)
         if world.time_s > self.warmup_s + 1e-9:
             self.stats["looks"] += float((~of_cav).sum())
             self.stats["contradicted"] += float(contradicted.sum())
@@ -485,22 +485,26 @@ def _averaged(looks: Tracks) -> Tracks:
                   merged.slot, merged.edge, sigma, np.bincount(which, looks.leader, n) > 0, keys)  # fmt: skip
 
 
-def _contradicted(world: WorldState, looks: Tracks, seer: np.ndarray, seen_in: np.ndarray) -> np.ndarray:
+def _contradicted(world: WorldState, looks: Tracks, seer: np.ndarray, seen_in: np.ndarray,
+                  corridor: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
     """Per look, whether a CAV's own view of its lane rules it out. The nearest vehicle ahead of a CAV in its
     lane and the nearest behind cannot be hidden from it, so its own estimates of them (or none within RANGE_M)
     leave its lane clear in between: [front of the one behind + m, rear of the one ahead − m], or x_o ± RANGE_M ∓ m
     where it sees none, m = ASSOCIATION_GAP_M; its view ends at the CAVs next to it in the lane (V2V). A look by
     another CAV whose footprint reaches into that interval (the CAV itself included) is dropped: a ghost, or a
     vehicle misplaced into the lane. (Adjacent lanes are left alone: the model misplaces vehicles alongside,
-    and a CAV's own side view would drop others' right looks of them.)"""
+    and a CAV's own side view would drop others' right looks of them.) On an external network (`corridor`: per
+    edge, the corridor it lies in) only a CAV in the corridor of the look's observer counts: x and the lane
+    index mean something else in another."""
     cavs = np.flatnonzero(world.is_cav)
     if not len(looks) or not len(cavs):
         return np.zeros(len(looks), dtype=bool)
     slot_cav, lane_cav = world.slot[cavs], world.lane[cavs]
     x_o, rear_o = world.x_m[cavs], world.x_m[cavs] - world.length_m[cavs]
     ahead_m, behind_m = x_o + RANGE_M - ASSOCIATION_GAP_M, rear_o - RANGE_M + ASSOCIATION_GAP_M
-    by_lane = np.lexsort((x_o, lane_cav))
-    next_to = lane_cav[by_lane][1:] == lane_cav[by_lane][:-1]
+    road = np.zeros(len(cavs), dtype=np.int64) if corridor is None else corridor[world.edge[cavs]]
+    by_lane = np.lexsort((x_o, lane_cav, road))
+    next_to = (lane_cav[by_lane][1:] == lane_cav[by_lane][:-1]) & (road[by_lane][1:] == road[by_lane][:-1])
     behind, ahead = by_lane[:-1][next_to], by_lane[1:][next_to]
     ahead_m[behind] = np.minimum(ahead_m[behind], rear_o[ahead])
     behind_m[ahead] = np.maximum(behind_m[ahead], x_o[behind])
@@ -515,6 +519,8 @@ def _contradicted(world: WorldState, looks: Tracks, seer: np.ndarray, seen_in: n
     seeing = np.isin(slot_cav, seer)  # only a CAV whose frame was delivered knows its lane now
     reaches = (looks.lane[:, None] == lane_cav[None, :]) & (rear[:, None] < ahead_m[None, :]) \
         & (looks.x_m[:, None] > behind_m[None, :]) & (seer[:, None] != slot_cav[None, :]) & seeing[None, :]
+    if corridor is not None:
+        reaches &= corridor[looks.edge][:, None] == road[None, :]
     return reaches.any(axis=1)
 
 

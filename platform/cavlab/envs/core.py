@@ -41,6 +41,7 @@ import numpy as np
 from cavlab.config.scenario import Scenario
 from cavlab.controllers import Controller, make_controller
 from cavlab.controllers.cooperative import CooperativeLaneChange, CooperativeParams
+from cavlab.controllers.longitudinal import Headway
 from cavlab.envs.actions import ActionType, make_action
 from cavlab.envs.config import EgoSpec, EnvConfig, EnvConfigError
 from cavlab.envs.observations import PerceivedNeighbours, RoadFrame, lane_ttc, make_observation
@@ -708,6 +709,10 @@ class _TrafficController(Controller):
         if traffic.planner_actions:
             traffic._end_maneuvers()
         return commands
+
+    @property
+    def safe_gap(self) -> Headway | None:
+        return self.inner.safe_gap
 
     def report(self):
         return self.inner.report()

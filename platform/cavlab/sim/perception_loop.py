@@ -510,12 +510,12 @@ def _contradicted(world: WorldState, looks: Tracks, seer: np.ndarray, seen_in: n
     behind_m[ahead] = np.maximum(behind_m[ahead], x_o[behind])
     rear = looks.x_m - looks.length_m
     row_of = np.argsort(slot_cav)
-    for s, limit, edge in ((SLOTS.index("own_front"), ahead_m, rear - ASSOCIATION_GAP_M),
-                           (SLOTS.index("own_rear"), behind_m, looks.x_m + ASSOCIATION_GAP_M)):  # fmt: skip
-        mine = np.flatnonzero(seen_in == s)
+    for s, limit, seen_m in ((SLOTS.index("own_front"), ahead_m, rear - ASSOCIATION_GAP_M),
+                             (SLOTS.index("own_rear"), behind_m, looks.x_m + ASSOCIATION_GAP_M)):  # fmt: skip
+        mine = np.flatnonzero(seen_in == s)  # each observer's own look there (one per delivered frame)
         at = row_of[np.searchsorted(slot_cav, seer[mine], sorter=row_of)]
-        bound = np.minimum if limit is ahead_m else np.maximum
-        limit[at] = bound(limit[at], edge[mine])
+        nearer = np.minimum if limit is ahead_m else np.maximum
+        limit[at] = nearer(limit[at], seen_m[mine])
     seeing = np.isin(slot_cav, seer)  # only a CAV whose frame was delivered knows its lane now
     reaches = (looks.lane[:, None] == lane_cav[None, :]) & (rear[:, None] < ahead_m[None, :]) \
         & (looks.x_m[:, None] > behind_m[None, :]) & (seer[:, None] != slot_cav[None, :]) & seeing[None, :]

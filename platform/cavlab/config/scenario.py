@@ -484,6 +484,9 @@ class PerceptionSpec(InputModel):
     speed_sigma_mps: Annotated[float, Field(ge=0, le=30)] = Field(
         1.0, description="σ of a detection's speed: σ grows by this per second of the estimate's age"
     )
+    radar_leader_speed: bool = Field(
+        True, description="The own-lane leader's relative speed from the raw radar where its return fits the estimate"
+    )
     emergency_braking: bool = Field(True, description="Brake on the raw radar when it and the fused estimate disagree")
     emergency_ttc_s: Annotated[float, Field(gt=0, le=10)] = 1.5
     emergency_decel_mps2: Annotated[float, Field(gt=0, le=12)] = 6.0

@@ -259,7 +259,9 @@ class PerceptionLoop:
         spiking = None if self.spiking is None else self.spiking.estimate(world.ids[observers].tolist(), arrays)
         truth_rows = neighbour_rows(world, observers)
         truth = neighbour_targets(world, observers, truth_rows)
-        frame = self._frame(world, observers, estimate, truth_rows, truth, choice)
+        used = self._radar_closing_speed(world, observers, estimate, frames.radar) if self.spec.radar_leader_speed \
+            else estimate  # the model's own estimate is what the slot metrics score
+        frame = self._frame(world, observers, used, truth_rows, truth, choice)
         if measuring:
             self._score_frames(observers, estimate, truth, choice)
             if spiking is not None:
@@ -267,6 +269,19 @@ class PerceptionLoop:
             self.stats["sensors_s"] += sensed - started
             self.stats["inference_s"] += done - sensed
         return frame, frames.radar
+
+    def _radar_closing_speed(self, world: WorldState, observers: np.ndarray, estimate: np.ndarray,
+                             radar: np.ndarray) -> np.ndarray:  # fmt: skip
+        """`estimate` with the own-lane leader's relative speed from the raw radar, as ACC takes it: where the
+        nearest in-lane return ahead (`radar_leader`) lies within ASSOCIATION_GAP_M of the estimated leader, its
+        range rate replaces the estimated Δv (the radar measures it to a fraction of a m/s; the model's estimate
+        of a fast-closing leader falls short)."""
+        s = SLOTS.index("own_front")
+        gap, rate = radar_leader(radar, world.length_m[observers], self.suite.lane_width_m, self.suite.radar_range_m)
+        same = (estimate[:, s, 0] > 0.5) & np.isfinite(gap) & (np.abs(gap - estimate[:, s, 1]) <= ASSOCIATION_GAP_M)
+        used = estimate.copy()
+        used[same, s, 2] = rate[same]
+        return used
 
     def _inject_faults(self, estimate: np.ndarray, time_s: float, measuring: bool) -> None:
         """`perception.faults` active now, applied to every CAV's estimates."""

@@ -235,7 +235,7 @@ def test_dataset_is_reproducible_and_bad_input_is_refused(tmp_path: Path) -> Non
 @pytest.mark.sumo
 def test_a_mixed_dataset_holds_every_scenario_and_the_first_as_alone(tmp_path: Path) -> None:
     """Two roads, held-out seed 3: one shard per road, named by it; the first road's frames are those of a
-    dataset of it alone, the second's differ."""
+    dataset of it alone, the second's follow them."""
     args = ["perception", "dataset", "--weather", "clear", "--light", "day", "--seeds", "1", "--first-seed", "3",
             "--duration", "30", "--warmup", "20"]  # fmt: skip
     for name, roads in (("mixed", ["highway", "lane-drop"]), ("alone", ["highway"])):

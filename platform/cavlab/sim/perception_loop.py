@@ -191,15 +191,15 @@ class PerceptionLoop:
         self.step += 1
         measuring = world.time_s > self.warmup_s + 1e-9
         observers = np.flatnonzero(world.is_cav)
-        radar = None
+        radar_lead = None
         if len(observers):
-            frame, radar = self._estimate(world, observers, measuring)
+            frame, radar_lead = self._estimate(world, observers, measuring)
             self.pending.append(frame)
         perceived, sigma = self._deliver(world)
         if measuring:
             self._score_plan(world, perceived)
             self.stats["steps"] += 1
-        self._braking = self._emergency(world, observers, radar, perceived)
+        self._braking = self._emergency(world, observers, radar_lead, perceived)
         return _widened(perceived, self.spec.uncertainty_k * sigma)
 
     def guard(self, commands: list[Command]) -> list[Command]:
@@ -216,15 +216,16 @@ class PerceptionLoop:
         accelerated = {c.vehicle_id for c in out if isinstance(c, Accelerate)}
         return out + [Accelerate(vid, u_brake) for vid in sorted(self._braking - released - accelerated)]
 
-    def _emergency(self, world: WorldState, observers: np.ndarray, radar: np.ndarray | None,
-                   perceived: WorldState) -> set[str]:  # fmt: skip
+    def _emergency(self, world: WorldState, observers: np.ndarray,
+                   radar_lead: tuple[np.ndarray, np.ndarray] | None, perceived: WorldState) -> set[str]:  # fmt: skip
         """The CAVs to brake this step: driven by the controller, their raw radar's nearest in-lane return ahead
-        closer than `emergency_ttc_s` of time to collision (or than 2 m), and their fused own-lane leader
-        (none counts as infinitely far) more than `emergency_disagreement_m` farther."""
+        (`radar_lead`: its gap and range rate per observer) closer than `emergency_ttc_s` of time to collision (or
+        than 2 m), and their fused own-lane leader (none counts as infinitely far) more than
+        `emergency_disagreement_m` farther."""
         spec = self.spec
-        if radar is None or not spec.emergency_braking or not world.controlled[observers].any():
+        if radar_lead is None or not spec.emergency_braking or not world.controlled[observers].any():
             return set()
-        gap, rate = radar_leader(radar, world.length_m[observers], self.suite.lane_width_m, self.suite.radar_range_m)
+        gap, rate = radar_lead
         ttc = np.where(rate < 0, gap / np.maximum(-rate, 1e-9), np.inf)
         danger = world.controlled[observers] & ((ttc < spec.emergency_ttc_s) | (gap < EMERGENCY_GAP_M))
         if not danger.any():
@@ -242,7 +243,9 @@ class PerceptionLoop:
 
     # ------------------------------------------------------------------ a step's estimates
 
-    def _estimate(self, world: WorldState, observers: np.ndarray, measuring: bool) -> Frame:
+    def _estimate(self, world: WorldState, observers: np.ndarray, measuring: bool
+                  ) -> tuple[Frame, tuple[np.ndarray, np.ndarray]]:  # fmt: skip
+        """This step's frame of estimates, and the raw radar's nearest in-lane return ahead per observer (gap, rate)."""
         started = time.perf_counter()
         frames = self.suite.observe(world, observers, self.rng)
         sensed = time.perf_counter()
@@ -259,7 +262,9 @@ class PerceptionLoop:
         spiking = None if self.spiking is None else self.spiking.estimate(world.ids[observers].tolist(), arrays)
         truth_rows = neighbour_rows(world, observers)
         truth = neighbour_targets(world, observers, truth_rows)
-        used = self._radar_closing_speed(world, observers, estimate, frames.radar) if self.spec.radar_leader_speed \
+        radar_lead = radar_leader(frames.radar, world.length_m[observers], self.suite.lane_width_m,
+                                  self.suite.radar_range_m)  # fmt: skip
+        used = _radar_closing_speed(estimate, *radar_lead) if self.spec.radar_leader_speed \
             else estimate  # the model's own estimate is what the slot metrics score
         frame = self._frame(world, observers, used, truth_rows, truth, choice)
         if measuring:
@@ -268,20 +273,7 @@ class PerceptionLoop:
                 self.stats["spiking_slots_correct"] += float(slot_correct(spiking, truth).sum())
             self.stats["sensors_s"] += sensed - started
             self.stats["inference_s"] += done - sensed
-        return frame, frames.radar
-
-    def _radar_closing_speed(self, world: WorldState, observers: np.ndarray, estimate: np.ndarray,
-                             radar: np.ndarray) -> np.ndarray:  # fmt: skip
-        """`estimate` with the own-lane leader's relative speed from the raw radar, as ACC takes it: where the
-        nearest in-lane return ahead (`radar_leader`) lies within ASSOCIATION_GAP_M of the estimated leader, its
-        range rate replaces the estimated Δv (the radar measures it to a fraction of a m/s; the model's estimate
-        of a fast-closing leader falls short)."""
-        s = SLOTS.index("own_front")
-        gap, rate = radar_leader(radar, world.length_m[observers], self.suite.lane_width_m, self.suite.radar_range_m)
-        same = (estimate[:, s, 0] > 0.5) & np.isfinite(gap) & (np.abs(gap - estimate[:, s, 1]) <= ASSOCIATION_GAP_M)
-        used = estimate.copy()
-        used[same, s, 2] = rate[same]
-        return used
+        return frame, radar_lead
 
     def _inject_faults(self, estimate: np.ndarray, time_s: float, measuring: bool) -> None:
         """`perception.faults` active now, applied to every CAV's estimates."""
@@ -498,6 +490,18 @@ def _averaged(looks: Tracks) -> Tracks:
     return Tracks(merged.ids, merged.time_s, np.bincount(which, looks.x_m, n) / counts,
                   np.bincount(which, looks.speed_mps, n) / counts, merged.lane, merged.length_m, merged.type_index,
                   merged.slot, merged.edge, sigma, np.bincount(which, looks.leader, n) > 0, keys)  # fmt: skip
+
+
+def _radar_closing_speed(estimate: np.ndarray, gap_m: np.ndarray, rate_mps: np.ndarray) -> np.ndarray:
+    """`estimate` with the own-lane leader's relative speed from the raw radar, as ACC takes it: where the nearest
+    in-lane return ahead (`radar_leader`: `gap_m`, `rate_mps` per observer) lies within ASSOCIATION_GAP_M of the
+    estimated leader, its range rate replaces the estimated Δv (the radar measures it to a fraction of a m/s; the
+    model's estimate of a fast-closing leader falls short)."""
+    s = SLOTS.index("own_front")
+    same = (estimate[:, s, 0] > 0.5) & np.isfinite(gap_m) & (np.abs(gap_m - estimate[:, s, 1]) <= ASSOCIATION_GAP_M)
+    used = estimate.copy()
+    used[same, s, 2] = rate_mps[same]
+    return used
 
 
 def _contradicted(world: WorldState, looks: Tracks, seer: np.ndarray, seen_in: np.ndarray,

@@ -9,8 +9,8 @@ bare / engine. Only the last `--window-s` seconds of simulated time are timed, a
 road has filled:
 
 - bare:   libsumo.simulationStep() only, no reads;
-- reads:  bare plus what the libsumo backend reads of every vehicle each step (lane lists, lane
-          position, speed through SWIG's C functions), nothing else: the floor of any loop that
+- reads:  bare plus what the libsumo backend reads of every vehicle each step (its C++ reader:
+          lane lists, lane position, speed, slot), nothing else: the floor of any loop that
           reads every vehicle every step;
 - engine: the whole engine loop (every vehicle's lane, position, speed and acceleration into
           a WorldState, metrics, trajectory recording, the controller, command application).
@@ -18,6 +18,11 @@ road has filled:
 `--parts SIZE` times each piece of `Engine.step` (median µs per step over the timed window:
 SUMO's step with its events, the reads, the world-state assembly, metrics, recorder,
 perception hook, controller, commands) at one size; `--set KEY=VALUE` changes its scenario.
+
+`--interleave STEPS` measures the ratio inside each run's process instead: bare and engine blocks of
+STEPS steps alternate over the timed window (`interleaved_run`), so both meet the same traffic and
+machine state; the median of the block ratios is the run's figure. With `--pieces` the blocks add the
+pieces of `Engine.step` one at a time (`interleaved_pieces`).
 
 `--reads` adds a micro-benchmark of ways to read the world state at the 500-vehicle size:
 libsumo lane lists + 2 getters (what the libsumo backend does), libsumo getIDList + 4
@@ -28,6 +33,7 @@ getters. It prints Markdown tables to paste into docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -38,6 +44,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 SPEED_MPS = 26.0  # rough mean speed on highway-lane-change, used to size the fill time
 DENSITY_PER_KM = 26.0  # vehicles per km of highway-lane-change once filled (measured: 655 on 25 km)
@@ -76,13 +84,20 @@ def one_run(mode: str, vehicles: int, window_s: float) -> dict:
 
             libsumo.start(["sumo", "-c", str(engine.inputs.config)])
             libsumo.simulationStep(sim.warmup_s)
-            lanes, counts = engine.network.lane_ids, []
+            from cavlab.sim.backends import _libsumo_reads
+
+            _libsumo_reads.bind(c.__file__)
+            _libsumo_reads.set_lanes(engine.network.lane_ids)
+            slot_of = {vid: k for k, vid in enumerate(libsumo.vehicle.getIDList())}
+            buffers = (np.zeros(8192, np.intp), np.zeros(8192, np.intp), np.zeros(8192), np.zeros(8192))
+            counts = []
             started = time.perf_counter()
             for _ in range(sim.steps - first_timed + 1):
                 libsumo.simulationStep()
                 if mode == "reads":
-                    ids = [vid for lane in lanes for vid in c.lane_getLastStepVehicleIDs(lane)]
-                    list(map(c.vehicle_getLanePosition, ids)), list(map(c.vehicle_getSpeed, ids))
+                    for vid in c.simulation_getDepartedIDList():
+                        slot_of[vid] = len(slot_of)
+                    _libsumo_reads.read(slot_of, *buffers)
                 counts.append(libsumo.vehicle.getIDCount())
             wall = time.perf_counter() - started
             libsumo.close()
@@ -105,10 +120,97 @@ def one_run(mode: str, vehicles: int, window_s: float) -> dict:
     return {"mode": mode, "size": vehicles, "steps": steps, "vehicle_steps": vehicle_steps, "wall_s": wall}
 
 
+@contextlib.contextmanager
+def filled_engine(scenario):
+    """An engine on `scenario` stepped through its warm-up (the fill); yields it and the number of fill steps."""
+    from cavlab.sim.engine import Engine
+
+    with tempfile.TemporaryDirectory() as tmp:
+        engine = Engine(scenario, Path(tmp) / "sumo")
+        engine.start()
+        fill = round(scenario.simulation.warmup_s / scenario.simulation.step_length_s)
+        for _ in range(fill):
+            engine.step()
+        yield engine, fill
+
+
+def interleaved_run(vehicles: int, window_s: float, block: int, overrides: tuple[str, ...] = ()) -> dict:
+    """Bare and engine stepping alternated in one process, `block` steps each, over the timed window:
+    bare blocks step SUMO through the backend without reading the world (SUMO's step, its stderr
+    redirection and its departures/arrivals: 2 µs per step more than `simulationStep` alone), engine
+    blocks run `Engine.step`. Both see the same traffic and the same machine state within seconds,
+    which fresh-process pairs do not (identical bare runs differ by up to 2.5×, docs/benchmarks.md).
+    `overrides` change the scenario (KEY=VALUE as `cavlab run --set` takes them)."""
+
+    scenario = scenario_for(vehicles, window_s, overrides=overrides)
+    sim = scenario.simulation
+    per_step: dict[str, list[float]] = {"bare": [], "engine": []}
+    counts: list[int] = []
+    with filled_engine(scenario) as (engine, fill):
+        backend = engine.backend
+        for _ in range((sim.steps - fill) // (2 * block)):
+            started = time.perf_counter()
+            for _ in range(block):
+                backend.step(read_world=False)
+            per_step["bare"].append((time.perf_counter() - started) / block)
+            engine.read()  # the world after the bare block, untimed
+            started = time.perf_counter()
+            for _ in range(block):
+                counts.append(len(engine.step()[0]))
+            per_step["engine"].append((time.perf_counter() - started) / block)
+        engine.close()
+    ratios = [e / b for e, b in zip(per_step["engine"], per_step["bare"], strict=True)]
+    return {
+        "size": vehicles, "vehicles": statistics.mean(counts), "blocks": len(ratios),
+        "bare_step_s": statistics.median(per_step["bare"]), "engine_step_s": statistics.median(per_step["engine"]),
+        "ratio": statistics.median(ratios),
+    }  # fmt: skip
+
+
+def interleaved_pieces(vehicles: int, window_s: float, block: int) -> dict[str, float]:
+    """Like `interleaved_run`, with blocks that add the pieces of `Engine.step` one at a time, each as the
+    median ratio of its time per step to the bare block's of the same round: the cost of a piece includes
+    what it slows the others down (caches and heap shared with SUMO), which timing it alone misses."""
+
+    scenario = scenario_for(vehicles, window_s)
+    sim = scenario.simulation
+    with filled_engine(scenario) as (engine, fill):
+        backend, metrics, recorder = engine.backend, engine.metrics, engine.recorder
+
+        def without(**parts):
+            def step():
+                for name in parts:
+                    setattr(engine, name, None)
+                engine.step()
+                for name, part in parts.items():
+                    setattr(engine, name, part)
+
+            return step
+
+        modes = {
+            "bare": lambda: backend.step(read_world=False),
+            "+ reads": lambda: (backend.step(read_world=False), backend._read_vehicles()),
+            "+ world-state assembly": backend.step,
+            "+ planning, commands (Engine.step without metrics and recorder)": without(metrics=metrics),
+            "+ metrics (Engine.step without the recorder)": without(recorder=recorder),
+            "+ recorder (Engine.step)": engine.step,
+        }
+        per_step: dict[str, list[float]] = {mode: [] for mode in modes}
+        for _ in range((sim.steps - fill) // (len(modes) * block)):
+            for mode, step in modes.items():
+                started = time.perf_counter()
+                for _ in range(block):
+                    step()
+                per_step[mode].append((time.perf_counter() - started) / block)
+                engine.read()  # the world after the block, untimed
+        engine.close()
+    bare = per_step["bare"]
+    return {mode: statistics.median(t / b for t, b in zip(ts, bare, strict=True)) for mode, ts in per_step.items()}
+
+
 def step_parts(vehicles: int, window_s: float, overrides: tuple[str, ...] = ()) -> dict[str, float]:
     """Median µs per step of each piece of `Engine.step`, timed by wrapping the methods (the scenario
     changed by `overrides`, KEY=VALUE as `cavlab run --set` takes them)."""
-    from cavlab.sim.engine import Engine
 
     scenario = scenario_for(vehicles, window_s, overrides=overrides)
     sim = scenario.simulation
@@ -125,12 +227,7 @@ def step_parts(vehicles: int, window_s: float, overrides: tuple[str, ...] = ()) 
 
         setattr(obj, name, wrapper)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        engine = Engine(scenario, Path(tmp) / "sumo")
-        engine.start()
-        fill = round(sim.warmup_s / sim.step_length_s)
-        for _ in range(fill):
-            engine.step()
+    with filled_engine(scenario) as (engine, fill):
         backend = engine.backend
         for obj, name, label in [
             (backend, "_step_sumo", "SUMO step and its events"), (backend, "_read_vehicles", "reads"),
@@ -164,10 +261,20 @@ def read_strategies(window_steps: int = 1000) -> dict[str, float]:
         lanes = engine.network.lane_ids
 
         def lane_lists(api):
-            """What the libsumo backend does: SWIG's C functions, lane lists + 2 getters."""
+            """SWIG's C functions, lane lists + 2 getters (the libsumo backend before its C++ reader)."""
             c = api._libsumo
             ids = [vid for lane in lanes for vid in c.lane_getLastStepVehicleIDs(lane)]
             return list(map(c.vehicle_getLanePosition, ids)), list(map(c.vehicle_getSpeed, ids))
+
+        slot_of: dict[str, int] = {}
+        native = [np.zeros(4096, np.intp), np.zeros(4096, np.intp), np.zeros(4096), np.zeros(4096)]
+
+        def native_read(api):
+            """What the libsumo backend does: one call of cavlab's C++ reader (slots, lane rows, positions,
+            speeds into arrays), the departures registered first as the backend does."""
+            for vid in api.simulation.getDepartedIDList():
+                slot_of[vid] = len(slot_of)
+            return _libsumo_reads.read(slot_of, *native)
 
         def lane_lists_wrapped(api):
             """The same through libsumo's Python wrapper functions."""
@@ -196,6 +303,9 @@ def read_strategies(window_steps: int = 1000) -> dict[str, float]:
             if reader is subscriptions:
                 for vid in api.vehicle.getIDList():
                     api.vehicle.subscribe(vid, sub_vars)
+            if reader is native_read:  # the vehicles in the network now, as the backend has them registered
+                slot_of.clear()
+                slot_of.update((vid, k) for k, vid in enumerate(api.vehicle.getIDList()))
             times, n = [], []
             for _ in range(steps):
                 step()
@@ -207,6 +317,7 @@ def read_strategies(window_steps: int = 1000) -> dict[str, float]:
             results[label + " vehicles"] = statistics.mean(n)
 
         for label, reader in (
+            ("cavlab C++ reader: lane lists + 2 getters", native_read),
             ("libsumo lane lists + 2 getters", lane_lists),
             ("libsumo lane lists + 2 getters, Python wrappers", lane_lists_wrapped),
             ("libsumo getIDList + 4 getters", id_list_getters),
@@ -214,6 +325,11 @@ def read_strategies(window_steps: int = 1000) -> dict[str, float]:
         ):
             libsumo.start(["sumo", "-c", cfg])
             libsumo.simulationStep(warm)
+            if reader is native_read:
+                from cavlab.sim.backends import _libsumo_reads
+
+                _libsumo_reads.bind(libsumo._libsumo.__file__)
+                _libsumo_reads.set_lanes(lanes)
             t0 = time.perf_counter()
             for _ in range(window_steps):
                 libsumo.simulationStep()
@@ -253,14 +369,31 @@ def main() -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="with --parts: change the scenario (e.g. outputs.trajectories=false)",
+        help="with --parts or --interleave: change the scenario (e.g. outputs.trajectories=false)",
+    )
+    parser.add_argument(
+        "--interleave",
+        type=int,
+        metavar="STEPS",
+        help="alternate bare and engine blocks of STEPS steps in each run's process instead of separate runs",
+    )
+    parser.add_argument(
+        "--pieces",
+        action="store_true",
+        help="with --interleave: add the pieces of Engine.step one block at a time (one run per size)",
     )
     parser.add_argument("--one", nargs=2, metavar=("MODE", "SIZE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.set and not args.parts:
-        parser.error("--set changes the scenario of --parts only: give --parts SIZE with it")
+    if args.pieces and not args.interleave:
+        parser.error("--pieces needs --interleave STEPS")
+    if args.set and not (args.parts or args.interleave):
+        parser.error("--set changes the scenario of --parts and --interleave only: give one of them with it")
     if args.one:
-        print(json.dumps(one_run(args.one[0], int(args.one[1]), args.window_s)))
+        mode, size = args.one[0], int(args.one[1])
+        if mode == "interleaved":
+            print(json.dumps(interleaved_run(size, args.window_s, args.interleave, tuple(args.set))))
+        else:
+            print(json.dumps(one_run(mode, size, args.window_s)))
         return
     print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
     if args.parts:
@@ -269,7 +402,45 @@ def main() -> None:
         print("\n".join(f"| {k} | {v:,.1f} |" for k, v in res.items()))
         print(f"| peak resident memory (MB) | {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} |")
         return
-    print(f"command: python benchmarks/bench_engine.py --runs {args.runs} --sizes {' '.join(map(str, args.sizes))}")
+    sizes = " ".join(map(str, args.sizes))
+    if args.pieces:
+        print(f"command: python benchmarks/bench_engine.py --interleave {args.interleave} --pieces --sizes {sizes} "
+              f"--window-s {args.window_s:g}")  # fmt: skip
+        results = {size: interleaved_pieces(size, args.window_s, args.interleave) for size in args.sizes}
+        print(
+            "\n| time per step / bare time per step (medians over the rounds) | "
+            + " | ".join(f"{size} vehicles" for size in args.sizes)
+            + " |"
+        )
+        print("|---|" + "---|" * len(args.sizes))
+        for mode in next(iter(results.values())):
+            print(f"| {mode} | " + " | ".join(f"{results[size][mode]:.3f}" for size in args.sizes) + " |")
+        return
+    if args.interleave:
+        sets = "".join(f" --set {kv}" for kv in args.set)
+        print(f"command: python benchmarks/bench_engine.py --interleave {args.interleave} --runs {args.runs} "
+              f"--sizes {sizes}{sets}")  # fmt: skip
+        print("\n| target size | mean vehicles | runs × blocks | bare µs/step | cavlab µs/step | cavlab time / bare "
+              "time (median of the runs' median block ratios) | per run |\n|---|---|---|---|---|---|---|")  # fmt: skip
+        for size in args.sizes:
+            runs = []
+            for run in range(args.runs):
+                out = subprocess.run(
+                    [sys.executable, __file__, "--one", "interleaved", str(size), "--window-s", str(args.window_s),
+                     "--interleave", str(args.interleave), *(f"--set={kv}" for kv in args.set)],
+                    capture_output=True, text=True, check=True,
+                )  # fmt: skip
+                runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+                print(f"  size {size} run {run + 1}/{args.runs}: {runs[-1]}", file=sys.stderr)
+            print(
+                f"| {size} | {statistics.mean(r['vehicles'] for r in runs):.0f} | {len(runs)} × {runs[0]['blocks']} | "
+                f"{statistics.median(r['bare_step_s'] for r in runs) * 1e6:,.0f} | "
+                f"{statistics.median(r['engine_step_s'] for r in runs) * 1e6:,.0f} | "
+                f"{statistics.median(r['ratio'] for r in runs):.2f}× | "
+                f"{', '.join(format(r['ratio'], '.2f') for r in runs)} |"
+            )
+        return
+    print(f"command: python benchmarks/bench_engine.py --runs {args.runs} --sizes {sizes}")
     rows = []
     for size in args.sizes:
         samples: dict[str, list[dict]] = {"bare": [], "reads": [], "engine": []}

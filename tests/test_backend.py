@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +101,50 @@ def test_world_state_matches_sumo(backend: str, tmp_path: Path) -> None:
                     assert x - px == pytest.approx((pv + v) / 2 * 0.1, abs=1e-6)
             prev_x = dict(zip(world.ids, zip(world.x_m, world.speed_mps, strict=True), strict=True))
         assert (world.lane == -1).any(), "ramp vehicles carry road lane -1"
+
+
+def test_libsumo_native_read_equals_sumos_getters_grows_its_buffers_and_names_unknown_vehicles(tmp_path: Path) -> None:
+    from cavlab.sim.backends import _libsumo_reads
+
+    with open_backend(short("highway-lane-change"), tmp_path) as b:
+        step_until(b, lambda w: len(w) >= 5)
+        api, lanes = b.api, b.network.lane_ids
+        b._read_lane_row, b._read_slot = np.zeros(2, np.intp), np.zeros(2, np.intp)  # too small: must grow
+        b._read_pos, b._read_speed = np.zeros(2), np.zeros(2)
+        raw = b._read_vehicles()
+        ids = [vid for lane in lanes for vid in api.lane.getLastStepVehicleIDs(lane)]
+        assert len(ids) >= 5 and len(b._read_slot) >= len(ids)
+        assert [b.vehicle_ids[s] for s in raw.slot] == ids
+        assert [lanes[r] for r in raw.lane_row] == [api.vehicle.getLaneID(v) for v in ids]
+        assert raw.lane_pos_m.tolist() == [api.vehicle.getLanePosition(v) for v in ids]
+        assert raw.speed_mps.tolist() == [api.vehicle.getSpeed(v) for v in ids]
+        buffers = (np.zeros(64, np.intp), np.zeros(64, np.intp), np.zeros(64), np.zeros(64))
+        with pytest.raises(KeyError, match=rf"vehicle '{ids[0]}' is not registered"):
+            _libsumo_reads.read({}, *buffers)
+
+
+LOADS_ARROW_AFTER_A_READ = """
+import sys
+from pathlib import Path
+from cavlab.sim.engine import Engine
+from tests.conftest import short
+engine = Engine(short("highway-lane-change"), Path(sys.argv[1]))
+engine.start()
+for _ in range(50):
+    engine.step()
+engine.close()
+import pyarrow.compute as pc
+assert pc.utf8_zero_fill(["7"], width=3).to_pylist() == ["007"]
+"""
+
+
+def test_libsumo_reader_leaves_the_libraries_loaded_after_it_alone(tmp_path: Path) -> None:
+    """The C++ reader finds libsumo's functions without making libsumo's symbols global: made global, the Arrow
+    that libsumo bundles shadowed pyarrow's, loaded later, and pyarrow.compute failed to import (a fresh process:
+    in this one pyarrow is loaded already)."""
+    done = subprocess.run([sys.executable, "-c", LOADS_ARROW_AFTER_A_READ, str(tmp_path)], capture_output=True,
+                          text=True, cwd=Path(__file__).parents[1], timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_accelerate_follows_the_double_integrator_exactly(tmp_path: Path) -> None:

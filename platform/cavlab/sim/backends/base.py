@@ -53,8 +53,8 @@ class RawEvents:
 class RawVehicles:
     """Every vehicle's lane, lane position and speed, as a backend reads them."""
 
-    ids: list[str]  # grouped by lane in `Network.lane_ids` order
-    lane_counts: list[int]  # vehicles per lane, same order
+    slot: np.ndarray  # each vehicle's slot (`SumoBackend._slot_of`), grouped by lane in `Network.lane_ids` order
+    lane_row: np.ndarray  # each vehicle's lane, as its row in `Network.lane_ids`
     lane_pos_m: np.ndarray
     speed_mps: np.ndarray
 
@@ -97,6 +97,7 @@ class SumoBackend(ABC):
         self._slot_of: dict[str, int] = {}
         self._slot_ids: list[str] = []
         capacity = 1024
+        self._id_of_slot = np.empty(capacity, dtype=object)
         self._prev_speed = np.zeros(capacity)
         self._fresh_accel: dict[int, float] = {}  # vehicles that entered in the last step
         self._slot_type = np.zeros(capacity, dtype=np.intp)
@@ -219,7 +220,6 @@ class SumoBackend(ABC):
         happened is read, for callers that do not look at every step) and the step's events."""
         try:
             raw = self._step_sumo()
-            vehicles = self._read_vehicles() if read_world else None
         except SimulationError:
             raise
         except Exception as exc:
@@ -238,8 +238,8 @@ class SumoBackend(ABC):
                 removed = {c.collider for c in collisions} | {c.victim for c in collisions}
                 arrivals += tuple(Arrival(vid, pop(vid), raw.time_s) for vid in removed if vid in self._slot_of)
         world = None
-        if vehicles is not None:
-            world = self._assemble(vehicles)
+        if read_world:  # after the registrations: the read maps every vehicle to its slot
+            world = self.read()
         else:
             self._speeds_stale = True
         return world, StepEvents(departures, arrivals, collisions)
@@ -259,6 +259,7 @@ class SumoBackend(ABC):
             self._grow()
         self._slot_of[vid] = slot
         self._slot_ids.append(vid)
+        self._id_of_slot[slot] = vid
         type_name = v.getTypeID(vid)
         self._set_type(slot, type_name)
         if self._slot_is_cav[slot] and self._modes_idle_differ:
@@ -273,20 +274,20 @@ class SumoBackend(ABC):
         self._slot_length[slot] = self._type_length[k]
 
     def _grow(self) -> None:
-        for name in ("_prev_speed", "_slot_type", "_slot_is_cav", "_slot_length", "_slot_edge", "_controlled", "_held",
-                     "_capped"):
+        for name in ("_id_of_slot", "_prev_speed", "_slot_type", "_slot_is_cav", "_slot_length", "_slot_edge",
+                     "_controlled", "_held", "_capped"):
             old = getattr(self, name)
             new = np.zeros(2 * len(old), old.dtype)
             new[: len(old)] = old
             setattr(self, name, new)
 
     def _assemble(self, raw: RawVehicles) -> WorldState:
-        n = len(raw.ids)
-        slot = np.fromiter(map(self._slot_of.__getitem__, raw.ids), dtype=np.intp, count=n)
-        lane_row = np.repeat(self._lane_rows, raw.lane_counts)
+        slot = raw.slot
+        ids = self._id_of_slot[slot]
+        lane_row = raw.lane_row
         edge = self._lane_edge[lane_row]
         if self._speeds_stale:  # the last step was not read: take SUMO's values
-            accel = self._accelerations(raw.ids)
+            accel = self._accelerations(ids.tolist())
             self._speeds_stale = False
             self._fresh_accel.clear()
         else:
@@ -299,7 +300,7 @@ class SumoBackend(ABC):
         self._slot_edge[slot] = edge
         return WorldState(
             time_s=self._time_s,
-            ids=np.array(raw.ids, dtype=object),
+            ids=ids,
             slot=slot,
             type_index=self._slot_type[slot],
             is_cav=self._slot_is_cav[slot],

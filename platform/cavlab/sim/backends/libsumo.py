@@ -1,10 +1,10 @@
 """libsumo: SUMO inside this process.
 
-Reads with plain getters, which in process beat subscriptions (building subscription
-result dicts costs more than the calls; see docs/benchmarks.md): one vehicle list per lane
-(which also gives every vehicle's lane) and two getters per vehicle (lane position, speed).
-The getters are SWIG's C functions themselves (`libsumo._libsumo`): the Python wrappers
-around them cost another 40 % per call.
+Reads the world state in one native call per step (`_libsumo_reads`, built with cavlab): one
+vehicle list per lane (which also gives every vehicle's lane) and two getters per vehicle (lane
+position, speed) of libsumo's C++ API, written straight into arrays. Through Python the same
+reads cost about three times as much (SWIG's per-call wrapping), and subscriptions more still
+(building their result dicts; see docs/benchmarks.md).
 
 libsumo runs one simulation per process, and a second `start` silently replaces the
 first; this backend refuses to start while another libsumo simulation is open
@@ -17,7 +17,6 @@ pointed at sumo/sumo.console.log while SUMO runs, so the terminal stays clean.
 from __future__ import annotations
 
 import os
-from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -69,10 +68,15 @@ class LibsumoBackend(SumoBackend):
             raise
         from libsumo import _libsumo as c_api
 
-        self._lanes = self.network.lane_ids
-        self._get_lane_ids = c_api.lane_getLastStepVehicleIDs
-        self._get_pos = c_api.vehicle_getLanePosition
-        self._get_speed = c_api.vehicle_getSpeed
+        from cavlab.sim.backends import _libsumo_reads
+
+        _libsumo_reads.bind(c_api.__file__)  # the C++ reader calls into this process's libsumo
+        _libsumo_reads.set_lanes(self.network.lane_ids)
+        self._native_read = _libsumo_reads.read
+        self._read_lane_row = np.zeros(1024, dtype=np.intp)
+        self._read_slot = np.zeros(1024, dtype=np.intp)
+        self._read_pos = np.zeros(1024)
+        self._read_speed = np.zeros(1024)
         self._get_accel = c_api.vehicle_getAcceleration
         self._get_time = c_api.simulation_getTime
         self._get_departed = c_api.simulation_getDepartedIDList
@@ -123,14 +127,17 @@ class LibsumoBackend(SumoBackend):
         )
 
     def _read_vehicles(self) -> RawVehicles:
-        per_lane = list(map(self._get_lane_ids, self._lanes))
-        ids = list(chain.from_iterable(per_lane))
-        n = len(ids)
+        while (n := self._native_read(
+            self._slot_of, self._read_lane_row, self._read_slot, self._read_pos, self._read_speed
+        )) < 0:  # fmt: skip
+            size = 2 * len(self._read_slot)
+            self._read_lane_row, self._read_slot = np.zeros(size, np.intp), np.zeros(size, np.intp)
+            self._read_pos, self._read_speed = np.zeros(size), np.zeros(size)
         return RawVehicles(
-            ids=ids,
-            lane_counts=list(map(len, per_lane)),
-            lane_pos_m=np.fromiter(map(self._get_pos, ids), dtype=np.float64, count=n),
-            speed_mps=np.fromiter(map(self._get_speed, ids), dtype=np.float64, count=n),
+            slot=self._read_slot[:n].copy(),
+            lane_row=self._read_lane_row[:n].copy(),
+            lane_pos_m=self._read_pos[:n],  # consumed by the assembly before the next read
+            speed_mps=self._read_speed[:n].copy(),
         )
 
     def _accelerations(self, ids: list[str]) -> np.ndarray:

@@ -182,8 +182,8 @@ class TraciBackend(SumoBackend):
         n = len(ids)
         rows = [vehicles[vid] for vid in ids]
         return RawVehicles(
-            ids=ids,
-            lane_counts=counts,
+            slot=np.fromiter(map(self._slot_of.__getitem__, ids), dtype=np.intp, count=n),
+            lane_row=np.repeat(self._lane_rows, counts),
             lane_pos_m=np.fromiter((r[self._pos] for r in rows), dtype=np.float64, count=n),
             speed_mps=np.fromiter((r[self._speed] for r in rows), dtype=np.float64, count=n),
         )

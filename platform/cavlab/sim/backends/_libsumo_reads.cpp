@@ -5,8 +5,8 @@
 // position and speed, written into the caller's buffers. It runs inside the libsumo simulation of
 // this process: bind() looks the three libsumo functions up in the _libsumo.so already loaded
 // (dlsym on its own handle, so none of libsumo's symbols, nor those of the libraries it bundles,
-// become global). Calling the C++ API directly skips SWIG's per-call wrapping, which costs about
-// twice the calls themselves (docs/benchmarks.md).
+// become global). Calling the C++ API directly skips SWIG's per-call wrapping and the Python
+// objects a read through it builds (docs/benchmarks.md).
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <dlfcn.h>

@@ -2,9 +2,9 @@
 
 Reads the world state in one native call per step (`_libsumo_reads`, built with cavlab): one
 vehicle list per lane (which also gives every vehicle's lane) and two getters per vehicle (lane
-position, speed) of libsumo's C++ API, written straight into arrays. Through Python the same
-reads cost about three times as much (SWIG's per-call wrapping), and subscriptions more still
-(building their result dicts; see docs/benchmarks.md).
+position, speed) of libsumo's C++ API, written straight into arrays with each vehicle's slot.
+Through SWIG's getters the same reads cost more, with the ids and slots still to be built in
+Python, and subscriptions more again (building their result dicts; see docs/benchmarks.md).
 
 libsumo runs one simulation per process, and a second `start` silently replaces the
 first; this backend refuses to start while another libsumo simulation is open

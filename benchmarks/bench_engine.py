@@ -137,7 +137,7 @@ def filled_engine(scenario):
 def interleaved_run(vehicles: int, window_s: float, block: int, overrides: tuple[str, ...] = ()) -> dict:
     """Bare and engine stepping alternated in one process, `block` steps each, over the timed window:
     bare blocks step SUMO through the backend without reading the world (SUMO's step, its stderr
-    redirection and its departures/arrivals: 2 µs per step more than `simulationStep` alone), engine
+    redirection and its departures/arrivals: a few calls more than `simulationStep` alone), engine
     blocks run `Engine.step`. Both see the same traffic and the same machine state within seconds,
     which fresh-process pairs do not (identical bare runs differ by up to 2.5×, docs/benchmarks.md).
     `overrides` change the scenario (KEY=VALUE as `cavlab run --set` takes them)."""

@@ -95,7 +95,7 @@ class SumoBackend(ABC):
     def _clear_tables(self) -> None:
         """Forget every vehicle (a new simulation, or one loaded from a saved state, begins)."""
         self._slot_of: dict[str, int] = {}
-        self._slot_ids: list[str] = []
+        self._slots = 0  # vehicles registered so far: slots 0 … _slots − 1
         capacity = 1024
         self._id_of_slot = np.empty(capacity, dtype=object)
         self._prev_speed = np.zeros(capacity)
@@ -177,12 +177,12 @@ class SumoBackend(ABC):
     @property
     def vehicle_ids(self) -> list[str]:
         """Every vehicle id that has entered so far, indexed by slot."""
-        return self._slot_ids
+        return self._id_of_slot[: self._slots].tolist()
 
     @property
     def vehicle_types(self) -> list[str]:
         """The type name of every vehicle that has entered so far, indexed by slot."""
-        return [self._type_names[i] for i in self._slot_type[: len(self._slot_ids)]]
+        return [self._type_names[i] for i in self._slot_type[: self._slots]]
 
     # -------------------------------------------------------------- subclass hooks
 
@@ -254,11 +254,11 @@ class SumoBackend(ABC):
 
     def _register(self, vid: str, time_s: float) -> Departure:
         v = self.api.vehicle
-        slot = len(self._slot_ids)
+        slot = self._slots
         if slot == len(self._prev_speed):
             self._grow()
+        self._slots += 1
         self._slot_of[vid] = slot
-        self._slot_ids.append(vid)
         self._id_of_slot[slot] = vid
         type_name = v.getTypeID(vid)
         self._set_type(slot, type_name)

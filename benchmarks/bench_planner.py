@@ -15,7 +15,7 @@ replay is left out of the run's wall time. With `--replan-period S` > 0
 `Planner.replan` calls (the same slot, from the measured states) are timed separately. Per path:
 calls, median, p95, max and how many took longer than one simulation step (wall time), and the
 median and p95 of the planning thread's CPU time (without the waits of a loaded machine); the three
-slowest requests with their numeric solves and candidate slots. Then
+slowest requests with their CPU time, numeric solves and candidate slots. Then
 the slowdown of the controlled run against the same run with SUMO-only driving (the `sumo`
 controller), same seed, each in a fresh process, and planning's share of the controlled run's
 wall time.
@@ -182,10 +182,11 @@ def main() -> None:
             print(_row(label, group, step_s))
     if plans:
         slow = sorted(plans, key=lambda p: -p["s"])[:3]
-        print(
-            "\nslowest requests: "
-            + "; ".join(f"{p['s'] * 1e3:.1f} ms ({p['solves']} solves, {p['candidates']} candidates)" for p in slow)
-        )
+        described = [
+            f"{p['s'] * 1e3:.1f} ms (CPU {p['cpu_s'] * 1e3:.1f} ms, {p['solves']} solves, {p['candidates']} candidates)"
+            for p in slow
+        ]
+        print("\nslowest requests: " + "; ".join(described))
     ratio = statistics.median(c["wall_s"] / s["wall_s"] for c, s in zip(coop, runs["sumo"], strict=True))
     share = statistics.median(r["planning_s"] / r["wall_s"] for r in coop)
     walls = {k: statistics.median(r["wall_s"] for r in v) for k, v in runs.items()}

@@ -421,3 +421,23 @@ def test_free_time_nlp_reaches_the_opti_optimum(nlp: FreeTimeNLP, case: str) -> 
     for name in binding:
         dropped = opti_ocp(N, **args, drop=frozenset({name}))
         assert max(oracle_mismatch(profile, cost, dropped, NLP_TOLERANCE).values()) > 100, name
+
+
+def test_free_time_nlp_stops_at_its_iteration_cap_without_a_retry() -> None:
+    """A request of the on-ramp benchmark (C at 25.8 m/s, 29 m behind the bumper of a leader at 17.2 m/s,
+    v_flow 32.5 m/s): fatrop took 538 iterations (0.15 s, more than a simulation step) to an optimum at
+    T = 17.55 s. Capped, a start spends at most `max_iterations`, and running out of them is not followed
+    by a second start; where it does converge it must be the optimum."""
+    from cavlab.controllers.cooperative import CooperativeParams
+
+    params = CooperativeParams()
+    nlp = FreeTimeNLP(50)
+    profile, status = nlp.solve(
+        t0_s=0.0, x0_m=517.745, v0_mps=25.7637, v_f_mps=32.5005, rho=8.0, beta=10.0, limits=params.limits,
+        headway=params.headway, leader=(551.978, 17.2278, 5.0), t_min_s=4.0, t_max_s=20.0, t_guess_s=4.0,
+    )  # fmt: skip
+    assert nlp._nlp.stats()["iter_count"] <= FreeTimeNLP.max_iterations + 1  # fatrop reports max_iter + 1
+    if status.ok:
+        assert profile.duration_s == pytest.approx(17.55, abs=0.05)
+    else:
+        assert status.code == "max_iterations" and "retried" not in status.message, status

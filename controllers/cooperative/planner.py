@@ -34,6 +34,7 @@ SLOT_GONE = ("a vehicle cut into the slot", "the slot's front vehicle left the t
              "the slot's rear vehicle left the target lane")  # fmt: skip
 FOLLOWER_BRAKES = "C's follower would have to brake"
 BUDGET_SPENT = "solve budget spent"
+DISRUPTION_ABOVE = "disruption above D_th"
 
 
 @dataclass
@@ -92,10 +93,14 @@ def disruption_parts(
 ) -> tuple[float, float]:
     """γ_x(x(T) − x0 − v0T)² and γ_v(v(T) − v0)², with γ_x = γ/(Δv_range·t_avg)²,
     γ_v = (1 − γ)/Δv_range², Δv_range = max(|v_max − v0|, |v_min − v0|)."""
-    span = max(abs(params.v_max_mps - v0), abs(params.v_min_mps - v0), 1e-6)
-    gx = params.disruption_gamma / (span * params.disruption_time_s) ** 2
-    gv = (1 - params.disruption_gamma) / span**2
+    gx, gv = disruption_weights(v0, params)
     return gx * (x_end - x0 - v0 * duration_s) ** 2, gv * (v_end - v0) ** 2
+
+
+def disruption_weights(v0: float, params: CooperativeParams) -> tuple[float, float]:
+    """(γ_x, γ_v) of `disruption_parts` for a vehicle starting at v0."""
+    span = max(abs(params.v_max_mps - v0), abs(params.v_min_mps - v0), 1e-6)
+    return params.disruption_gamma / (span * params.disruption_time_s) ** 2, (1 - params.disruption_gamma) / span**2
 
 
 class Planner:
@@ -147,7 +152,7 @@ class Planner:
         target = [lanes.vehicle(int(r)) for r in lanes.in_lane(target_lane)]
         valid: dict[tuple[str | None, str | None], LaneChangePlan] = {}
         reasons: set[str] = set()
-        candidates = 0
+        candidates, best_disruption = 0, math.inf
         # cooperative: T0·λ^k; selfish: every half second from min_maneuver_s, the least time that fits wins
         times = (
             [T0 * p.relaxation_factor**k for k in range(p.max_relaxations + 1)]
@@ -171,10 +176,20 @@ class Planner:
                 reasons.add(FOLLOWER_BRAKES)
                 continue
             probe = c_plan or Arc(t0, T, c.x_m, c.v_mps, (v_flow - c.v_mps) / T, 0.0)
-            for front, rear in self._slots(target, probe, t0 + T):
-                key = (front.id if front else None, rear.id if rear else None)
+            slots = self._slots(target, probe, t0 + T)
+            if self.cooperation:  # branch and bound: the least bound first, none planned that cannot win
+                bounds = {self._key(f, r): self._disruption_bound(c, c_plan, f, r, T) for f, r in slots}
+                slots.sort(key=lambda slot: bounds[self._key(*slot)])
+            for front, rear in slots:
+                key = self._key(front, rear)
                 if key in valid:
                     continue  # already valid with less relaxation
+                if self.cooperation:
+                    if bounds[key] > p.max_disruption:
+                        reasons.add(DISRUPTION_ABOVE)
+                        continue
+                    if bounds[key] > best_disruption + 1e-12:
+                        continue  # its disruption cannot be below the best valid slot's
                 if self.numeric_solves - solves_before >= p.max_solves_per_request:
                     reasons.add(BUDGET_SPENT)
                     break
@@ -184,6 +199,7 @@ class Planner:
                     reasons.add(why)
                     continue
                 valid[key] = plan
+                best_disruption = min(best_disruption, sum(plan.disruption))
                 if not self.cooperation:
                     break  # selfish: the nearest slot at the least time
             if (valid and not self.cooperation) or BUDGET_SPENT in reasons:
@@ -439,6 +455,31 @@ class Planner:
             intrusion -= max(0.0, w.x_m[ahead] - w.length_m[ahead] - w.x_m[behind] - hw.gap_m(w.speed_mps[behind]))
         return intrusion <= 0
 
+    @staticmethod
+    def _key(front: Vehicle | None, rear: Vehicle | None) -> tuple[str | None, str | None]:
+        return (front.id if front else None, rear.id if rear else None)
+
+    def _disruption_bound(self, c: Vehicle, c_plan: Plan, front: Vehicle | None, rear: Vehicle | None,
+                          T: float) -> float:  # fmt: skip
+        """A lower bound on the slot's disruption (`disruption_parts` of its CAVs at T): the least D over
+        the end states that leave C its safe gap at T, x_F ≥ x_C + L_F + φv_C + δ in front and
+        x_R + φv_R ≤ x_C − L_C − δ behind, which every valid plan meets. From the cruising end
+        (x₀ + v₀T, v₀), violating a line x + c·v ≷ b by e, the least D on the line is
+        e² / (1/γ_x + c²/γ_v)."""
+        x_c, v_c, _ = c_plan.state(c_plan.t0_s + T)
+        hw, bound = self.p.headway, 0.0
+        for veh, sign, b, coef in (
+            (front, 1.0, x_c + (front.length_m if front else 0.0) + hw.gap_m(v_c), 0.0),
+            (rear, -1.0, x_c - c.length_m - hw.standstill_m, hw.reaction_time_s),
+        ):
+            if veh is None or not veh.is_cav:
+                continue  # a human driver's plan is not counted
+            violation = sign * (b - (veh.x_m + veh.v_mps * T + coef * veh.v_mps))
+            if violation > 0:
+                gx, gv = disruption_weights(veh.v_mps, self.p)
+                bound += violation**2 / (1 / gx + coef * coef / gv)
+        return bound
+
     def _slots(self, target: list[Vehicle], c_plan: Arc, t_f: float) -> list[tuple[Vehicle | None, Vehicle | None]]:
         """Consecutive (front, rear) pairs of the target lane whose slot lies within [x_C − L_r, x_C + L_f] at t_f."""
         x_c = c_plan.state(t_f)[0]
@@ -547,5 +588,5 @@ class Planner:
             return None, "the rear cooperator is not safe behind the front one's plan"
         plan = LaneChangePlan(c, u, target_lane, c_plan, plans["front"], plans["rear"], t0, T, k, slack, v_flow)
         if self.cooperation and sum(plan.disruption) > p.max_disruption:
-            return None, "disruption above D_th"
+            return None, DISRUPTION_ABOVE
         return plan, ""

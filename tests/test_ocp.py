@@ -10,6 +10,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from cavlab.controllers.cooperative import CooperativeParams
 from cavlab.controllers.longitudinal import (
     Arc,
     Headway,
@@ -428,8 +429,6 @@ def test_free_time_nlp_stops_at_its_iteration_cap_without_a_retry() -> None:
     v_flow 32.5 m/s): fatrop took 538 iterations (0.15 s, more than a simulation step) to an optimum at
     T = 17.55 s. Capped, a start spends at most `max_iterations`, and running out of them is not followed
     by a second start; where it does converge it must be the optimum."""
-    from cavlab.controllers.cooperative import CooperativeParams
-
     params = CooperativeParams()
     nlp = FreeTimeNLP(50)
     profile, status = nlp.solve(

@@ -176,20 +176,19 @@ class Planner:
                 reasons.add(FOLLOWER_BRAKES)
                 continue
             probe = c_plan or Arc(t0, T, c.x_m, c.v_mps, (v_flow - c.v_mps) / T, 0.0)
-            slots = self._slots(target, probe, t0 + T)
-            if self.cooperation:  # branch and bound: the least bound first, none planned that cannot win
-                bounds = {self._key(f, r): self._disruption_bound(c, c_plan, f, r, T) for f, r in slots}
-                slots.sort(key=lambda slot: bounds[self._key(*slot)])
-            for front, rear in slots:
-                key = self._key(front, rear)
+            # branch and bound: the least bound on D first, no slot planned that cannot win (selfish: bound 0)
+            ranked = [(self._disruption_bound(c, c_plan, f, r, T) if self.cooperation else 0.0, f, r)
+                      for f, r in self._slots(target, probe, t0 + T)]  # fmt: skip
+            ranked.sort(key=lambda item: item[0])
+            for bound, front, rear in ranked:
+                key = (front.id if front else None, rear.id if rear else None)
                 if key in valid:
                     continue  # already valid with less relaxation
-                if self.cooperation:
-                    if bounds[key] > p.max_disruption:
-                        reasons.add(DISRUPTION_ABOVE)
-                        continue
-                    if bounds[key] > best_disruption + 1e-12:
-                        continue  # its disruption cannot be below the best valid slot's
+                if bound > p.max_disruption:
+                    reasons.add(DISRUPTION_ABOVE)
+                    continue
+                if bound > best_disruption + 1e-12:
+                    continue  # its disruption cannot be below the best valid slot's
                 if self.numeric_solves - solves_before >= p.max_solves_per_request:
                     reasons.add(BUDGET_SPENT)
                     break
@@ -455,10 +454,6 @@ class Planner:
             intrusion -= max(0.0, w.x_m[ahead] - w.length_m[ahead] - w.x_m[behind] - hw.gap_m(w.speed_mps[behind]))
         return intrusion <= 0
 
-    @staticmethod
-    def _key(front: Vehicle | None, rear: Vehicle | None) -> tuple[str | None, str | None]:
-        return (front.id if front else None, rear.id if rear else None)
-
     def _disruption_bound(self, c: Vehicle, c_plan: Plan, front: Vehicle | None, rear: Vehicle | None,
                           T: float) -> float:  # fmt: skip
         """A lower bound on the slot's disruption (`disruption_parts` of its CAVs at T): the least D over
@@ -466,7 +461,7 @@ class Planner:
         x_R + φv_R ≤ x_C − L_C − δ behind, which every valid plan meets. From the cruising end
         (x₀ + v₀T, v₀), violating a line x + c·v ≷ b by e, the least D on the line is
         e² / (1/γ_x + c²/γ_v)."""
-        x_c, v_c, _ = c_plan.state(c_plan.t0_s + T)
+        x_c, v_c, _ = c_plan.state(c_plan.t0_s + T)  # C's end state at t_f
         hw, bound = self.p.headway, 0.0
         for veh, sign, b, coef in (
             (front, 1.0, x_c + (front.length_m if front else 0.0) + hw.gap_m(v_c), 0.0),
